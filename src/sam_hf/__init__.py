@@ -1,0 +1,11 @@
+"""sam_hf: Segment Anything as a first-class Hugging Face model."""
+
+from transformers import AutoConfig, AutoModel
+
+from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
+
+AutoConfig.register("sam_hf", SamHFConfig)
+AutoModel.register(SamHFConfig, SamHFModel)
+
+__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput"]
+__version__ = "0.1.0"

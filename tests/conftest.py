@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models for behaviour, a seeded full-size official SAM for parity, real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam_hf import SamHFConfig, SamHFModel
+
+
+def randomize_positional_terms(module: torch.nn.Module, seed: int = 0) -> None:
+    """SAM initialises absolute and relative position tables to zero; random values make parity tests bite."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+@pytest.fixture
+def tiny_config() -> SamHFConfig:
+    return SamHFConfig.from_preset("tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> SamHFModel:
+    torch.manual_seed(0)
+    model = SamHFModel(tiny_config).eval()
+    randomize_positional_terms(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def official_vit_b():
+    """The official ViT-B SAM with seeded random weights (positional terms randomised too)."""
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]()
+    randomize_positional_terms(sam)
+    return sam.eval()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real RGB photos shipped with scikit-image, HxWx3 uint8."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
