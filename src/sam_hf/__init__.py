@@ -6,6 +6,10 @@ from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
 
 AutoConfig.register("sam_hf", SamHFConfig)
 AutoModel.register(SamHFConfig, SamHFModel)
+# save_pretrained then copies the modeling/ files next to the weights and writes config.json's auto_map, so a
+# saved model loads with AutoModel.from_pretrained(path, trust_remote_code=True) where sam_hf is not installed.
+SamHFConfig.register_for_auto_class()
+SamHFModel.register_for_auto_class("AutoModel")
 
 __all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput"]
 __version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""`sam-hf convert IN OUT [--to sam_hf|transformers|meta]`: rewrite a SAM checkpoint in another format.
+
+IN is anything `SamHFModel.from_pretrained` reads (a sam_hf or transformers folder or Hub repo, a Meta `.pth`).
+OUT is a folder for `sam_hf` and `transformers`, a file for `meta`. Tensors are copied bit for bit, so a
+model fine-tuned here runs in transformers (`SamModel.from_pretrained(OUT)`) and in Meta's code
+(`sam_model_registry[variant](checkpoint=OUT)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a SAM checkpoint between sam_hf, transformers and Meta formats",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", metavar="IN", help="sam_hf / transformers folder or Hub id, or Meta .pth file"
+    )
+    parser.add_argument(
+        "output", metavar="OUT", help="output folder (sam_hf, transformers) or .pth file (meta)"
+    )
+    parser.add_argument(
+        "--to",
+        choices=("sam_hf", "transformers", "meta"),
+        default="sam_hf",
+        help="output format (default: sam_hf)",
+    )
+    parser.add_argument(
+        "--preset",
+        help="architecture preset for a Meta file whose decoder does not have SAM's 8 heads (e.g. tiny); "
+        "by default it is read from the tensor shapes",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..modeling import SamHFConfig, SamHFModel
+    from ..modeling.checkpoint_conversion import save_meta_checkpoint, save_transformers_checkpoint
+
+    folder_output = args.to != "meta"
+    if folder_output and os.path.isfile(args.output):
+        raise ValueError(f"OUT must be a folder for --to {args.to}, got the existing file {args.output}")
+    if not folder_output and os.path.isdir(args.output):
+        raise ValueError(f"OUT must be a file path for --to meta, got the existing folder {args.output}")
+    kwargs = {"config": SamHFConfig.from_preset(args.preset)} if args.preset else {}
+    model = SamHFModel.from_pretrained(args.source, dtype="auto", **kwargs)
+    if args.to == "sam_hf":
+        model.save_pretrained(args.output)
+    elif args.to == "transformers":
+        save_transformers_checkpoint(model.config, model.state_dict(), args.output)
+    else:
+        save_meta_checkpoint(model.state_dict(), args.output)
+    print(f"wrote {args.to} checkpoint {args.output} from {args.source}")
+    return 0
