@@ -366,9 +366,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(error), flags=re.S)
+        detail = " ".join((detail.group(1) if detail else str(error)).split()).split(". Please")[0]
         raise ValueError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint and unpickling it could run "
-            f"arbitrary code (torch.load(weights_only=True) said: {str(error).splitlines()[0]})"
+            f"refusing to load {path}: it holds something other than tensors and plain containers ({detail}); "
+            f"unpickling it fully could run arbitrary code, so it is not loaded; {_EXPECTED}"
         ) from error
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path} is not a readable checkpoint ({error}); {_EXPECTED}") from error

@@ -1,0 +1,454 @@
+"""Checkpoint formats: our folders, transformers SAM folders, Meta state dicts; strict loading and safety."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, SamConfig, SamModel
+
+from conftest import randomize_positional_terms
+from sam_hf import SamHFConfig, SamHFModel
+from sam_hf.modeling.checkpoint_conversion import (
+    from_transformers_config,
+    from_transformers_state_dict,
+    infer_config_from_state_dict,
+    save_meta_checkpoint,
+    to_transformers_config,
+    to_transformers_state_dict,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIED_KEY = "prompt_encoder.shared_embedding.positional_embedding"
+
+
+def _lively_tiny_model(seed: int = 0) -> SamHFModel:
+    """Tiny model with PyTorch's default initialisation (mask logits of order 0.1, not 1e-5 as with std 0.02)."""
+    torch.manual_seed(seed)
+    model = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    randomize_positional_terms(model, seed)
+    return model
+
+
+def _assert_bit_exact(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        assert torch.equal(actual[key], tensor), key
+
+
+def _prompts(batch_size: int = 2, image_size: int = 128) -> list[dict[str, torch.Tensor]]:
+    """Points, boxes, and both, in the model frame; the same prompts suit SamHFModel and transformers' SamModel."""
+    generator = torch.Generator().manual_seed(1)
+    points = torch.rand(batch_size, 3, 2, 2, generator=generator) * image_size
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]]).expand(batch_size, 3, 2)
+    corners = torch.rand(batch_size, 3, 2, 2, generator=generator) * image_size
+    boxes = torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)  # (B, 3, 4) XYXY
+    return [
+        {"input_points": points, "input_labels": labels},
+        {"input_boxes": boxes},
+        {"input_points": points, "input_labels": labels, "input_boxes": boxes},
+    ]
+
+
+_DEEP_IOU_HEAD = {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_depth": 5}
+
+# --- key renaming and configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamHFConfig.from_preset("tiny"),
+        SamHFConfig(**{**SamHFConfig.from_preset("tiny").to_dict(), "mask_decoder_config": _DEEP_IOU_HEAD}),
+        SamHFConfig.from_preset("vit_b"),
+        SamHFConfig.from_preset("vit_h"),
+    ],
+    ids=["tiny", "tiny-iou-depth-5", "vit_b", "vit_h"],
+)
+def test_renaming_gives_exactly_transformers_names_and_inverts(config):
+    with torch.device("meta"):
+        ours = SamHFModel(config).state_dict()
+        theirs = SamModel(to_transformers_config(config)).state_dict()
+    renamed = to_transformers_state_dict(ours, config)
+    assert set(renamed) == set(theirs) - {TIED_KEY}
+    assert all(tuple(renamed[k].shape) == tuple(theirs[k].shape) for k in renamed)
+    back = from_transformers_state_dict(renamed, config)
+    assert list(back) == list(ours)
+    assert all(back[k] is ours[k] for k in ours)
+
+
+def test_renaming_spot_checks():
+    config = SamHFConfig.from_preset("tiny")
+    names = list(to_transformers_state_dict(dict.fromkeys(SamHFModel(config).state_dict()), config))
+    for expected in [
+        "shared_image_embedding.positional_embedding",
+        "vision_encoder.patch_embed.projection.weight",
+        "vision_encoder.layers.1.layer_norm2.bias",
+        "vision_encoder.layers.1.attn.rel_pos_h",
+        "vision_encoder.neck.layer_norm2.weight",
+        "prompt_encoder.point_embed.3.weight",
+        "prompt_encoder.mask_embed.conv3.bias",
+        "mask_decoder.transformer.layers.1.layer_norm4.weight",
+        "mask_decoder.transformer.layer_norm_final_attn.bias",
+        "mask_decoder.upscale_layer_norm.weight",
+        "mask_decoder.output_hypernetworks_mlps.3.proj_out.weight",
+        "mask_decoder.output_hypernetworks_mlps.3.layers.0.weight",
+        "mask_decoder.iou_prediction_head.proj_in.bias",
+    ]:
+        assert expected in names
+
+
+@pytest.mark.parametrize("name", ["tiny", "vit_b", "vit_l", "vit_h"])
+def test_config_round_trip_through_transformers(name):
+    config = SamHFConfig.from_preset(name)
+    assert from_transformers_config(to_transformers_config(config)).to_dict() == config.to_dict()
+    assert from_transformers_config(to_transformers_config(config).to_dict()).to_dict() == config.to_dict()
+
+
+def test_transformers_default_config_is_vit_b():
+    assert from_transformers_config(SamConfig()).to_dict() == SamHFConfig.from_preset("vit_b").to_dict()
+
+
+def test_transformers_config_sam_cannot_represent_is_rejected():
+    config = SamConfig(vision_config={"hidden_act": "relu"}, prompt_encoder_config={"image_size": 512})
+    with pytest.raises(
+        ValueError, match=r"vision_config.hidden_act='relu' \(expected 'gelu'\).*image_size=512"
+    ):
+        from_transformers_config(config)
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_meta_variant_is_read_from_shapes(name):
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        state_dict = sam_model_registry[name]().state_dict()
+    assert infer_config_from_state_dict(state_dict).to_dict() == SamHFConfig.from_preset(name).to_dict()
+
+
+def test_tiny_shapes_give_everything_but_decoder_heads(tiny_model):
+    inferred = infer_config_from_state_dict(tiny_model.state_dict()).to_dict()
+    expected = tiny_model.config.to_dict()
+    assert inferred["mask_decoder_config"].pop("num_attention_heads") == 8
+    expected["mask_decoder_config"].pop("num_attention_heads")
+    assert inferred == expected
+
+
+# --- our format -------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    weights = [p.name for p in tmp_path.iterdir() if not p.name.endswith((".py", ".json"))]
+    assert weights == ["model.safetensors"]
+    loaded = SamHFModel.from_pretrained(tmp_path)
+    assert not loaded.training
+    _assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
+    pixel_values = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    prompts = _prompts(batch_size=1)[2]
+    with torch.inference_mode():
+        expected, actual = tiny_model(pixel_values, **prompts), loaded(pixel_values, **prompts)
+    assert torch.equal(actual.pred_masks, expected.pred_masks)
+    assert torch.equal(actual.iou_scores, expected.iou_scores)
+
+
+def test_saved_config_carries_no_paths(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "first")
+    SamHFModel.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
+    text = (tmp_path / "second" / "config.json").read_text()
+    assert str(tmp_path) not in text
+    assert json.loads(text).get("_name_or_path", "") == ""
+
+
+def test_auto_model_gives_sam_hf_model(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sam_hf.SamHFConfig",
+        "AutoModel": "modeling_sam_hf.SamHFModel",
+    }
+    model = AutoModel.from_pretrained(tmp_path)
+    assert type(model) is SamHFModel
+    _assert_bit_exact(model.state_dict(), tiny_model.state_dict())
+
+
+_REMOTE_SCRIPT = """
+import sys
+sys.modules["sam_hf"] = None  # the package must not be needed, even if some path could import it
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+
+folder, inputs, outputs = sys.argv[1:]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+with torch.inference_mode():
+    out = model(**load_file(inputs))
+save_file({"pred_masks": out.pred_masks.contiguous(), "iou_scores": out.iou_scores.contiguous()}, outputs)
+"""
+
+
+@pytest.mark.slow
+def test_saved_folder_loads_as_remote_code_without_sam_hf(tmp_path):
+    model = _lively_tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    copied = sorted(p.name for p in (tmp_path / "model").glob("*.py"))
+    assert "modeling_sam_hf.py" in copied and "configuration_sam_hf.py" in copied
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"pixel_values": torch.randn(1, 3, 128, 128, generator=generator), **_prompts(batch_size=1)[2]}
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _REMOTE_SCRIPT, "model", "inputs.safetensors", "outputs.safetensors"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = load_file(tmp_path / "outputs.safetensors")
+    with torch.inference_mode():
+        local = model(**inputs)
+    assert torch.equal(remote["pred_masks"], local.pred_masks)
+    assert torch.equal(remote["iou_scores"], local.iou_scores)
+
+
+# --- transformers format ----------------------------------------------------------------------------------------
+
+
+def test_transformers_folder_matches_sam_model(tmp_path):
+    """Parity with transformers' SamModel on its own folder; tolerance 1e-4 (transformers' decoder LayerNorms
+    use eps 1e-6 where SAM uses 1e-5: measured differences ~1e-5 on logits of order 0.1)."""
+    config = SamHFConfig.from_preset("tiny")
+    theirs = SamModel(to_transformers_config(config)).eval()
+    lively = _lively_tiny_model()
+    theirs.load_state_dict(to_transformers_state_dict(lively.state_dict(), config), strict=False)
+    theirs.save_pretrained(tmp_path)
+    ours = SamHFModel.from_pretrained(tmp_path)
+    assert ours.config.to_dict() == config.to_dict()
+    _assert_bit_exact(ours.state_dict(), lively.state_dict())
+    pixel_values = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        embeddings = ours.get_image_embeddings(pixel_values)
+        torch.testing.assert_close(embeddings, theirs.get_image_embeddings(pixel_values), rtol=0, atol=1e-5)
+        for prompts in _prompts():
+            expected = theirs(image_embeddings=embeddings, **prompts)
+            actual = ours(image_embeddings=embeddings, **prompts)
+            assert actual.pred_masks.shape == expected.pred_masks.shape == (2, 3, 3, 32, 32)
+            assert expected.pred_masks.abs().max() > 0.05  # the comparison is not between near-zero tensors
+            torch.testing.assert_close(actual.pred_masks, expected.pred_masks, rtol=0, atol=1e-4)
+            torch.testing.assert_close(actual.iou_scores, expected.iou_scores, rtol=0, atol=1e-4)
+
+
+def _write_transformers_bin(folder: Path, model: SamHFModel, tied: torch.Tensor | None = None) -> None:
+    """A transformers folder as older checkpoints have it: pytorch_model.bin holding the tied copy too."""
+    folder.mkdir()
+    to_transformers_config(model.config).save_pretrained(folder)
+    weights = to_transformers_state_dict(model.state_dict(), model.config)
+    weights[TIED_KEY] = weights["shared_image_embedding.positional_embedding"] if tied is None else tied
+    torch.save(weights, folder / "pytorch_model.bin")
+
+
+def test_transformers_pickle_folder_with_tied_copy_loads(tiny_model, tmp_path):
+    _write_transformers_bin(tmp_path / "bin", tiny_model)
+    _assert_bit_exact(SamHFModel.from_pretrained(tmp_path / "bin").state_dict(), tiny_model.state_dict())
+
+
+def test_transformers_tied_copies_must_agree(tiny_model, tmp_path):
+    _write_transformers_bin(tmp_path / "bin", tiny_model, tied=torch.zeros(2, 16))
+    with pytest.raises(ValueError, match="must be equal"):
+        SamHFModel.from_pretrained(tmp_path / "bin")
+
+
+# --- Meta format ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_meta_state_dict_round_trip(tiny_model, tmp_path, suffix):
+    path = tmp_path / f"sam_tiny{suffix}"
+    if suffix == ".pth":
+        save_meta_checkpoint(tiny_model.state_dict(), path)
+    else:
+        save_file(tiny_model.state_dict(), path)
+    loaded = SamHFModel.from_pretrained(path, config=tiny_model.config)
+    assert not loaded.training and all(p.requires_grad for p in loaded.parameters())
+    _assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
+
+
+def test_dtype_argument(tiny_model, tmp_path):
+    save_meta_checkpoint({k: v.half() for k, v in tiny_model.state_dict().items()}, tmp_path / "half.pth")
+    config = tiny_model.config
+    assert (
+        SamHFModel.from_pretrained(tmp_path / "half.pth", config=config, dtype="auto").dtype == torch.float16
+    )
+    assert SamHFModel.from_pretrained(tmp_path / "half.pth", config=config).dtype == torch.float32
+    assert (
+        SamHFModel.from_pretrained(tmp_path / "half.pth", config=config, dtype="bfloat16").dtype
+        == torch.bfloat16
+    )
+
+
+@pytest.mark.slow
+def test_meta_vit_b_matches_official(official_vit_b, tmp_path):
+    """Official ViT-B (seeded random weights) saved as a .pth: variant read from shapes, outputs within 1e-4."""
+    save_meta_checkpoint(official_vit_b.state_dict(), tmp_path / "sam_vit_b.pth")
+    ours = SamHFModel.from_pretrained(tmp_path / "sam_vit_b.pth")
+    assert ours.config.to_dict() == SamHFConfig.from_preset("vit_b").to_dict()
+    pixel_values = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[[500.0, 375.0], [200.0, 800.0]]])  # (1, 2, 2) XY in the model frame
+    labels = torch.tensor([[1, 0]])
+    with torch.inference_mode():
+        expected = official_vit_b.image_encoder(pixel_values)
+        actual = ours.get_image_embeddings(pixel_values)
+        assert actual.shape == (1, 256, 64, 64)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+        sparse, dense = official_vit_b.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        masks, iou = official_vit_b.mask_decoder(
+            expected, official_vit_b.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
+        )
+        out = ours(image_embeddings=expected, input_points=points[:, None], input_labels=labels[:, None])
+    assert out.pred_masks.shape == (1, 1, 3, 256, 256)
+    torch.testing.assert_close(out.pred_masks[:, 0], masks, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out.iou_scores[:, 0], iou, rtol=0, atol=1e-4)
+
+
+# --- strict loading and clear errors ----------------------------------------------------------------------------
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_listed(tiny_model, tmp_path):
+    state_dict = dict(tiny_model.state_dict())
+    del state_dict["mask_decoder.iou_token.weight"]
+    state_dict["image_encoder.extra"] = torch.zeros(1)
+    state_dict["mask_decoder.mask_tokens.weight"] = torch.zeros(5, 32)
+    save_meta_checkpoint(state_dict, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as error:
+        SamHFModel.from_pretrained(tmp_path / "bad.pth", config=tiny_model.config)
+    message = str(error.value)
+    assert "missing (1): ['mask_decoder.iou_token.weight']" in message
+    assert "unexpected (1): ['image_encoder.extra']" in message
+    assert "mask_decoder.mask_tokens.weight: checkpoint (5, 32) vs model (4, 32)" in message
+
+
+def test_non_sam_state_dict_is_rejected(tmp_path):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "resnet.pth")
+    with pytest.raises(
+        ValueError, match=r"not a SAM state dict: no 'image_encoder.patch_embed.proj.weight'.*fc.weight"
+    ):
+        SamHFModel.from_pretrained(tmp_path / "resnet.pth")
+
+
+def test_junk_files_are_rejected(tiny_model, tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(
+        ValueError, match=r"refusing to load .*notes.pth: .*Unsupported operand.*expected one of"
+    ):
+        SamHFModel.from_pretrained(tmp_path / "notes.pth")
+    save_meta_checkpoint(tiny_model.state_dict(), tmp_path / "whole.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated.pth is not a readable checkpoint.*expected one of"):
+        SamHFModel.from_pretrained(tmp_path / "truncated.pth")
+
+
+def test_state_dict_must_be_a_dict_of_tensors(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "nested.pth")
+    with pytest.raises(ValueError, match=r"must hold a state dict .* got dict with keys \['model'\]"):
+        SamHFModel.from_pretrained(tmp_path / "nested.pth")
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"has no config.json \(found: \['weights.bin'\]\); expected one of"):
+        SamHFModel.from_pretrained(tmp_path)
+
+
+def test_other_model_type_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="model_type 'bert'; expected one of"):
+        SamHFModel.from_pretrained(tmp_path)
+
+
+def test_transformers_folder_without_weights_is_rejected(tmp_path):
+    SamConfig().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"without weights: expected one of .*found \['config.json'\]"):
+        SamHFModel.from_pretrained(tmp_path)
+
+
+def test_missing_path_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="neither a local file or folder nor a reachable Hub repo"):
+        SamHFModel.from_pretrained(str(tmp_path / "nowhere" / "sam.pth"), local_files_only=True)
+
+
+def test_unsupported_arguments_for_foreign_formats(tiny_model, tmp_path):
+    save_meta_checkpoint(tiny_model.state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(TypeError, match=r"accepts config, dtype and .* got \['device_map'\]"):
+        SamHFModel.from_pretrained(tmp_path / "tiny.pth", config=tiny_model.config, device_map="cpu")
+
+
+# --- safety -----------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this object writes a file: what a malicious checkpoint would do."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.sentinel)!r}, 'w').write('pwned')",)
+
+
+def test_code_carrying_pickles_are_refused(tmp_path):
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Payload(control)))
+    assert control.exists()  # the payload does run when unpickled without restriction
+
+    sentinel = tmp_path / "sentinel"
+    torch.save(
+        {"image_encoder.pos_embed": torch.zeros(1), "payload": _Payload(sentinel)}, tmp_path / "zip.pth"
+    )
+    with open(tmp_path / "legacy.pth", "wb") as f:
+        pickle.dump({"payload": _Payload(sentinel)}, f, protocol=2)  # torch's legacy format
+    for name in ["zip.pth", "legacy.pth"]:
+        with pytest.raises(
+            ValueError, match="refusing to load .*unpickling it fully could run arbitrary code"
+        ):
+            SamHFModel.from_pretrained(tmp_path / name)
+        assert not sentinel.exists()
+
+
+def test_every_torch_load_passes_weights_only_true():
+    """Static check over the repository's Python files (the calls, not mentions in strings or comments)."""
+    offenders, calls = [], 0
+    for path in REPO_ROOT.rglob("*.py"):
+        if any(
+            part.startswith(".") or part in {"build", "venv"} for part in path.relative_to(REPO_ROOT).parts
+        ):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and isinstance(func, ast.Attribute) and func.attr == "load":
+                if not (isinstance(func.value, ast.Name) and func.value.id == "torch"):
+                    continue
+                calls += 1
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
+                if not safe:
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert calls >= 1  # the checkpoint loader itself
+    assert offenders == []
