@@ -18,6 +18,14 @@ def randomize_positional_terms(module: torch.nn.Module, seed: int = 0) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
+def assert_bit_exact(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Same keys, dtypes and values, bit for bit: what a lossless checkpoint conversion must give."""
+    assert sorted(actual) == sorted(expected)
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        assert torch.equal(actual[key], tensor), key
+
+
 @pytest.fixture
 def tiny_config() -> SamHFConfig:
     return SamHFConfig.from_preset("tiny")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, SamConfig, SamModel
 
-from conftest import randomize_positional_terms
+from conftest import assert_bit_exact, randomize_positional_terms
 from sam_hf import SamHFConfig, SamHFModel
 from sam_hf.modeling.checkpoint_conversion import (
     from_transformers_config,
@@ -39,13 +39,6 @@ def _lively_tiny_model(seed: int = 0) -> SamHFModel:
             module.reset_parameters()
     randomize_positional_terms(model, seed)
     return model
-
-
-def _assert_bit_exact(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert sorted(actual) == sorted(expected)
-    for key, tensor in expected.items():
-        assert actual[key].dtype == tensor.dtype, key
-        assert torch.equal(actual[key], tensor), key
 
 
 def _prompts(batch_size: int = 2, image_size: int = 128) -> list[dict[str, torch.Tensor]]:
@@ -155,7 +148,7 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     assert weights == ["model.safetensors"]
     loaded = SamHFModel.from_pretrained(tmp_path)
     assert not loaded.training
-    _assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
+    assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
     pixel_values = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     prompts = _prompts(batch_size=1)[2]
     with torch.inference_mode():
@@ -181,7 +174,7 @@ def test_auto_model_gives_sam_hf_model(tiny_model, tmp_path):
     }
     model = AutoModel.from_pretrained(tmp_path)
     assert type(model) is SamHFModel
-    _assert_bit_exact(model.state_dict(), tiny_model.state_dict())
+    assert_bit_exact(model.state_dict(), tiny_model.state_dict())
 
 
 _REMOTE_SCRIPT = """
@@ -240,7 +233,7 @@ def test_transformers_folder_matches_sam_model(tmp_path):
     theirs.save_pretrained(tmp_path)
     ours = SamHFModel.from_pretrained(tmp_path)
     assert ours.config.to_dict() == config.to_dict()
-    _assert_bit_exact(ours.state_dict(), lively.state_dict())
+    assert_bit_exact(ours.state_dict(), lively.state_dict())
     pixel_values = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         embeddings = ours.get_image_embeddings(pixel_values)
@@ -265,7 +258,7 @@ def _write_transformers_bin(folder: Path, model: SamHFModel, tied: torch.Tensor 
 
 def test_transformers_pickle_folder_with_tied_copy_loads(tiny_model, tmp_path):
     _write_transformers_bin(tmp_path / "bin", tiny_model)
-    _assert_bit_exact(SamHFModel.from_pretrained(tmp_path / "bin").state_dict(), tiny_model.state_dict())
+    assert_bit_exact(SamHFModel.from_pretrained(tmp_path / "bin").state_dict(), tiny_model.state_dict())
 
 
 def test_transformers_tied_copies_must_agree(tiny_model, tmp_path):
@@ -286,7 +279,7 @@ def test_meta_state_dict_round_trip(tiny_model, tmp_path, suffix):
         save_file(tiny_model.state_dict(), path)
     loaded = SamHFModel.from_pretrained(path, config=tiny_model.config)
     assert not loaded.training and all(p.requires_grad for p in loaded.parameters())
-    _assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
+    assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
 
 
 def test_dtype_argument(tiny_model, tmp_path):

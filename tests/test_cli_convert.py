@@ -1,0 +1,94 @@
+"""`sam-hf convert`: every format to every other, bit-exact round trips, outputs the original tools load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import SamModel
+
+from conftest import assert_bit_exact
+from sam_hf import SamHFModel
+from sam_hf.cli import main
+from sam_hf.modeling.checkpoint_conversion import save_meta_checkpoint
+
+
+def _convert(source, output, *options: str) -> None:
+    assert main(["convert", str(source), str(output), *options]) == 0
+
+
+def test_round_trip_through_transformers_is_bit_exact(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "ours")
+    _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers")
+    assert "wrote transformers checkpoint" in capsys.readouterr().out
+    _convert(tmp_path / "hf", tmp_path / "back")
+    assert_bit_exact(SamHFModel.from_pretrained(tmp_path / "back").state_dict(), tiny_model.state_dict())
+    # transformers -> transformers rewrites the very same file content
+    _convert(tmp_path / "hf", tmp_path / "hf_again", "--to", "transformers")
+    assert_bit_exact(
+        load_file(tmp_path / "hf_again" / "model.safetensors"),
+        load_file(tmp_path / "hf" / "model.safetensors"),
+    )
+
+
+def test_transformers_output_runs_in_transformers(tiny_model, tmp_path):
+    """Tolerance 1e-4: transformers' decoder LayerNorms use eps 1e-6 where SAM uses 1e-5."""
+    tiny_model.save_pretrained(tmp_path / "ours")
+    _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers")
+    theirs = SamModel.from_pretrained(tmp_path / "hf").eval()
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, 3, 128, 128, generator=generator)
+    points = torch.rand(1, 2, 1, 2, generator=generator) * 128  # (batch, prompts, points, XY)
+    labels = torch.ones(1, 2, 1, dtype=torch.long)
+    with torch.inference_mode():
+        expected = tiny_model(pixel_values, input_points=points, input_labels=labels)
+        actual = theirs(pixel_values=pixel_values, input_points=points, input_labels=labels)
+    assert actual.pred_masks.shape == expected.pred_masks.shape == (1, 2, 3, 32, 32)
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks, rtol=0, atol=1e-4)
+    torch.testing.assert_close(actual.iou_scores, expected.iou_scores, rtol=0, atol=1e-4)
+
+
+def test_round_trip_through_meta_is_bit_exact(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ours")
+    _convert(tmp_path / "ours", tmp_path / "sam_tiny.pth", "--to", "meta")
+    state_dict = torch.load(tmp_path / "sam_tiny.pth", map_location="cpu", weights_only=True)
+    assert_bit_exact(state_dict, tiny_model.state_dict())  # a plain state dict with Meta's names
+    _convert(tmp_path / "sam_tiny.pth", tmp_path / "back", "--preset", "tiny")
+    back = SamHFModel.from_pretrained(tmp_path / "back")
+    assert back.config.mask_decoder_config.num_attention_heads == 2  # from the preset, not SAM's 8
+    assert_bit_exact(back.state_dict(), tiny_model.state_dict())
+
+
+def test_half_precision_is_kept(tiny_model, tmp_path):
+    half = {k: v.half() for k, v in tiny_model.state_dict().items()}
+    save_meta_checkpoint(half, tmp_path / "half.pth")
+    _convert(tmp_path / "half.pth", tmp_path / "hf", "--to", "transformers", "--preset", "tiny")
+    _convert(tmp_path / "hf", tmp_path / "back.pth", "--to", "meta")
+    assert_bit_exact(torch.load(tmp_path / "back.pth", map_location="cpu", weights_only=True), half)
+
+
+def test_output_kind_is_checked(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ours")
+    with pytest.raises(ValueError, match="OUT must be a file path for --to meta, got the existing folder"):
+        _convert(tmp_path / "ours", tmp_path, "--to", "meta")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="OUT must be a folder for --to transformers, got the existing file"):
+        _convert(tmp_path / "ours", tmp_path / "file", "--to", "transformers")
+
+
+def test_unknown_format_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path), str(tmp_path / "out"), "--to", "onnx"])
+
+
+@pytest.mark.slow
+def test_meta_vit_b_through_sam_hf_loads_in_official_code(official_vit_b, tmp_path):
+    from segment_anything import sam_model_registry
+
+    original = official_vit_b.state_dict()
+    save_meta_checkpoint(original, tmp_path / "sam_vit_b.pth")
+    _convert(tmp_path / "sam_vit_b.pth", tmp_path / "ours")  # variant read from the shapes
+    _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers")
+    _convert(tmp_path / "hf", tmp_path / "exported.pth", "--to", "meta")
+    reloaded = sam_model_registry["vit_b"](checkpoint=str(tmp_path / "exported.pth"))
+    assert_bit_exact(reloaded.state_dict(), original)
