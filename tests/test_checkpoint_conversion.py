@@ -41,6 +41,11 @@ def _lively_tiny_model(seed: int = 0) -> SamHFModel:
     return model
 
 
+def _architecture(config: SamHFConfig) -> dict:
+    """The config without where it was loaded from."""
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
 def _prompts(batch_size: int = 2, image_size: int = 128) -> list[dict[str, torch.Tensor]]:
     """Points, boxes, and both, in the model frame; the same prompts suit SamHFModel and transformers' SamModel."""
     generator = torch.Generator().manual_seed(1)
@@ -114,6 +119,22 @@ def test_transformers_default_config_is_vit_b():
     assert from_transformers_config(SamConfig()).to_dict() == SamHFConfig.from_preset("vit_b").to_dict()
 
 
+def test_transformers_4_style_config_json_is_read():
+    """Configs written by transformers 4.x carry generation fields and empty sub-config model types."""
+    legacy = {"model_type": "", "do_sample": False, "num_beams": 1, "pruned_heads": {}, "torch_dtype": None}
+    vision = {**SamConfig().vision_config.to_dict(), **legacy, "dropout": 0.0, "initializer_factor": 1.0}
+    config_json = {
+        "architectures": ["SamModel"],
+        "model_type": "sam",
+        "torch_dtype": "float32",
+        "transformers_version": None,
+        "vision_config": vision,
+        "prompt_encoder_config": {**SamConfig().prompt_encoder_config.to_dict(), **legacy},
+        "mask_decoder_config": {**SamConfig().mask_decoder_config.to_dict(), **legacy},
+    }
+    assert from_transformers_config(config_json).to_dict() == SamHFConfig.from_preset("vit_b").to_dict()
+
+
 def test_transformers_config_sam_cannot_represent_is_rejected():
     config = SamConfig(vision_config={"hidden_act": "relu"}, prompt_encoder_config={"image_size": 512})
     with pytest.raises(
@@ -160,9 +181,14 @@ def test_save_load_round_trip(tiny_model, tmp_path):
 def test_saved_config_carries_no_paths(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "first")
     SamHFModel.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
-    text = (tmp_path / "second" / "config.json").read_text()
-    assert str(tmp_path) not in text
-    assert json.loads(text).get("_name_or_path", "") == ""
+    save_meta_checkpoint(tiny_model.state_dict(), tmp_path / "tiny.pth")
+    SamHFModel.from_pretrained(tmp_path / "tiny.pth", config=tiny_model.config).save_pretrained(
+        tmp_path / "third"
+    )
+    for folder in ["second", "third"]:
+        text = (tmp_path / folder / "config.json").read_text()
+        assert str(tmp_path) not in text
+        assert json.loads(text).get("_name_or_path", "") == ""
 
 
 def test_auto_model_gives_sam_hf_model(tiny_model, tmp_path):
@@ -232,7 +258,8 @@ def test_transformers_folder_matches_sam_model(tmp_path):
     theirs.load_state_dict(to_transformers_state_dict(lively.state_dict(), config), strict=False)
     theirs.save_pretrained(tmp_path)
     ours = SamHFModel.from_pretrained(tmp_path)
-    assert ours.config.to_dict() == config.to_dict()
+    assert ours.config.name_or_path == str(tmp_path)
+    assert _architecture(ours.config) == _architecture(config)
     assert_bit_exact(ours.state_dict(), lively.state_dict())
     pixel_values = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -278,6 +305,7 @@ def test_meta_state_dict_round_trip(tiny_model, tmp_path, suffix):
     else:
         save_file(tiny_model.state_dict(), path)
     loaded = SamHFModel.from_pretrained(path, config=tiny_model.config)
+    assert loaded.config is not tiny_model.config and tiny_model.config.name_or_path == ""
     assert not loaded.training and all(p.requires_grad for p in loaded.parameters())
     assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
 
@@ -300,7 +328,7 @@ def test_meta_vit_b_matches_official(official_vit_b, tmp_path):
     """Official ViT-B (seeded random weights) saved as a .pth: variant read from shapes, outputs within 1e-4."""
     save_meta_checkpoint(official_vit_b.state_dict(), tmp_path / "sam_vit_b.pth")
     ours = SamHFModel.from_pretrained(tmp_path / "sam_vit_b.pth")
-    assert ours.config.to_dict() == SamHFConfig.from_preset("vit_b").to_dict()
+    assert _architecture(ours.config) == _architecture(SamHFConfig.from_preset("vit_b"))
     pixel_values = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     points = torch.tensor([[[500.0, 375.0], [200.0, 800.0]]])  # (1, 2, 2) XY in the model frame
     labels = torch.tensor([[1, 0]])
@@ -385,10 +413,17 @@ def test_missing_path_is_rejected(tmp_path):
         SamHFModel.from_pretrained(str(tmp_path / "nowhere" / "sam.pth"), local_files_only=True)
 
 
-def test_unsupported_arguments_for_foreign_formats(tiny_model, tmp_path):
-    save_meta_checkpoint(tiny_model.state_dict(), tmp_path / "tiny.pth")
+def test_bad_arguments_for_foreign_formats(tiny_model, tmp_path):
+    path = tmp_path / "tiny.pth"
+    save_meta_checkpoint(tiny_model.state_dict(), path)
     with pytest.raises(TypeError, match=r"accepts config, dtype and .* got \['device_map'\]"):
-        SamHFModel.from_pretrained(tmp_path / "tiny.pth", config=tiny_model.config, device_map="cpu")
+        SamHFModel.from_pretrained(path, config=tiny_model.config, device_map="cpu")
+    with pytest.raises(TypeError, match="config must be a SamHFConfig or None, got dict"):
+        SamHFModel.from_pretrained(path, config=tiny_model.config.to_dict())
+    with pytest.raises(
+        ValueError, match="dtype must be a torch.dtype, its name, 'auto' or None, got 'float99'"
+    ):
+        SamHFModel.from_pretrained(path, config=tiny_model.config, dtype="float99")
 
 
 # --- safety -----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Pickles are only ever read with `torch.load(weights_only=True)`; anything else i
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -39,7 +40,7 @@ __all__ = [
     "from_transformers_state_dict",
     "infer_config_from_state_dict",
     "load_state_dict_file",
-    "read_foreign_checkpoint",
+    "load_foreign_checkpoint",
     "resolve_checkpoint",
     "save_meta_checkpoint",
     "save_transformers_checkpoint",
@@ -448,24 +449,49 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Re
     )
 
 
-def read_foreign_checkpoint(
-    checkpoint: ResolvedCheckpoint, config: SamHFConfig | None = None
-) -> tuple[SamHFConfig, dict[str, torch.Tensor]]:
-    """Config and our-named state dict of a `"transformers"` or `"meta"` checkpoint.
+def load_foreign_checkpoint(
+    model_class: type[torch.nn.Module],
+    checkpoint: ResolvedCheckpoint,
+    config: SamHFConfig | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> torch.nn.Module:
+    """Build `model_class` (SamHFModel) from a `"transformers"` or `"meta"` checkpoint, every tensor loaded strictly.
 
     Args:
+        model_class: the model class, called with the config.
         checkpoint: from `resolve_checkpoint`.
         config: use this config instead of the checkpoint's (transformers) or the one read from shapes (meta).
+        dtype: a torch dtype or its name; "auto" keeps the checkpoint's; None gives torch's default dtype.
+
+    Returns:
+        The model in eval mode.
     """
+    if config is not None and not isinstance(config, SamHFConfig):
+        raise TypeError(f"config must be a SamHFConfig or None, got {type(config).__name__}")
+    config = copy.deepcopy(config)  # the model records where it came from in its own config
+    target_dtype = None if dtype == "auto" else dtype or torch.get_default_dtype()
+    if isinstance(target_dtype, str):
+        target_dtype = getattr(torch, target_dtype, None)
+    if dtype != "auto" and not isinstance(target_dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype, its name, 'auto' or None, got {dtype!r}")
     state_dict: dict[str, torch.Tensor] = {}
     for path in checkpoint.weights_files:
         state_dict.update(load_state_dict_file(path))
     if checkpoint.format == "transformers":
         config = config or from_transformers_config(checkpoint.config_dict)
-        return config, from_transformers_state_dict(state_dict, config)
-    if checkpoint.format == "meta":
-        return config or infer_config_from_state_dict(state_dict), state_dict
-    raise ValueError(f"checkpoint.format must be 'transformers' or 'meta', got {checkpoint.format!r}")
+        state_dict = from_transformers_state_dict(state_dict, config)
+    elif checkpoint.format == "meta":
+        config = config or infer_config_from_state_dict(state_dict)
+    else:
+        raise ValueError(f"checkpoint.format must be 'transformers' or 'meta', got {checkpoint.format!r}")
+    with torch.device("meta"):  # every tensor comes from the checkpoint: skip random initialisation
+        model = model_class(config)
+    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, checkpoint.source)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    if target_dtype is not None:
+        model.to(target_dtype)
+    model.config.name_or_path = checkpoint.source
+    return model.eval()
 
 
 def check_state_dict(

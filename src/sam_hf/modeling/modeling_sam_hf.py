@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .checkpoint_conversion import HUB_KWARGS, check_state_dict, read_foreign_checkpoint, resolve_checkpoint
+from .checkpoint_conversion import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
 from .common import LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
 from .image_encoder import Attention as EncoderAttention
@@ -91,8 +91,8 @@ class SamHFModel(SamHFPreTrainedModel):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
-    ):
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
+    ) -> SamHFModel:
         """Load any SAM checkpoint: a local path or a Hub repo id in one of three formats.
 
         - sam_hf folders/repos (config.json with model_type "sam_hf"): the usual transformers loading, every
@@ -103,30 +103,26 @@ class SamHFModel(SamHFPreTrainedModel):
           `config=` for a model whose decoder does not have SAM's 8 heads.
 
         For the last two, `config`, `dtype` (a torch dtype, its name, or "auto" to keep the checkpoint's) and the
-        Hub arguments (`revision`, `token`, `cache_dir`, ...) are accepted. Weights load strictly: a checkpoint
-        with missing, extra or mis-shaped tensors raises ValueError listing them.
+        Hub arguments (`revision`, `token`, `cache_dir`, ...) are accepted; a `.pth` stored in a Hub repo is read
+        after `huggingface_hub.hf_hub_download`. Weights load strictly: a checkpoint with missing, extra or
+        mis-shaped tensors raises ValueError listing them; pickles are read with `weights_only=True` only.
         """
-        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        checkpoint = resolve_checkpoint(pretrained_model_name_or_path, **hub_kwargs)
+        if pretrained_model_name_or_path is None:  # transformers' config= + state_dict= loading
+            return super().from_pretrained(None, *model_args, **kwargs)
+        checkpoint = resolve_checkpoint(
+            pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        )
         if checkpoint.format == "sam_hf":
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        config = kwargs.pop("config", None)
-        dtype, old_name = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # transformers' old name
-        dtype = dtype or old_name
+        former_dtype_name = kwargs.pop("torch_dtype", None)
+        config, dtype = kwargs.pop("config", None), kwargs.pop("dtype", None) or former_dtype_name
         unsupported = sorted(set(kwargs) - set(HUB_KWARGS)) + (["*model_args"] if model_args else [])
         if unsupported:
             raise TypeError(
                 f"from_pretrained of a {checkpoint.format} checkpoint accepts config, dtype and {HUB_KWARGS}, "
                 f"got {unsupported}"
             )
-        config, state_dict = read_foreign_checkpoint(checkpoint, config)
-        with torch.device("meta"):  # every tensor comes from the checkpoint: skip random initialisation
-            model = cls(config)
-        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, checkpoint.source)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        if dtype != "auto":
-            model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.get_default_dtype())
-        return model.eval()
+        return load_foreign_checkpoint(cls, checkpoint, config, dtype)
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings."""
