@@ -22,6 +22,7 @@ from sam_hf.modeling.checkpoint_conversion import (
     from_transformers_state_dict,
     infer_config_from_state_dict,
     save_meta_checkpoint,
+    save_transformers_checkpoint,
     to_transformers_config,
     to_transformers_state_dict,
 )
@@ -294,6 +295,22 @@ def test_transformers_tied_copies_must_agree(tiny_model, tmp_path):
         SamHFModel.from_pretrained(tmp_path / "bin")
 
 
+@pytest.mark.parametrize("fmt", ["sam_hf", "transformers"])
+def test_hub_ids_resolve_through_the_hub_cache(tiny_model, tmp_path, fmt):
+    """No network here: a repo laid out as huggingface_hub caches it stands in for a download."""
+    revision = "0" * 40
+    repo_cache = tmp_path / "models--acme--sam-tiny"
+    snapshot = repo_cache / "snapshots" / revision
+    if fmt == "sam_hf":
+        tiny_model.save_pretrained(snapshot)
+    else:
+        save_transformers_checkpoint(tiny_model.config, tiny_model.state_dict(), snapshot)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(revision)
+    loaded = SamHFModel.from_pretrained("acme/sam-tiny", cache_dir=tmp_path, local_files_only=True)
+    assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
+
+
 # --- Meta format ------------------------------------------------------------------------------------------------
 
 
@@ -382,6 +399,17 @@ def test_junk_files_are_rejected(tiny_model, tmp_path):
     (tmp_path / "truncated.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated.pth is not a readable checkpoint.*expected one of"):
         SamHFModel.from_pretrained(tmp_path / "truncated.pth")
+    (tmp_path / "junk.safetensors").write_text("junk junk junk junk")
+    with pytest.raises(
+        ValueError, match="junk.safetensors is not a readable safetensors file.*expected one of"
+    ):
+        SamHFModel.from_pretrained(tmp_path / "junk.safetensors")
+
+
+def test_transformers_weights_file_alone_points_to_its_folder(tiny_model, tmp_path):
+    save_transformers_checkpoint(tiny_model.config, tiny_model.state_dict(), tmp_path)
+    with pytest.raises(ValueError, match="holds transformers parameter names: load the folder"):
+        SamHFModel.from_pretrained(tmp_path / "model.safetensors")
 
 
 def test_state_dict_must_be_a_dict_of_tensors(tmp_path):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import SamConfig
 from transformers.utils.hub import cached_file
@@ -36,17 +37,17 @@ __all__ = [
     "CHECKPOINT_FORMATS",
     "HUB_KWARGS",
     "ResolvedCheckpoint",
+    "check_state_dict",
     "from_transformers_config",
     "from_transformers_state_dict",
     "infer_config_from_state_dict",
-    "load_state_dict_file",
     "load_foreign_checkpoint",
+    "load_state_dict_file",
     "resolve_checkpoint",
     "save_meta_checkpoint",
     "save_transformers_checkpoint",
     "to_transformers_config",
     "to_transformers_state_dict",
-    "check_state_dict",
 ]
 
 CHECKPOINT_FORMATS = ("sam_hf", "transformers", "meta")
@@ -363,7 +364,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = str(path)
     if path.endswith(".safetensors"):
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error}); {_EXPECTED}") from error
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -481,6 +485,11 @@ def load_foreign_checkpoint(
         config = config or from_transformers_config(checkpoint.config_dict)
         state_dict = from_transformers_state_dict(state_dict, config)
     elif checkpoint.format == "meta":
+        if "vision_encoder.pos_embed" in state_dict:
+            raise ValueError(
+                f"{checkpoint.source} holds transformers parameter names: load the folder holding it and its "
+                "config.json instead"
+            )
         config = config or infer_config_from_state_dict(state_dict)
     else:
         raise ValueError(f"checkpoint.format must be 'transformers' or 'meta', got {checkpoint.format!r}")
