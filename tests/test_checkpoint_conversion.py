@@ -204,6 +204,21 @@ def test_auto_model_gives_sam_hf_model(tiny_model, tmp_path):
     assert_bit_exact(model.state_dict(), tiny_model.state_dict())
 
 
+def test_modeling_files_import_each_other_the_way_remote_code_follows():
+    """save_pretrained copies a file's relative imports only when written `from .module import name`
+    (transformers' `get_relative_imports`), and the copies must not need sam_hf itself."""
+    modeling = REPO_ROOT / "src" / "sam_hf" / "modeling"
+    for path in modeling.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module, (
+                    f"{path.name}:{node.lineno} use `from .module import x`"
+                )
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(m.split(".")[0] == "sam_hf" for m in modules), f"{path.name}:{node.lineno}"
+
+
 _REMOTE_SCRIPT = """
 import sys
 sys.modules["sam_hf"] = None  # the package must not be needed, even if some path could import it
@@ -346,6 +361,7 @@ def test_meta_vit_b_matches_official(official_vit_b, tmp_path):
     save_meta_checkpoint(official_vit_b.state_dict(), tmp_path / "sam_vit_b.pth")
     ours = SamHFModel.from_pretrained(tmp_path / "sam_vit_b.pth")
     assert _architecture(ours.config) == _architecture(SamHFConfig.from_preset("vit_b"))
+    assert_bit_exact(ours.state_dict(), official_vit_b.state_dict())
     pixel_values = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     points = torch.tensor([[[500.0, 375.0], [200.0, 800.0]]])  # (1, 2, 2) XY in the model frame
     labels = torch.tensor([[1, 0]])
