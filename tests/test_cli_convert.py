@@ -10,7 +10,7 @@ from transformers import SamModel
 from conftest import assert_bit_exact
 from sam_hf import SamHFModel
 from sam_hf.cli import main
-from sam_hf.modeling.checkpoint_conversion import save_meta_checkpoint
+from sam_hf.modeling.checkpoint_io import save_meta_checkpoint
 
 
 def _convert(source, output, *options: str) -> None:

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..modeling import SamHFConfig, SamHFModel
-    from ..modeling.checkpoint_conversion import save_meta_checkpoint, save_transformers_checkpoint
+    from ..modeling.checkpoint_io import save_meta_checkpoint, save_transformers_checkpoint
 
     folder_output = args.to != "meta"
     if folder_output and os.path.isfile(args.output):

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .checkpoint_conversion import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
+from .checkpoint_io import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
 from .common import LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
 from .image_encoder import Attention as EncoderAttention
