@@ -63,6 +63,11 @@ _EXPECTED = (
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from `.safetensors`, or from a pickle (`.pth`, `.pt`, `.bin`) holding tensors only.
 
@@ -236,7 +241,7 @@ def check_state_dict(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing foreign formats
+# Writing the foreign formats (ours is `SamHFModel.save_pretrained`: safetensors)
 # ---------------------------------------------------------------------------------------------------------------
 
 
