@@ -179,20 +179,21 @@ class SamHFProcessor:
     ) -> np.ndarray | torch.Tensor:
         """Map `(..., 2)` XY pixel coordinates of an image of `original_size (H, W)` to the model frame.
 
-        Computed in float64 as official `apply_coords`; returns a float64 numpy array for array-like input
-        and, for a tensor, a tensor of its floating dtype (float32 for integer tensors).
+        As official `apply_coords` (float64 numpy result for array-like input) and `apply_coords_torch`
+        (a tensor in its floating dtype, float32 for integer tensors), bit for bit.
         """
         old_h, old_w = _as_size(original_size, "original_size")
         new_h, new_w = self.get_preprocess_shape(old_h, old_w)
-        scale = np.array([new_w / old_w, new_h / old_h])
         if isinstance(coords, torch.Tensor):
-            out_dtype = coords.dtype if coords.is_floating_point() else torch.float32
-            array = coords.detach().cpu().numpy().astype(np.float64)
-            _check_last_dim(array, 2, "coords", "(..., 2) XY")
-            return torch.from_numpy(array * scale).to(device=coords.device, dtype=out_dtype)
-        array = np.asarray(coords, dtype=np.float64)
-        _check_last_dim(array, 2, "coords", "(..., 2) XY")
-        return array * scale
+            coords = coords if coords.is_floating_point() else coords.float()
+        else:
+            coords = np.asarray(coords, dtype=np.float64)
+        if coords.ndim == 0 or coords.shape[-1] != 2:
+            raise ValueError(f"coords must have shape (..., 2) as XY, got {tuple(coords.shape)}")
+        scaled = coords.clone() if isinstance(coords, torch.Tensor) else coords.copy()
+        scaled[..., 0] = coords[..., 0] * (new_w / old_w)
+        scaled[..., 1] = coords[..., 1] * (new_h / old_h)
+        return scaled
 
     def transform_boxes(
         self, boxes: np.ndarray | torch.Tensor | Sequence, original_size: Sequence[int]
@@ -514,11 +515,6 @@ def _as_size(size: Any, name: str) -> tuple[int, int]:
 
 def _as_list(value: Any) -> list:
     return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else list(value)
-
-
-def _check_last_dim(array: np.ndarray, size: int, name: str, form: str) -> None:
-    if array.ndim == 0 or array.shape[-1] != size:
-        raise ValueError(f"{name} must have shape {form}, got {array.shape}")
 
 
 def _as_float_array(value: Any, name: str) -> np.ndarray:
