@@ -96,6 +96,21 @@ def test_mask_prompt_and_image_inputs(predictor, tiny_model, photos):
     assert not other.is_image_set and other.features is None and other.original_size is None
 
 
+def test_transform_attribute_matches_official_resize_longest_side(predictor, photos):
+    """Code written against the official `predictor.transform` keeps working, bit for bit."""
+    official, ours = ResizeLongestSide(128), predictor.transform
+    image, size = photos["coffee"], (400, 600)
+    np.testing.assert_array_equal(ours.apply_image(image), official.apply_image(image))
+    coords = np.array([[0.0, 0.0], [599.0, 399.0], [123.4, 56.7]])
+    boxes = np.array([[10.0, 20.0, 300.0, 250.0], [0.0, 0.0, 600.0, 400.0]])
+    np.testing.assert_array_equal(ours.apply_coords(coords, size), official.apply_coords(coords, size))
+    np.testing.assert_array_equal(ours.apply_boxes(boxes[0], size), official.apply_boxes(boxes[0], size))
+    torch_boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    assert torch.equal(
+        ours.apply_boxes_torch(torch_boxes, size), official.apply_boxes_torch(torch_boxes, size)
+    )
+
+
 def test_encoder_dtype_hook_keeps_float32_features(tiny_model, photos):
     predictor = SamPredictor(tiny_model, encoder_dtype=torch.bfloat16)
     predictor.set_image(photos["coffee"])

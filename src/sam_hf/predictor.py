@@ -31,6 +31,8 @@ class SamPredictor:
             encoder and mask decoder always run in float32.
 
     Attributes:
+        transform: the official `predictor.transform` interface (`apply_image`, `apply_coords`,
+            `apply_boxes` and their `_torch` variants) backed by the processor, for code written against it.
         features: `(1, C, grid, grid)` embedding of the current image (None before `set_image`).
         original_size: `(H, W)` of the current image; input_size: `(H, W)` after resizing.
         is_image_set: whether an image has been encoded.
@@ -51,6 +53,7 @@ class SamPredictor:
             processor if processor is not None else SamHFProcessor.from_model_config(model.config)
         )
         self.encoder_dtype = encoder_dtype
+        self.transform = _ResizeLongestSide(self.processor)
         self.reset_image()
 
     @property
@@ -250,3 +253,30 @@ class SamPredictor:
     def _require_image(self, purpose: str) -> None:
         if not self.is_image_set:
             raise RuntimeError(f"An image must be set with .set_image(...) before {purpose}.")
+
+
+class _ResizeLongestSide:
+    """Official `ResizeLongestSide` methods used through `predictor.transform`, backed by the processor."""
+
+    def __init__(self, processor: SamHFProcessor):
+        self.processor = processor
+        self.target_length = processor.image_size
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """`(H, W, 3)` image -> resized `(h, w, 3)`, longest side `target_length`."""
+        return self.processor.resize_image(image)
+
+    def apply_coords(
+        self, coords: np.ndarray | torch.Tensor, original_size: Sequence[int]
+    ) -> np.ndarray | torch.Tensor:
+        """`(..., 2)` XY pixels -> model frame."""
+        return self.processor.transform_coords(coords, original_size)
+
+    def apply_boxes(
+        self, boxes: np.ndarray | torch.Tensor, original_size: Sequence[int]
+    ) -> np.ndarray | torch.Tensor:
+        """Boxes -> `(B, 4)` XYXY in the model frame."""
+        return self.processor.transform_boxes(boxes, original_size).reshape(-1, 4)
+
+    apply_coords_torch = apply_coords
+    apply_boxes_torch = apply_boxes

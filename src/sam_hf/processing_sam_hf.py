@@ -143,17 +143,36 @@ class SamHFProcessor:
             `pixel_values (batch_size, 3, image_size, image_size)` float32, `original_sizes (batch_size, 2)`
             and `reshaped_input_sizes (batch_size, 2)` int64 as `(H, W)`.
         """
-        images = _as_image_list(images)
         resized, original_sizes, reshaped_sizes = [], [], []
-        for index, image in enumerate(images):
+        for index, image in enumerate(_as_image_list(images)):
             array = _to_rgb_array(image, f"images[{index}]")
-            height, width = array.shape[:2]
-            new_h, new_w = self.get_preprocess_shape(height, width)
-            resized.append(torch.from_numpy(_resize(array, new_h, new_w)).permute(2, 0, 1))
-            original_sizes.append((height, width))
-            reshaped_sizes.append((new_h, new_w))
-        pixel_values = torch.cat([self.normalize_and_pad(image[None]) for image in resized])
+            resized.append(self._resize(array))
+            original_sizes.append(array.shape[:2])
+            reshaped_sizes.append(resized[-1].shape[:2])
+        pixel_values = torch.cat(
+            [self.normalize_and_pad(torch.from_numpy(r).permute(2, 0, 1)[None]) for r in resized]
+        )
         return pixel_values, torch.tensor(original_sizes), torch.tensor(reshaped_sizes)
+
+    def resize_image(self, image: ImageLike) -> np.ndarray:
+        """One image -> `(h, w, 3)` RGB with its longest side resized to `image_size`, as official
+        `ResizeLongestSide.apply_image` (uint8 for uint8 input, else float32 on the 0-255 scale)."""
+        return self._resize(_to_rgb_array(image, "image"))
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """PIL bilinear resize of `(H, W, 3)`: uint8 as official SAM, other dtypes per channel in PIL's float mode."""
+        height, width = self.get_preprocess_shape(*image.shape[:2])
+        if image.dtype == np.uint8:
+            return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        channels = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
+            )
+            for c in range(3)
+        ]
+        return np.stack(channels, axis=-1)
 
     def normalize_and_pad(self, resized_images: torch.Tensor) -> torch.Tensor:
         """`(batch_size, 3, h, w)` resized RGB on the 0-255 scale (any dtype) -> normalised, zero-padded
@@ -486,21 +505,6 @@ def _to_rgb_array(image: Any, name: str) -> np.ndarray:
             )
         return image * np.float32(255.0)
     raise TypeError(f"{name} must have dtype uint8, uint16 or float (in [0, 1]), got {image.dtype}")
-
-
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """PIL bilinear resize of `(H, W, 3)`; uint8 as official SAM, float per channel in PIL's float mode."""
-    if image.dtype == np.uint8:
-        return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-    channels = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
-                (width, height), Image.Resampling.BILINEAR
-            )
-        )
-        for c in range(3)
-    ]
-    return np.stack(channels, axis=-1)
 
 
 # ---------------------------------------------------------------------- prompt helpers
