@@ -197,19 +197,24 @@ PARITY_PHOTOS = ("astronaut", "chelsea")  # square (512, 512) and non-square (30
 
 @pytest.fixture(scope="session")
 def vit_b_predictors(official_vit_b, photos):
-    """Per photo: (official predictor, ours), each image encoded once per implementation."""
+    """`get(name) -> (official predictor, ours)` with the photo set: each photo is encoded once per
+    implementation per session, on first use."""
     from segment_anything import SamPredictor as OfficialPredictor
 
     model = SamHFModel(SamHFConfig.from_preset("vit_b"))
     model.load_state_dict(official_vit_b.state_dict(), strict=True)
     model.eval()
     pairs = {}
-    for name in PARITY_PHOTOS:
-        official, ours = OfficialPredictor(official_vit_b), SamPredictor(model)
-        official.set_image(photos[name])
-        ours.set_image(photos[name])
-        pairs[name] = (official, ours)
-    return pairs
+
+    def get(name: str):
+        if name not in pairs:
+            official, ours = OfficialPredictor(official_vit_b), SamPredictor(model)
+            official.set_image(photos[name])
+            ours.set_image(photos[name])
+            pairs[name] = (official, ours)
+        return pairs[name]
+
+    return get
 
 
 def _prompt_cases(height: int, width: int) -> list[dict]:
@@ -240,7 +245,7 @@ def _assert_parity(official_out, our_out):
 @pytest.mark.parametrize("name", PARITY_PHOTOS)
 def test_parity_with_official_predictor(vit_b_predictors, name):
     """Low-res logits and IoU scores within 1e-3 absolute; binarised full-size masks agree on >= 99.99%."""
-    official, ours = vit_b_predictors[name]
+    official, ours = vit_b_predictors(name)
     torch.testing.assert_close(ours.get_image_embedding(), official.get_image_embedding(), atol=1e-3, rtol=0)
     assert ours.input_size == official.input_size and ours.original_size == official.original_size
     for case in _prompt_cases(*official.original_size):
@@ -254,7 +259,7 @@ def test_parity_with_official_predictor(vit_b_predictors, name):
 
 @pytest.mark.slow
 def test_batched_boxes_parity_with_official_predict_torch(vit_b_predictors):
-    official, ours = vit_b_predictors["chelsea"]
+    official, ours = vit_b_predictors("chelsea")
     boxes = np.array([[10, 20, 200, 250], [100, 100, 400, 290], [0, 0, 451, 300]], dtype=np.float64)
     official_boxes = official.transform.apply_boxes_torch(torch.as_tensor(boxes), official.original_size)
     our_boxes = ours.processor.transform_boxes(torch.as_tensor(boxes), ours.original_size)

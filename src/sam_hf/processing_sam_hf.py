@@ -198,13 +198,13 @@ class SamHFProcessor:
     ) -> np.ndarray | torch.Tensor:
         """Map `(..., 2)` XY pixel coordinates of an image of `original_size (H, W)` to the model frame.
 
-        As official `apply_coords` (float64 numpy result for array-like input) and `apply_coords_torch`
-        (a tensor in its floating dtype, float32 for integer tensors), bit for bit.
+        As official `apply_coords` (a float64 numpy array for array-like input) and `apply_coords_torch`
+        (a float32 tensor for tensor input), bit for bit.
         """
         old_h, old_w = _as_size(original_size, "original_size")
         new_h, new_w = self.get_preprocess_shape(old_h, old_w)
         if isinstance(coords, torch.Tensor):
-            coords = coords if coords.is_floating_point() else coords.float()
+            coords = coords.float()
         else:
             coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim == 0 or coords.shape[-1] != 2:
@@ -252,7 +252,7 @@ class SamHFProcessor:
                 has no box". Boxes may extend past the image; they must not be inverted.
             input_masks: per image, `(P_i, mask_size, mask_size)` low-resolution mask logits (e.g.
                 `pred_masks` of an earlier call).
-            return_tensors: "pt", "np" or None (lists).
+            return_tensors: "pt" for torch tensors, "np" or None for numpy arrays.
 
         Returns:
             `BatchFeature` with `pixel_values (batch_size, 3, S, S)`, `original_sizes (batch_size, 2)`,
