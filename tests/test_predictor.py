@@ -96,6 +96,20 @@ def test_mask_prompt_and_image_inputs(predictor, tiny_model, photos):
     assert not other.is_image_set and other.features is None and other.original_size is None
 
 
+def test_cached_embedding_can_feed_decoder_training(predictor, tiny_model):
+    """Embeddings from the predictor are ordinary tensors: the decoder trains on them."""
+    embedding = predictor.get_image_embedding()
+    assert not embedding.is_inference()
+    outputs = tiny_model(
+        image_embeddings=embedding,
+        input_points=torch.tensor([[[[40.0, 30.0]]]]),
+        input_labels=torch.tensor([[[1]]]),
+        labels=torch.zeros(1, 1, 32, 32),
+    )
+    outputs.loss.backward()
+    assert tiny_model.mask_decoder.iou_prediction_head.layers[0].weight.grad is not None
+
+
 def test_transform_attribute_matches_official_resize_longest_side(predictor, photos):
     """Code written against the official `predictor.transform` keeps working, bit for bit."""
     official, ours = ResizeLongestSide(128), predictor.transform

@@ -117,7 +117,8 @@ class SamPredictor:
         )
         with torch.inference_mode(), autocast:
             features = self.model.get_image_embeddings(pixel_values.to(self.device))
-        self.features = features.float()
+        # A normal (not inference-mode) float32 copy, so cached embeddings can feed decoder training.
+        self.features = features.float().clone()
         self.original_size = original_size
         self.input_size = input_size
         self.is_image_set = True
