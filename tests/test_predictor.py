@@ -82,6 +82,9 @@ def test_mask_prompt_and_image_inputs(predictor, tiny_model, photos):
     _, _, low_res = predictor.predict(np.array([[200, 150]]), np.array([1]))
     masks, scores, _ = predictor.predict(np.array([[200, 150]]), np.array([1]), mask_input=low_res[[0]])
     assert masks.shape == (3, 300, 451)
+    # The workaround the error message suggests for a full-size binary mask.
+    logits = (20 * predictor.processor.mask_to_label(masks[0], (300, 451)) - 10)[None].numpy()
+    assert predictor.predict(mask_input=logits, multimask_output=False)[0].shape == (1, 300, 451)
     # set_torch_image with the official transform equals set_image; BGR input is flipped back.
     reference = predictor.get_image_embedding().clone()
     image = photos["chelsea"]

@@ -183,11 +183,15 @@ class SamPredictor:
         if array.shape != (1, size, size):
             hint = ""
             if self.original_size is not None and array.shape[-2:] == tuple(self.original_size):
-                hint = " (a full-size mask; convert it with processor.mask_to_label, or prompt with a box)"
+                hint = (
+                    " (a full-size mask: prompt with a box around it, or make logits with "
+                    "20 * processor.mask_to_label(mask) - 10)"
+                )
             raise ValueError(f"{wanted}, got shape {array.shape}{hint}")
         if array.dtype == bool or (array.dtype.kind in "iu") or np.isin(array, (0, 1)).all():
             raise ValueError(
-                f"{wanted}, got a binary mask (dtype {array.dtype}); pass logits, not 0/1 values"
+                f"{wanted}, got a binary mask (dtype {array.dtype}); pass logits, not 0/1 values "
+                f"(e.g. 20 * mask - 10 for a 0/1 mask already in the low-resolution model frame)"
             )
         return array.astype(np.float32)
 
