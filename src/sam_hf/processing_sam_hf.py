@@ -637,12 +637,12 @@ def _read_processor_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, A
                     return json.load(f)
         raise FileNotFoundError(f"no {' or '.join(names)} in {path}")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     for name in names:
         try:
             file = hf_hub_download(path, name, **hub_kwargs)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # try the next name; network and auth errors propagate
             continue
         with open(file) as f:
             return json.load(f)
