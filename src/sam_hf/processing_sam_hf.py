@@ -406,6 +406,7 @@ class SamHFProcessor:
         for i, (image_masks, original, reshaped) in enumerate(
             zip(masks, original_sizes, reshaped_sizes, strict=True)
         ):
+            image_masks = torch.as_tensor(image_masks)
             if image_masks.dim() != 4:
                 raise ValueError(
                     f"masks[{i}] must have shape (P, num_masks, mask_size, mask_size), got {tuple(image_masks.shape)}"
