@@ -194,6 +194,8 @@ def test_post_process_masks_equals_official_postprocess(processor, official_vit_
         assert torch.equal(
             processor.post_process_masks(logits[None], [original], [reshaped])[0], expected > 0
         )
+        as_list = processor.post_process_masks([logits.numpy()], [original], [reshaped], binarize=False)[0]
+        torch.testing.assert_close(as_list, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(720, 1280), (1280, 720)])
