@@ -3,6 +3,8 @@
 from transformers import AutoConfig, AutoModel
 
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
+from .predictor import SamPredictor
+from .processing_sam_hf import SamHFProcessor
 
 AutoConfig.register("sam_hf", SamHFConfig)
 AutoModel.register(SamHFConfig, SamHFModel)
@@ -11,5 +13,5 @@ AutoModel.register(SamHFConfig, SamHFModel)
 SamHFConfig.register_for_auto_class()
 SamHFModel.register_for_auto_class("AutoModel")
 
-__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput"]
+__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput", "SamHFProcessor", "SamPredictor"]
 __version__ = "0.1.0"

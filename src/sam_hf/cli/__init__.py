@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("convert",)
+COMMANDS: tuple[str, ...] = ("segment", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
