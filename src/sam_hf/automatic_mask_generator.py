@@ -1,0 +1,401 @@
+"""Automatic mask generation: prompt SAM with a grid of points, keep the good and distinct masks.
+
+A drop-in replacement for `segment_anything.SamAutomaticMaskGenerator` (same arguments, same output
+records) that does the expensive work once and only on what survives:
+
+- the image embedding is computed once per crop and the decoder runs on `points_per_batch` prompts per call;
+- the predicted-IoU filter runs on the low-resolution logits (it does not depend on resolution);
+- only the survivors are brought to full resolution, in bounded chunks, with one matrix product per axis
+  equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
+  encoding are vectorised over the chunk;
+- masks are kept as compact run-length counts in the crop's frame and moved to the image frame only if
+  they survive box NMS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms, box_area
+
+from .amg_utils import (
+    area_from_rle,
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    rle_counts,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+    upsampling_matrix,
+)
+from .modeling import SamHFModel
+from .processing_sam_hf import SamHFProcessor
+
+__all__ = ["SamAutomaticMaskGenerator"]
+
+_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_MASK_THRESHOLD = 0.0
+
+
+class SamAutomaticMaskGenerator:
+    """Generate masks for a whole image from a grid of point prompts.
+
+    Args:
+        model: the `SamHFModel` to prompt; the generator runs on its device.
+        points_per_side: points sampled along each side of the image (`points_per_side**2` prompts);
+            `None` when `point_grids` is given.
+        points_per_batch: prompts decoded per model call; larger is faster and uses more memory.
+        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
+        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        stability_score_offset: logit offset of the two thresholds the stability score compares.
+        box_nms_thresh: box IoU above which a mask is dropped as a duplicate within a crop.
+        crop_n_layers: run again on crops: layer i has `(2**i)**2` crops.
+        crop_nms_thresh: box IoU for removing duplicates between crops.
+        crop_overlap_ratio: overlap of neighbouring crops in the first layer, as a fraction of the short side.
+        crop_n_points_downscale_factor: points per side in layer i are divided by this to the power i.
+        point_grids: one `(num_points, 2)` XY grid in [0, 1] per crop layer; exclusive with `points_per_side`.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels, then
+            remove new duplicates by box NMS (no OpenCV needed).
+        output_mode: `"binary_mask"` (`(H, W)` bool arrays), `"uncompressed_rle"` or `"coco_rle"`
+            (compressed COCO RLE that `pycocotools.mask.decode` reads).
+        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"` to run the
+            image encoder and mask decoder under autocast (faster, masks may differ slightly).
+        max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
+    """
+
+    def __init__(
+        self,
+        model: SamHFModel,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        *,
+        precision: str = "fp32",
+        max_chunk_pixels: int = 2**24,
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError(
+                "exactly one of points_per_side or point_grids must be given, got "
+                f"points_per_side={points_per_side!r} and point_grids={'None' if point_grids is None else 'a list'}"
+            )
+        if points_per_side is not None:
+            if not isinstance(points_per_side, int) or points_per_side < 1:
+                raise ValueError(f"points_per_side must be a positive int, got {points_per_side!r}")
+            point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        self.point_grids = [_check_point_grid(grid, i) for i, grid in enumerate(point_grids)]
+        if len(self.point_grids) < crop_n_layers + 1:
+            raise ValueError(
+                f"point_grids must hold one grid per crop layer ({crop_n_layers + 1} for "
+                f"crop_n_layers={crop_n_layers}), got {len(self.point_grids)}"
+            )
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        self.model = model
+        self.processor = SamHFProcessor.from_model_config(model.config)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.precision = precision
+        self.max_chunk_pixels = max_chunk_pixels
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Generate masks for `image`.
+
+        Args:
+            image: `(H, W, 3)` uint8 RGB image (a PIL image is converted).
+
+        Returns:
+            One record per mask, in the official generator's format:
+            `segmentation` (per `output_mode`), `area` (int pixels), `bbox` (XYWH list), `predicted_iou`,
+            `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
+        """
+        image = _check_image(image)
+        data = self._generate_masks(image)
+        if self.min_mask_region_area > 0:
+            data = self._postprocess_small_regions(
+                data,
+                image.shape[:2],
+                self.min_mask_region_area,
+                max(self.box_nms_thresh, self.crop_nms_thresh),
+            )
+        records = []
+        for i, counts in enumerate(data["rles"]):
+            rle = {"size": list(image.shape[:2]), "counts": counts.tolist()}
+            if self.output_mode == "binary_mask":
+                segmentation = rle_to_mask(rle)
+            elif self.output_mode == "coco_rle":
+                segmentation = coco_encode_rle(rle)
+            else:
+                segmentation = rle
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": area_from_rle(rle),
+                    "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                    "predicted_iou": data["iou_preds"][i].item(),
+                    "point_coords": [data["points"][i].tolist()],
+                    "stability_score": data["stability_score"][i].item(),
+                    "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+                }
+            )
+        return records
+
+    def _generate_masks(self, image: np.ndarray) -> dict[str, Any]:
+        """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        data = _concat(
+            [
+                self._process_crop(image, box, layer, orig_size)
+                for box, layer in zip(crop_boxes, layer_idxs, strict=True)
+            ]
+        )
+        if len(crop_boxes) > 1 and len(data["rles"]) > 0:
+            # Prefer masks from smaller crops: they saw the object at higher resolution.
+            scores = 1 / box_area(data["crop_boxes"].float())
+            keep = batched_nms(
+                data["boxes"].float(), scores, torch.zeros_like(scores), iou_threshold=self.crop_nms_thresh
+            )
+            data = _filter(data, keep)
+        data["rles"] = [
+            _uncrop_counts(counts, box.tolist(), orig_size)
+            for counts, box in zip(data["rles"], data["crop_boxes"], strict=True)
+        ]
+        return data
+
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
+    ) -> dict[str, Any]:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        crop_h, crop_w = crop.shape[:2]
+        device = self.model.device
+        pixel_values, _, reshaped_sizes = self.processor.preprocess_images([crop])
+        with self._autocast():
+            embeddings = self.model.get_image_embeddings(pixel_values.to(device, self.model.dtype))
+        valid_h, valid_w = (int(s) for s in reshaped_sizes[0])
+        mask_size, image_size = self.model.config.mask_size, self.model.config.vision_config.image_size
+        upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
+        upsample_w = _trimmed(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
+
+        points = self.point_grids[layer_idx] * np.array([crop_w, crop_h])  # (N, 2) XY crop pixels
+        model_points = self.processor.transform_coords(torch.as_tensor(points), (crop_h, crop_w))
+        batches = [
+            self._process_batch(
+                embeddings,
+                model_points[start : start + self.points_per_batch].to(device, torch.float32),
+                torch.as_tensor(points[start : start + self.points_per_batch]),
+                upsample_h,
+                upsample_w,
+                crop_box,
+                orig_size,
+            )
+            for start in range(0, len(points), self.points_per_batch)
+        ]
+        data = _concat(batches)
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["iou_preds"]),
+            iou_threshold=self.box_nms_thresh,
+        )
+        data = _filter(data, keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.int64).reshape(-1, 4)
+        return data
+
+    def _process_batch(
+        self,
+        embeddings: torch.Tensor,
+        model_points: torch.Tensor,
+        points: torch.Tensor,
+        upsample_h: torch.Tensor,
+        upsample_w: torch.Tensor,
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Decode one batch of point prompts and keep the masks that pass the filters.
+
+        Args:
+            embeddings: `(1, C, grid, grid)` image embedding of the crop.
+            model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
+            upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
+        """
+        num_points = model_points.shape[0]
+        with self._autocast():
+            out = self.model(
+                image_embeddings=embeddings,
+                input_points=model_points[None, :, None, :],
+                input_labels=torch.ones(1, num_points, 1, dtype=torch.long, device=embeddings.device),
+                multimask_output=True,
+            )
+        low_res = out.pred_masks[0].flatten(0, 1).float()  # (P * 3, mask_size, mask_size)
+        iou_preds = out.iou_scores[0].flatten().float()  # (P * 3,)
+        points = points.repeat_interleave(out.pred_masks.shape[2], dim=0)
+        if self.pred_iou_thresh > 0.0:
+            keep = iou_preds > self.pred_iou_thresh
+            low_res, iou_preds, points = low_res[keep], iou_preds[keep], points[keep.cpu()]
+
+        k_h, k_w = upsample_h.shape[1], upsample_w.shape[1]
+        low_res = low_res[:, :k_h, :k_w]
+        crop_h, crop_w = upsample_h.shape[0], upsample_w.shape[0]
+        chunk = max(1, self.max_chunk_pixels // (crop_h * crop_w))
+        parts = []
+        for start in range(0, low_res.shape[0], chunk):
+            logits = upsample_h @ low_res[start : start + chunk] @ upsample_w.T  # (n, crop_h, crop_w)
+            stability = calculate_stability_score(logits, _MASK_THRESHOLD, self.stability_score_offset)
+            keep = torch.ones_like(stability, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                keep = stability >= self.stability_score_thresh
+            masks = logits[keep] > _MASK_THRESHOLD
+            del logits
+            boxes = batched_mask_to_box(masks)
+            not_at_edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+            masks, boxes = masks[not_at_edge], boxes[not_at_edge]
+            index = torch.arange(start, start + keep.shape[0], device=keep.device)[keep][not_at_edge]
+            parts.append(
+                {
+                    "rles": rle_counts(masks),
+                    "boxes": boxes.cpu(),
+                    "iou_preds": iou_preds[index].cpu(),
+                    "points": points[index.cpu()],
+                    "stability_score": stability[keep][not_at_edge].cpu(),
+                }
+            )
+        return _concat(parts)
+
+    @staticmethod
+    def _postprocess_small_regions(
+        data: dict[str, Any], image_size: tuple[int, int], min_area: int, nms_thresh: float
+    ) -> dict[str, Any]:
+        """Fill small holes and drop small islands, then rerun box NMS preferring unchanged masks."""
+        if len(data["rles"]) == 0:
+            return data
+        h, w = image_size
+        masks, unchanged = [], []
+        for counts in data["rles"]:
+            mask = rle_to_mask({"size": [h, w], "counts": counts})
+            mask, holes_changed = remove_small_regions(mask, min_area, mode="holes")
+            mask, islands_changed = remove_small_regions(mask, min_area, mode="islands")
+            masks.append(mask)
+            unchanged.append(not (holes_changed or islands_changed))
+        scores = torch.tensor(unchanged, dtype=torch.float)
+        boxes = torch.stack([batched_mask_to_box(torch.from_numpy(m)) for m in masks])
+        keep = batched_nms(boxes.float(), scores, torch.zeros_like(scores), iou_threshold=nms_thresh)
+        for i in keep.tolist():
+            if not unchanged[i]:
+                data["rles"][i] = rle_counts(torch.from_numpy(masks[i])[None])[0]
+                data["boxes"][i] = boxes[i]
+        return _filter(data, keep)
+
+    def _autocast(self):
+        dtype = _PRECISIONS[self.precision]
+        return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _check_point_grid(grid: Any, index: int) -> np.ndarray:
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 2 or grid.shape[1] != 2:
+        raise ValueError(f"point_grids[{index}] must have shape (num_points, 2), got {grid.shape}")
+    if grid.size and (grid.min() < 0 or grid.max() > 1):
+        raise ValueError(
+            f"point_grids[{index}] must hold XY points normalised to [0, 1], got values in "
+            f"[{grid.min():.3g}, {grid.max():.3g}]"
+        )
+    return grid
+
+
+def _check_image(image: Any) -> np.ndarray:
+    image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} and dtype {image.dtype}"
+        )
+    return image
+
+
+def _trimmed(matrix: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing low-res columns that only see padding (all-zero weights)."""
+    used = int(torch.nonzero(matrix.abs().sum(0)).max()) + 1
+    return matrix[:, :used].contiguous()
+
+
+def _uncrop_counts(counts: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]) -> np.ndarray:
+    """RLE counts of a mask in the crop's frame -> counts of the zero-padded mask in the image frame."""
+    x0, y0, x1, y1 = crop_box
+    orig_h, orig_w = orig_size
+    if (x0, y0, x1, y1) == (0, 0, orig_w, orig_h):
+        return counts
+    mask = rle_to_mask({"size": [y1 - y0, x1 - x0], "counts": counts})
+    full = np.zeros((orig_h, orig_w), dtype=bool)
+    full[y0:y1, x0:x1] = mask
+    return rle_counts(torch.from_numpy(full)[None])[0]
+
+
+_EMPTY = {
+    "rles": [],
+    "boxes": torch.zeros(0, 4, dtype=torch.int64),
+    "iou_preds": torch.zeros(0),
+    "points": torch.zeros(0, 2, dtype=torch.float64),
+    "stability_score": torch.zeros(0),
+    "crop_boxes": torch.zeros(0, 4, dtype=torch.int64),
+}
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate per-batch or per-crop mask data (lists of counts and tensors)."""
+    keys = parts[0].keys() if parts else _EMPTY.keys()
+    out = {}
+    for key in keys:
+        values = [part[key] for part in parts]
+        if key == "rles":
+            out[key] = [counts for value in values for counts in value]
+        else:
+            out[key] = torch.cat(values) if values else _EMPTY[key]
+    return out
+
+
+def _filter(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """Select masks by index or boolean tensor."""
+    keep = keep.cpu()
+    if keep.dtype == torch.bool:
+        keep = keep.nonzero().flatten()
+    indices = keep.tolist()
+    return {key: [value[i] for i in indices] if key == "rles" else value[keep] for key, value in data.items()}
