@@ -150,12 +150,11 @@ def upsampling_matrix(low_res: int, padded: int, valid: int, out: int) -> torch.
     Applying it on both axes, `A_h @ logits @ A_w.T`, gives the same logits as the two `F.interpolate`
     calls up to float rounding, as one matrix product and without the padded intermediate.
     """
-    identity = torch.eye(low_res, dtype=torch.float64)[
-        :, None, :
-    ]  # (low_res, 1, low_res): one signal per input
+    # float32 like the masks, so the interpolation weights are bit-identical to those F.interpolate uses.
+    identity = torch.eye(low_res)[:, None, :]  # (low_res, 1, low_res): one signal per input
     upsampled = F.interpolate(identity, size=padded, mode="linear", align_corners=False)[..., :valid]
     resized = F.interpolate(upsampled, size=out, mode="linear", align_corners=False)
-    return resized[:, 0].T.float().contiguous()
+    return resized[:, 0].T.contiguous()
 
 
 def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
