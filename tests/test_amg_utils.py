@@ -76,6 +76,7 @@ def test_rle_matches_official_and_pycocotools(blob_masks):
         coco = amg_utils.coco_encode_rle(rle)
         assert coco == official.coco_encode_rle(rle)
         np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), mask)
+        np.testing.assert_array_equal(amg_utils.coco_decode_rle(coco), mask)
     assert amg_utils.mask_to_rle_pytorch(blob_masks[:0]) == []
     counts = amg_utils.rle_counts(blob_masks)
     assert [c.tolist() for c in counts] == [r["counts"] for r in ours]

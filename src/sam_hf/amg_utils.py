@@ -25,6 +25,7 @@ __all__ = [
     "build_all_layer_point_grids",
     "build_point_grid",
     "calculate_stability_score",
+    "coco_decode_rle",
     "coco_encode_rle",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
@@ -212,6 +213,28 @@ def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
                 c |= 0x20
             chars.append(chr(c + 48))
     return {"size": list(uncompressed_rle["size"]), "counts": "".join(chars)}
+
+
+def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
+    """COCO compressed RLE (string counts, as `coco_encode_rle` writes) -> `(H, W)` bool mask."""
+    text = coco_rle["counts"]
+    text = text.decode() if isinstance(text, bytes) else text
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        x, shift, more = 0, 0, True
+        while more:
+            c = ord(text[pos]) - 48
+            x |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                x |= -1 << shift  # sign-extend
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return rle_to_mask({"size": coco_rle["size"], "counts": counts})
 
 
 def label_connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
