@@ -257,8 +257,11 @@ def test_two_processes_give_the_same_dataset(model, image_folder, tmp_path):
         text=True,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    # accelerate 1.15 runs `launch --cpu --num_processes 2` as ONE process (multi-CPU needs mpirun), so
+    # two CPU processes come from the torchrun-based launcher with ACCELERATE_USE_CPU set.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**env, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
     double = subprocess.run(
         [*launch, str(script), *common, "--out", str(tmp_path / "two")],
         env=env,

@@ -103,10 +103,13 @@ def annotate(
     Returns:
         The merged `datasets.Dataset` on the main process, `None` on the others.
     """
+    import torch
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    # Without this flag PartialState ignores a torchrun/accelerate multi-process launch on CPU-only machines.
+    state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     source = _ImageSource(images, image_column)
     out = Path(out)
     work = out / "work"
