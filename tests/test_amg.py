@@ -267,3 +267,24 @@ def test_matches_official_vit_b_on_a_photo(official_vit_b, photos, kwargs):
     assert_same_masks(official, ours)
     if kwargs.get("box_nms_thresh") == 1.0:
         assert len(ours) == 3 * 64
+
+
+def test_reassociated_decoder_equals_model_forward(tiny_pair):
+    """The generator's decoder path (projections shared / folded) equals SamHFModel.forward to 1e-5 relative."""
+    from sam_hf.automatic_mask_generator import _decode_point_prompts
+
+    model = tiny_pair[1]
+    torch.manual_seed(1)
+    embeddings = torch.randn(1, 32, 8, 8)
+    points = torch.rand(10, 2) * 128
+    with torch.inference_mode():
+        reference = model(
+            image_embeddings=embeddings,
+            input_points=points[None, :, None, :],
+            input_labels=torch.ones(1, 10, 1, dtype=torch.long),
+        )
+        masks, iou = _decode_point_prompts(model, embeddings, points)
+    assert masks.shape == (10, 3, 32, 32) and iou.shape == (10, 3)
+    scale = reference.pred_masks.abs().max()
+    torch.testing.assert_close(masks / scale, reference.pred_masks[0] / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(iou, reference.iou_scores[0], atol=1e-5, rtol=0)

@@ -258,17 +258,12 @@ class SamAutomaticMaskGenerator:
             model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
             upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
         """
-        num_points = model_points.shape[0]
         with self._autocast():
-            out = self.model(
-                image_embeddings=embeddings,
-                input_points=model_points[None, :, None, :],
-                input_labels=torch.ones(1, num_points, 1, dtype=torch.long, device=embeddings.device),
-                multimask_output=True,
-            )
-        low_res = out.pred_masks[0].flatten(0, 1).float()  # (P * 3, mask_size, mask_size)
-        iou_preds = out.iou_scores[0].flatten().float()  # (P * 3,)
-        points = points.repeat_interleave(out.pred_masks.shape[2], dim=0)
+            low_res, iou_preds = _decode_point_prompts(self.model, embeddings, model_points)
+        num_masks = low_res.shape[1]
+        low_res = low_res.flatten(0, 1).float()  # (P * 3, mask_size, mask_size)
+        iou_preds = iou_preds.flatten().float()  # (P * 3,)
+        points = points.repeat_interleave(num_masks, dim=0)
         if self.pred_iou_thresh > 0.0:
             keep = iou_preds > self.pred_iou_thresh
             low_res, iou_preds, points = low_res[keep], iou_preds[keep], points[keep.cpu()]
@@ -328,6 +323,131 @@ class SamAutomaticMaskGenerator:
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
         return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _decode_point_prompts(
+    model: SamHFModel, image_embeddings: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder for `P` single foreground points on one image, re-associated for this case.
+
+    Mathematically equal to `model(image_embeddings=..., input_points=..., multimask_output=True)`
+    (float rounding aside), with about half the work: every prompt sees the same image tokens in the first
+    layer, so their projections are computed once; and since a prompt has only a handful of tokens
+    against thousands of image tokens, the projections of image tokens are folded into the token side
+    (`(x W_k^T) q = x (W_k^T q)`), so image tokens are never projected per prompt.
+
+    Args:
+        image_embeddings: `(1, C, h, w)` embedding of the image.
+        points: `(P, 2)` XY in the model frame.
+
+    Returns:
+        mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`.
+    """
+    decoder, transformer = model.mask_decoder, model.mask_decoder.transformer
+    num_prompts = points.shape[0]
+    labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
+    sparse, token_mask, dense = model.prompt_encoder(points[:, None, :], labels, None, None, num_prompts)
+    dtype = image_embeddings.dtype
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
+    tokens = torch.cat([output_tokens.expand(num_prompts, -1, -1), sparse.to(dtype)], dim=1)  # (P, T, C)
+    token_mask = torch.cat([token_mask.new_ones(num_prompts, output_tokens.shape[0]), token_mask], dim=1)
+    _, channels, h, w = image_embeddings.shape
+    # Without a mask prompt the dense embedding is the same for every prompt.
+    src = image_embeddings + dense[:1].to(dtype)
+    shared_keys = src.flatten(2).transpose(1, 2)  # (1, N, C)
+    key_pe = model.prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
+
+    queries, keys = tokens, shared_keys
+    for i, layer in enumerate(transformer.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries, token_mask)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q, q, queries, token_mask)
+        queries = layer.norm1(queries)
+        shared = i == 0
+        keys_pe = keys + key_pe
+        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, shared)
+        queries = layer.norm2(queries + attended)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attended = _image_to_token(
+            layer.cross_attn_image_to_token, keys_pe, queries + tokens, queries, token_mask, shared
+        )
+        del keys_pe
+        keys = layer.norm4(keys + attended)  # (P, N, C) from here on
+    attended = _token_to_image(
+        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys, False
+    )
+    queries = transformer.norm_final_attn(queries + attended)
+
+    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(num_prompts, channels, h, w))
+    mask_tokens = queries[:, 1 : 1 + decoder.num_mask_tokens]
+    hyper_in = torch.stack(
+        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1
+    )
+    masks = (hyper_in @ upscaled.flatten(2)).reshape(num_prompts, -1, 4 * h, 4 * w)
+    iou_pred = decoder.iou_prediction_head(queries[:, 0])
+    return masks[:, 1:], iou_pred[:, 1:]
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`(B, L, D)` -> `(B, heads, L, D / heads)`."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def _token_to_image(
+    attn: torch.nn.Module, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, shared: bool
+) -> torch.Tensor:
+    """Prompt tokens `(P, T, C)` attend to image tokens `(1 or P, N, C)`; returns `(P, T, C)`."""
+    heads = attn.num_heads
+    q = _split_heads(attn.q_proj(q_in), heads)  # (P, H, T, d)
+    scale = q.shape[-1] ** -0.5
+    if shared:  # one set of image tokens: project them once for all prompts
+        k = _split_heads(attn.k_proj(k_in), heads)  # (1, H, N, d)
+        v = _split_heads(attn.v_proj(v_in), heads)
+        out = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v  # (P, H, T, d)
+    else:
+        # q . (x W_k^T + b_k) = (q W_k) . x + const: the constant cancels in the softmax.
+        P, H, T, d = q.shape
+        w_k = attn.k_proj.weight.view(H, d, -1)  # (H, d, C)
+        qk = torch.einsum("phtd,hdc->phtc", q, w_k).reshape(P, H * T, -1)
+        probs = torch.softmax(qk @ k_in.transpose(1, 2) * scale, dim=-1)  # (P, H*T, N)
+        mixed = (probs @ v_in).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
+        w_v = attn.v_proj.weight.view(H, d, -1)
+        # Rows of probs sum to 1, so the value bias passes through unchanged.
+        out = torch.einsum("phtc,hdc->phtd", mixed, w_v) + attn.v_proj.bias.view(H, 1, d)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _image_to_token(
+    attn: torch.nn.Module,
+    q_in: torch.Tensor,
+    k_in: torch.Tensor,
+    v_in: torch.Tensor,
+    token_mask: torch.Tensor,
+    shared: bool,
+) -> torch.Tensor:
+    """Image tokens `(1 or P, N, C)` attend to prompt tokens `(P, T, C)`; returns `(P, N, C)`."""
+    heads = attn.num_heads
+    k = _split_heads(attn.k_proj(k_in), heads)  # (P, H, T, d)
+    v = _split_heads(attn.v_proj(v_in), heads)
+    P, H, T, d = k.shape
+    scale = d**-0.5
+    if shared:
+        q = _split_heads(attn.q_proj(q_in), heads)  # (1, H, N, d)
+        scores = (q @ k.transpose(-1, -2)).transpose(1, 2)  # (P, N, H, T)
+    else:
+        # (x W_q^T + b_q) . k = x . (W_q^T k) + b_q . k: fold the query projection into the few tokens.
+        w_q = attn.q_proj.weight.view(H, d, -1)  # (H, d, C)
+        folded = torch.einsum("hdc,phtd->pcht", w_q, k).flatten(2)  # (P, C, H*T)
+        bias = torch.einsum("hd,phtd->pht", attn.q_proj.bias.view(H, d), k).flatten(1)  # (P, H*T)
+        scores = (q_in @ folded + bias[:, None]).unflatten(-1, (H, T))  # (P, N, H, T)
+    scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores * scale, dim=-1).flatten(2)  # (P, N, H*T)
+    # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T).
+    w_o = attn.out_proj.weight.view(-1, H, d)  # (C, H, d)
+    values = torch.einsum("phtd,chd->phtc", v, w_o).flatten(1, 2)  # (P, H*T, C)
+    return probs @ values + attn.out_proj.bias
 
 
 def _check_point_grid(grid: Any, index: int) -> np.ndarray:
