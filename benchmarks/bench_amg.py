@@ -28,7 +28,6 @@ def _worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
     from segment_anything import sam_model_registry
-    from skimage import data
 
     torch.manual_seed(0)
     official = sam_model_registry["vit_b"]().eval().to(args.device)
@@ -49,7 +48,7 @@ def _worker(args: argparse.Namespace) -> None:
         model.load_state_dict(official.state_dict(), strict=True)
         del official
         generator = SamAutomaticMaskGenerator(model.to(args.device), precision=args.precision, **kwargs)
-    image = np.ascontiguousarray(data.astronaut())  # 512 x 512 x 3
+    image = np.ascontiguousarray(_load_image(args.image))  # 512 x 512 x 3 by default
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -70,6 +69,20 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _load_image(path: str | None):
+    import numpy as np
+
+    if path is None:
+        from skimage import data
+
+        return data.astronaut()
+    if path.endswith(".npy"):
+        return np.load(path)
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def _run(which: str, args: argparse.Namespace, crop_n_layers: int) -> dict:
     command = [
         sys.executable,
@@ -84,7 +97,7 @@ def _run(which: str, args: argparse.Namespace, crop_n_layers: int) -> dict:
         args.precision,
         "--device",
         args.device,
-    ]
+    ] + (["--image", args.image] if args.image else [])
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -97,6 +110,7 @@ def main() -> None:
     parser.add_argument("--crop-n-layers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="ours only")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--image", default=None, help="image file or .npy (default: skimage astronaut)")
     parser.add_argument("--worker", choices=("official", "ours"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
