@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_area
 
 from .amg_utils import (
@@ -380,14 +381,39 @@ def _decode_point_prompts(
     )
     queries = transformer.norm_final_attn(queries + attended)
 
-    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(num_prompts, channels, h, w))
-    mask_tokens = queries[:, 1 : 1 + decoder.num_mask_tokens]
-    hyper_in = torch.stack(
-        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1
-    )
-    masks = (hyper_in @ upscaled.flatten(2)).reshape(num_prompts, -1, 4 * h, 4 * w)
+    mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # the multimask outputs only
+    mlps = decoder.output_hypernetworks_mlps[1:]
+    hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(mlps)], 1)  # (P, 3, C / 8)
+    masks = _upscale_and_project(decoder.output_upscaling, keys, hyper_in, h, w)
     iou_pred = decoder.iou_prediction_head(queries[:, 0])
-    return masks[:, 1:], iou_pred[:, 1:]
+    return masks, iou_pred[:, 1:]
+
+
+def _upscale_and_project(
+    upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """The decoder's 4x upscaling and mask projection, channels-last.
+
+    A transposed convolution with kernel = stride = 2 is a linear map from each input pixel to its 2x2
+    output block, so both are run as matrix products on `(P, N, C)` tokens in sub-pixel layout, and only
+    the final `(P, M, 4h, 4w)` masks are rearranged into images.
+
+    Args:
+        keys: `(P, h * w, C)` image tokens after the transformer; hyper_in: `(P, M, C / 8)` mask weights.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    num_prompts, num_masks = hyper_in.shape[:2]
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # (C, (a, b, c1))
+    # Bias folded into the matrix product (addmm) instead of a separate pass over the activations.
+    x = F.linear(keys, w1.T, conv1.bias.repeat(4)).view(num_prompts, -1, 4, c1)
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, (a', b', c2))
+    x = act2(F.linear(x, w2.T, conv2.bias.repeat(4)).view(num_prompts, -1, 4, 4, c2))  # (P, N, ab, a'b', c2)
+    masks = x.view(num_prompts, -1, c2) @ hyper_in.transpose(1, 2)  # (P, N * 16, M)
+    # Output pixel (4i + 2a + a', 4j + 2b + b') of input pixel (i, j).
+    masks = masks.view(num_prompts, h, w, 2, 2, 2, 2, num_masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(num_prompts, num_masks, 4 * h, 4 * w)
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -447,7 +473,8 @@ def _image_to_token(
     # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T).
     w_o = attn.out_proj.weight.view(-1, H, d)  # (C, H, d)
     values = torch.einsum("phtd,chd->phtc", v, w_o).flatten(1, 2)  # (P, H*T, C)
-    return probs @ values + attn.out_proj.bias
+    bias = attn.out_proj.bias.expand(probs.shape[0], probs.shape[1], -1)
+    return torch.baddbmm(bias, probs, values)
 
 
 def _check_point_grid(grid: Any, index: int) -> np.ndarray:
