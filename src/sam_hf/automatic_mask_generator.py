@@ -352,7 +352,7 @@ def _decode_point_prompts(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
     tokens = torch.cat([output_tokens.expand(num_prompts, -1, -1), sparse.to(dtype)], dim=1)  # (P, T, C)
     token_mask = torch.cat([token_mask.new_ones(num_prompts, output_tokens.shape[0]), token_mask], dim=1)
-    _, channels, h, w = image_embeddings.shape
+    h, w = image_embeddings.shape[-2:]
     # Without a mask prompt the dense embedding is the same for every prompt.
     src = image_embeddings + dense[:1].to(dtype)
     shared_keys = src.flatten(2).transpose(1, 2)  # (1, N, C)
