@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
 from .predictor import SamPredictor
 from .processing_sam_hf import SamHFProcessor
@@ -13,5 +14,13 @@ AutoModel.register(SamHFConfig, SamHFModel)
 SamHFConfig.register_for_auto_class()
 SamHFModel.register_for_auto_class("AutoModel")
 
-__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput", "SamHFProcessor", "SamPredictor"]
+__all__ = [
+    "SAM_HF_PRESETS",
+    "SamAutomaticMaskGenerator",
+    "SamHFConfig",
+    "SamHFModel",
+    "SamHFOutput",
+    "SamHFProcessor",
+    "SamPredictor",
+]
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("segment", "convert")
+COMMANDS: tuple[str, ...] = ("segment", "convert", "generate", "annotate")
 
 
 def build_parser() -> argparse.ArgumentParser:
