@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("segment",)
+COMMANDS: tuple[str, ...] = ("segment", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
