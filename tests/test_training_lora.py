@@ -8,7 +8,7 @@ from transformers import Trainer, TrainingArguments
 
 from sam_hf import SamHFModel
 from sam_hf.processing_sam_hf import SamHFProcessor
-from sam_hf.training.collator import SamTrainingCollator, add_example_index
+from sam_hf.training.collator import SamTrainingCollator, add_example_index, epoch_callback
 from sam_hf.training.lora import apply_lora, freeze_for_decoder_training
 
 
@@ -109,10 +109,17 @@ def test_trainer_reduces_loss_and_changes_only_lora(tiny_model, tmp_path):
         save_strategy="no",
         seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_shapes_dataset(), data_collator=collator)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_shapes_dataset(),
+        data_collator=collator,
+        callbacks=[epoch_callback(collator)],
+    )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 12
+    assert collator.epoch == 5  # 8 rows / batch 4 = 2 steps per epoch, epochs 0..5
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     changed = {
         name

@@ -17,7 +17,14 @@ from ..modeling.loss import IGNORE_INDEX
 from .data import to_instances
 from .prompts import sample_box, sample_points
 
-__all__ = ["EMBEDDINGS_COLUMN", "INDEX_COLUMN", "PROMPT_TYPES", "SamTrainingCollator", "add_example_index"]
+__all__ = [
+    "EMBEDDINGS_COLUMN",
+    "INDEX_COLUMN",
+    "PROMPT_TYPES",
+    "SamTrainingCollator",
+    "add_example_index",
+    "epoch_callback",
+]
 
 INDEX_COLUMN = "example_index"
 EMBEDDINGS_COLUMN = "image_embeddings"
@@ -145,3 +152,17 @@ class SamTrainingCollator:
         else:
             batch["pixel_values"] = self.processor.preprocess_images([p["image"] for p in prepared])[0]
         return batch
+
+
+def epoch_callback(collator: SamTrainingCollator):
+    """A `transformers.TrainerCallback` that moves `collator` to each new epoch (pass it in `callbacks`).
+
+    With `dataloader_num_workers > 0` use `dataloader_persistent_workers=False` so workers see the epoch.
+    """
+    from transformers import TrainerCallback
+
+    class _SetEpoch(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            collator.set_epoch(round(state.epoch or 0))
+
+    return _SetEpoch()
