@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--cached-steps", type=int, default=20)
     parser.add_argument("--uncached-steps", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=8, help="prompts (instances) per image")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -67,12 +68,14 @@ def main() -> None:
     encode_seconds = time.perf_counter() - start
     cached_examples = [e | {EMBEDDINGS_COLUMN: embeddings[i].clone()} for i, e in enumerate(examples)]
 
-    live = SamTrainingCollator(processor, max_prompts=8)
-    cached = SamTrainingCollator(processor, max_prompts=8, use_cached_embeddings=True)
+    live = SamTrainingCollator(processor, max_prompts=args.prompts)
+    cached = SamTrainingCollator(processor, max_prompts=args.prompts, use_cached_embeddings=True)
     _steps_per_second(model, optimizer, cached, cached_examples, 2)  # warm-up
     cached_rate = _steps_per_second(model, optimizer, cached, cached_examples, args.cached_steps)
     live_rate = _steps_per_second(model, optimizer, live, examples, args.uncached_steps)
-    print(f"preset={args.preset} batch={args.batch_size} prompts/image=8 threads={torch.get_num_threads()}")
+    print(
+        f"preset={args.preset} batch={args.batch_size} prompts/image={args.prompts} threads={torch.get_num_threads()}"
+    )
     print(f"one-off embedding pass for the batch: {encode_seconds:.2f} s")
     print(f"cached embeddings : {cached_rate:.3f} steps/s ({args.cached_steps} steps)")
     print(f"encode every step : {live_rate:.4f} steps/s ({args.uncached_steps} steps)")
