@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("segment", "convert", "generate", "annotate")
+COMMANDS: tuple[str, ...] = ("segment", "convert", "generate", "annotate", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

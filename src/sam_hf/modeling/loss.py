@@ -78,4 +78,5 @@ def sam_loss(
     ) ** 2
 
     total = mask_loss + iou_weight * iou_loss
-    return (total * valid).sum() / valid.sum().clamp(min=1)
+    # where, not multiply: a padded prompt's non-finite loss must not leak into the mean as NaN
+    return torch.where(valid, total, 0.0).sum() / valid.sum().clamp(min=1)

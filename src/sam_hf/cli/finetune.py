@@ -1,0 +1,87 @@
+"""`sam-hf finetune`: fine-tune the mask decoder (LoRA by default) on a segmentation dataset.
+
+Runs the same job as `accelerate launch training/finetune.py` (in this process; wrap it in
+`accelerate launch -m sam_hf.cli finetune ...` for several processes), then optionally pushes the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "parse_prompt_types"]
+
+
+def parse_prompt_types(text: str) -> list[str]:
+    """`"box,point"` -> `["box", "point"]`, each one of the collator's prompt types."""
+    from ..training.collator import PROMPT_TYPES
+
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    if not kinds or set(kinds) - set(PROMPT_TYPES):
+        raise argparse.ArgumentTypeError(f"--prompt expects a comma list of {PROMPT_TYPES}, got {text!r}")
+    return kinds
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("finetune", help="fine-tune the mask decoder with LoRA on a dataset")
+    parser.add_argument("--model", required=True, help="sam_hf checkpoint (Hub id or folder)")
+    parser.add_argument(
+        "--dataset", required=True, help="Hub id, save_to_disk folder, imagefolder or COCO .json"
+    )
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--mask-column", default="label")
+    parser.add_argument("--mask-format", default="auto")
+    parser.add_argument("--prompt", type=parse_prompt_types, default=["box", "point"], help="e.g. box,point")
+    parser.add_argument("--max-prompts", type=int, default=8, help="instances per image and step")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank; 0 = full decoder fine-tuning")
+    parser.add_argument("--modules-to-save", nargs="*", default=None, help="e.g. iou_prediction_head")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a step-<n> folder or 'latest'")
+    parser.add_argument("--no-cache-embeddings", action="store_true", help="encode images every step")
+    parser.add_argument("--output-dir", default="out")
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="upload the result (user/repo)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.loop import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        model=args.model,
+        dataset=args.dataset,
+        output_dir=args.output_dir,
+        split=args.split,
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+        mask_format=args.mask_format,
+        prompt_types=args.prompt,
+        max_prompts=args.max_prompts,
+        lora_r=args.lora_r,
+        modules_to_save=args.modules_to_save,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        cache_embeddings=not args.no_cache_embeddings,
+    )
+    summary = finetune(config, resume_from_checkpoint=args.resume_from_checkpoint)
+    print(f"trained {summary['steps']} steps; saved to {summary.get('output_dir', args.output_dir)}")
+    if args.push_to_hub:
+        from ..hub import push_to_hub  # provided by the hub module (evalhub branch)
+
+        push_to_hub(args.output_dir, args.push_to_hub)
+    return 0

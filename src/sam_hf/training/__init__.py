@@ -1,0 +1,1 @@
+"""Training utilities: prompt simulation, dataset adapters, LoRA setup."""

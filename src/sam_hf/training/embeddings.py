@@ -1,0 +1,75 @@
+"""Image embeddings computed once per dataset and cached on disk, for training with a frozen encoder.
+
+The cache is an Arrow file per (dataset, encoder weights, preprocessing) in `cache_dir`; a change in any
+of them gives a new key, so stale embeddings are never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .collator import EMBEDDINGS_COLUMN
+from .data import to_instances
+
+__all__ = ["cache_image_embeddings", "embedding_cache_key"]
+
+
+def embedding_cache_key(model: torch.nn.Module, processor: Any) -> str:
+    """Hex digest of the image encoder's weights and the processor's configuration."""
+    digest = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.image_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_image_embeddings(
+    dataset,
+    model: torch.nn.Module,
+    processor: Any,
+    cache_dir: str,
+    image_column: str = "image",
+    mask_column: str = "label",
+    mask_format: str = "auto",
+    batch_size: int = 4,
+):
+    """`dataset` with an `image_embeddings` column `(C, grid, grid)` float32, read from the cache if present.
+
+    Args:
+        dataset: a `datasets.Dataset` of usable rows (see `training.data.load_segmentation_dataset`).
+        model: a `SamHFModel` (or a PEFT wrapper of one); only its image encoder runs.
+        processor: the `SamHFProcessor` used for training.
+        cache_dir: folder of the cache files.
+        image_column, mask_column, mask_format: as in `training.data.to_instances`.
+        batch_size: images per encoder pass.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = f"{dataset._fingerprint}-{embedding_cache_key(base, processor)}"
+    os.makedirs(cache_dir, exist_ok=True)
+    device = next(base.parameters()).device
+
+    def encode(batch: dict) -> dict:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        images = [to_instances(row, image_column, mask_column, mask_format)[0] for row in rows]
+        pixel_values = processor.preprocess_images(images)[0].to(device)
+        with torch.inference_mode():
+            embeddings = base.get_image_embeddings(pixel_values)
+        return {EMBEDDINGS_COLUMN: list(embeddings.float().cpu().numpy().astype(np.float32))}
+
+    cached = dataset.map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        cache_file_name=os.path.join(cache_dir, f"embeddings-{key}.arrow"),
+        new_fingerprint=key,
+        load_from_cache_file=True,
+        desc="Caching image embeddings",
+    )
+    # embeddings come back as tensors (fast), the other columns as they were
+    return cached.with_format("torch", columns=[EMBEDDINGS_COLUMN], output_all_columns=True)

@@ -1,0 +1,133 @@
+"""Tests for sam_hf.training.lora: what trains, adapter round trip, merge; Trainer on our collator."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from sam_hf import SamHFModel
+from sam_hf.processing_sam_hf import SamHFProcessor
+from sam_hf.training.collator import SamTrainingCollator, add_example_index, epoch_callback
+from sam_hf.training.lora import apply_lora, freeze_for_decoder_training
+
+
+def _shapes_dataset(num_rows=8, size=64):
+    images, labels = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(num_rows):
+        label = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size // 2, 2)
+        label[y : y + 20, x : x + 24] = 1
+        image = np.full((size, size, 3), 40, np.uint8)
+        image[label == 1] = 220
+        images.append(image)
+        labels.append(label)
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}).with_format("numpy")
+    return add_example_index(dataset)
+
+
+def _inputs(config):
+    torch.manual_seed(0)
+    size = config.vision_config.image_size
+    return {
+        "pixel_values": torch.randn(1, 3, size, size),
+        "input_points": torch.tensor([[[[30.0, 40.0]]]]),
+        "input_labels": torch.tensor([[[1]]]),
+    }
+
+
+def test_lora_targets_only_decoder_projections(tiny_model):
+    model = apply_lora(tiny_model, modules_to_save=["iou_prediction_head"], verbose=False)
+    targeted = model.targeted_module_names
+    assert targeted and all(name.startswith("mask_decoder.") for name in targeted)
+    assert {name.rsplit(".", 1)[-1] for name in targeted} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in name or "iou_prediction_head" in name for name in trainable)
+    with pytest.raises(ValueError, match="target_modules"):
+        apply_lora(SamHFModel(tiny_model.config), target_modules=r"image_encoder\..*qkv", verbose=False)
+
+
+def test_full_decoder_mode_freezes_encoders(tiny_model):
+    freeze_for_decoder_training(tiny_model)
+    for name, parameter in tiny_model.named_parameters():
+        assert parameter.requires_grad == name.startswith("mask_decoder.")
+
+
+def test_adapter_round_trip_and_merge(tiny_model, tmp_path):
+    from peft import PeftModel
+
+    inputs = _inputs(tiny_model.config)
+    base_state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    tiny_model.save_pretrained(tmp_path / "base")
+    model = apply_lora(
+        tiny_model, modules_to_save=["iou_prediction_head"], init_lora_weights=False, verbose=False
+    )
+    with torch.no_grad():  # make the saved head differ from the base so the test sees its restoration
+        for parameter in model.base_model.model.mask_decoder.iou_prediction_head.parameters():
+            parameter.add_(0.05)
+    model.eval()
+    expected = model(**inputs)
+    base_output = SamHFModel.from_pretrained(tmp_path / "base").eval()(**inputs)
+    assert not torch.allclose(expected.pred_masks, base_output.pred_masks, atol=1e-4)
+    model.save_pretrained(tmp_path / "adapter")
+
+    loaded = PeftModel.from_pretrained(
+        SamHFModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    ).eval()
+    actual = loaded(**inputs)
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks, rtol=0, atol=1e-6)
+    torch.testing.assert_close(actual.iou_scores, expected.iou_scores, rtol=0, atol=1e-6)
+
+    merged = loaded.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = SamHFModel.from_pretrained(tmp_path / "merged").eval()
+    merged_output = reloaded(**inputs)
+    torch.testing.assert_close(merged_output.pred_masks, expected.pred_masks, rtol=0, atol=1e-5)  # fp32 merge
+    torch.testing.assert_close(merged_output.iou_scores, expected.iou_scores, rtol=0, atol=1e-5)
+    encoder_keys = [k for k in base_state if k.startswith("image_encoder.")]
+    for key in encoder_keys:
+        assert torch.equal(reloaded.state_dict()[key], base_state[key])
+
+
+def test_trainer_reduces_loss_and_changes_only_lora(tiny_model, tmp_path):
+    config = tiny_model.config
+    processor = SamHFProcessor.from_model_config(config)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    model = apply_lora(tiny_model, r=4, verbose=False)
+    collator = SamTrainingCollator(processor, prompt_types=("box",), max_prompts=2, box_jitter=0.0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=12,
+        learning_rate=5e-2,
+        logging_steps=1,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_shapes_dataset(),
+        data_collator=collator,
+        callbacks=[epoch_callback(collator)],
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 12
+    assert collator.epoch == 5  # 8 rows / batch 4 = 2 steps per epoch, epochs 0..5
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    changed = {
+        name
+        for name, parameter in model.named_parameters()
+        if "lora_" not in name
+        and not torch.equal(
+            parameter, before[name.replace("base_model.model.", "").replace(".base_layer", "")]
+        )
+    }
+    assert changed == set()
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in model.named_parameters() if "lora_B" in n)

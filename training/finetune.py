@@ -1,0 +1,37 @@
+"""Fine-tune SAM's mask decoder (LoRA by default) with accelerate.
+
+    accelerate launch training/finetune.py --config training/configs/lora_decoder.yaml
+    accelerate launch training/finetune.py --config training/configs/lora_decoder.yaml --resume-from-checkpoint latest
+
+Any config field can be overridden as `--set field=value` (YAML syntax for the value).
+"""
+
+import argparse
+
+import yaml
+
+from sam_hf.training.loop import FinetuneConfig, finetune
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="YAML file with FinetuneConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a step-<n> folder or 'latest'")
+    parser.add_argument(
+        "--max-steps-this-run", type=int, default=None, help="stop early (simulated interruption)"
+    )
+    args = parser.parse_args()
+    with open(args.config) as f:
+        fields = yaml.safe_load(f)
+    for override in args.set:
+        name, _, value = override.partition("=")
+        fields[name] = yaml.safe_load(value)
+    summary = finetune(FinetuneConfig(**fields), args.resume_from_checkpoint, args.max_steps_this_run)
+    print({key: summary[key] for key in ("steps", "output_dir") if key in summary})
+
+
+if __name__ == "__main__":
+    main()
