@@ -1,0 +1,263 @@
+"""Model card and Hub push: card contents come only from the run's files; pushes are one guarded commit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import CommitOperationAdd, ModelCard
+from safetensors.torch import save_file
+
+from sam_hf.evaluation import EvaluationProtocol
+from sam_hf.hub import (
+    CARD_MARKER,
+    TRAINING_SUMMARY_NAME,
+    HubPushError,
+    build_commit_operations,
+    build_model_card,
+    card_template_path,
+    push_to_hub,
+)
+
+TOKEN = "hf_SENTINELtokenSENTINEL0123456789"
+
+
+def _eval_results(runs=("base", "finetuned")) -> dict:
+    results = {
+        "base": {
+            "box": {"mean_iou": 0.5, "mean_dice": 0.625, "num_objects": 4},
+            "clicks": {
+                "mean_iou": 0.7,
+                "mean_dice": 0.8,
+                "num_objects": 4,
+                "miou_per_click": [0.4, 0.6, 0.7],
+                "noc@85": 3.0,
+                "noc@90": 3.0,
+                "nof@85": 4,
+                "nof@90": 4,
+            },
+        },
+        "finetuned": {"box": {"mean_iou": 0.75, "mean_dice": 0.8125, "num_objects": 4}},
+    }
+    return {
+        "protocol": EvaluationProtocol(max_clicks=3).to_dict(),
+        "dataset": "someone/tiny-shapes",
+        "split": "test",
+        "num_images": 2,
+        "runs": {name: {"model": name, "eval_runtime_s": 1.0, "results": results[name]} for name in runs},
+    }
+
+
+@pytest.fixture
+def adapter_folder(tmp_path) -> Path:
+    """A PEFT-style output folder: adapter config + weights (2*8*4 + 8 = 72 numbers), results, a pickle."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "base_model_name_or_path": str(tmp_path / "base"),
+                "r": 4,
+                "lora_alpha": 8,
+                "lora_dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+                "modules_to_save": None,
+            }
+        )
+    )
+    save_file(
+        {"a.lora_A.weight": torch.zeros(4, 8), "a.lora_B.weight": torch.zeros(8, 4), "b": torch.zeros(8)},
+        str(folder / "adapter_model.safetensors"),
+    )
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_size": 128}))
+    (folder / "eval_results.json").write_text(json.dumps(_eval_results()))
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "checkpoint-1").mkdir()
+    (folder / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"x")
+    return folder
+
+
+class FakeApi:
+    """Records the calls push_to_hub makes; `fail_on` names a method that raises."""
+
+    def __init__(self, fail_on: str | None = None, token: str | None = None):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.fail_on = fail_on
+        self.token = token
+        self.uploaded: dict[str, bytes] = {}
+
+    def _record(self, name, args, kwargs):
+        self.calls.append((name, args, kwargs))
+        if name == self.fail_on:
+            raise ConnectionError(f"{name} exploded")
+
+    def create_repo(self, *args, **kwargs):
+        self._record("create_repo", args, kwargs)
+        return type("RepoUrl", (), {"repo_id": f"user/{args[0].split('/')[-1]}"})()
+
+    def create_branch(self, *args, **kwargs):
+        self._record("create_branch", args, kwargs)
+
+    def repo_info(self, *args, **kwargs):
+        self._record("repo_info", args, kwargs)
+        return type("Info", (), {"sha": "a" * 40})()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self._record("create_commit", (repo_id, operations), kwargs)
+        self.uploaded = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        return type("Commit", (), {"commit_url": "https://hub/commit/b", "pr_url": None})()
+
+
+def test_template_ships_in_package():
+    path = card_template_path()
+    assert path.name == "sam_hf_finetuned.md" and "{{ card_data }}" in path.read_text()
+    with pytest.raises(ValueError, match="name must be a model card template"):
+        card_template_path("nope")
+
+
+def test_card_renders_loads_back_and_parses_model_index(adapter_folder, tmp_path):
+    card = build_model_card(adapter_folder, repo_id="user/sam-lora")
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert CARD_MARKER in loaded.text
+    # model-index holds the fine-tuned run only, each metric measured there
+    results = {(r.metric_config, r.metric_type): r.metric_value for r in loaded.data.eval_results}
+    assert results == {("box", "mean_iou"): 0.75, ("box", "mean_dice"): 0.8125}
+    assert {r.dataset_split for r in loaded.data.eval_results} == {"test"}
+    assert loaded.data.datasets == ["someone/tiny-shapes"]
+    assert loaded.data.base_model is None  # a local path is no Hub id: kept out of metadata
+    text = loaded.text
+    assert (
+        "| Prompt | Metric | base model | fine-tuned |\n|---|---|---|---|\n| box (4 objects) | mIoU | 0.5000 | 0.7500 |"
+        in text
+    )
+    assert "| clicks (4 objects) | mIoU@1 click | 0.4000 | not measured |" in text
+    assert str(tmp_path) not in card.content  # local paths are not published
+    assert "| Base model | `base (local)` |" in text
+    # clicks were measured for the base only: the fine-tuned column must not invent numbers
+    assert "| clicks (4 objects) | NoC@90 | 3.00 | not measured |" in text
+    assert "| clicks (4 objects) | mIoU@3 clicks | 0.7000 | not measured |" in text
+    assert "72 (counted in adapter_model.safetensors)" in text
+    assert "| Training time | not measured |" in text
+    assert "| target_modules | `q_proj`, `v_proj` |" in text
+    assert 'PeftModel.from_pretrained(base, "user/sam-lora")' in text and "merge_and_unload" in text
+
+
+def test_card_without_results_claims_no_numbers(tmp_path):
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    card = build_model_card(folder)
+    assert card.data.eval_results is None
+    assert "Not measured: no evaluation results" in card.text
+    assert "| Trainable parameters | not measured |" in card.text
+    assert "PeftModel" not in card.text
+    numbers = [tok for tok in card.text.replace("|", " ").split() if tok.replace(".", "").isdigit()]
+    assert numbers == []
+
+
+def test_card_uses_training_summary(adapter_folder):
+    summary = {
+        "base_model": "facebook/sam-vit-base",
+        "train_runtime_s": 125.0,
+        "trainable_parameters": 1000,
+        "total_parameters": 100000,
+        "hyperparameters": {"learning_rate": 0.0001},
+    }
+    (adapter_folder / TRAINING_SUMMARY_NAME).write_text(json.dumps(summary))
+    card = build_model_card(adapter_folder)
+    assert card.data.base_model == "facebook/sam-vit-base"
+    assert "| Training time | 125.0 s (2.1 min) |" in card.text
+    assert "| Trainable parameters | 1,000 of 100,000 (1.00%) |" in card.text
+    assert "| learning_rate | 0.0001 |" in card.text
+
+
+def test_commit_operations_stage_publishable_files_only(adapter_folder, tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    operations = build_commit_operations(adapter_folder, staging, "user/sam-lora")
+    assert all(isinstance(op, CommitOperationAdd) for op in operations)
+    assert [op.path_in_repo for op in operations] == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "eval_results.json",
+        "preprocessor_config.json",
+    ]
+    assert not (adapter_folder / "README.md").exists()  # the output folder is left as it was
+
+
+def test_user_readme_is_kept_generated_one_is_refreshed(adapter_folder, tmp_path):
+    (adapter_folder / "README.md").write_text("# My own notes\n")
+    staging = tmp_path / "s1"
+    staging.mkdir()
+    build_commit_operations(adapter_folder, staging)
+    assert (staging / "README.md").read_text() == "# My own notes\n"
+
+    (adapter_folder / "README.md").write_text(f"---\n---\n{CARD_MARKER}\nstale card\n")
+    staging = tmp_path / "s2"
+    staging.mkdir()
+    build_commit_operations(adapter_folder, staging)
+    assert "stale card" not in (staging / "README.md").read_text()
+    assert "## Evaluation" in (staging / "README.md").read_text()
+
+
+def test_commit_operations_reject_folder_without_model(tmp_path):
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        build_commit_operations(tmp_path, tmp_path)
+
+
+def test_dry_run_lists_files_without_network(adapter_folder):
+    api = FakeApi()
+    result = push_to_hub(adapter_folder, "sam-lora", dry_run=True, api=api)
+    assert api.calls == []
+    sizes = dict(result.files)
+    assert sizes["adapter_model.safetensors"] == (adapter_folder / "adapter_model.safetensors").stat().st_size
+    assert result.commit_url is None
+
+
+def test_push_is_one_commit_on_resolved_branch_head(adapter_folder):
+    api = FakeApi()
+    result = push_to_hub(adapter_folder, "sam-lora", private=True, branch="exp", create_pr=True, api=api)
+    names = [name for name, _, _ in api.calls]
+    assert names == ["create_repo", "create_branch", "repo_info", "create_commit"]
+    assert api.calls[0][2] == {"private": True, "exist_ok": True, "repo_type": "model"}
+    assert api.calls[1][2]["exist_ok"] is True and api.calls[1][2]["branch"] == "exp"
+    assert api.calls[2][2]["revision"] == "exp"
+    commit_kwargs = api.calls[3][2]
+    assert commit_kwargs["parent_commit"] == "a" * 40
+    assert commit_kwargs["revision"] == "exp" and commit_kwargs["create_pr"] is True
+    assert api.calls[3][1][0] == "user/sam-lora"  # the namespaced id create_repo returned
+    assert "README.md" in api.uploaded and result.commit_url == "https://hub/commit/b"
+    assert result.repo_id == "user/sam-lora"
+
+
+@pytest.mark.parametrize("fail_on", ["create_repo", "repo_info", "create_commit"])
+def test_failed_push_raises_with_retry_hint_and_keeps_folder(adapter_folder, fail_on):
+    before = sorted((p.name, p.stat().st_size) for p in adapter_folder.iterdir())
+    with pytest.raises(HubPushError, match="Retry with: sam-hf push .* --repo-id .* --branch exp") as info:
+        push_to_hub(adapter_folder, "sam-lora", branch="exp", api=FakeApi(fail_on=fail_on))
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert sorted((p.name, p.stat().st_size) for p in adapter_folder.iterdir()) == before
+
+
+def test_token_never_written_printed_or_uploaded(adapter_folder, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    api = FakeApi(token=TOKEN)
+    push_to_hub(adapter_folder, "sam-lora", api=api)
+    assert all(TOKEN.encode() not in data for data in api.uploaded.values())
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err + caplog.text
+    for path in adapter_folder.rglob("*"):
+        assert not path.is_file() or TOKEN.encode() not in path.read_bytes()
+
+
+def test_file_containing_token_is_refused(adapter_folder):
+    (adapter_folder / "leaky_config.json").write_text(json.dumps({"hub_token": TOKEN}))
+    api = FakeApi(token=TOKEN)
+    with pytest.raises(HubPushError, match="leaky_config.json: it contains your Hub token") as info:
+        push_to_hub(adapter_folder, "sam-lora", api=api)
+    assert api.calls == [] and TOKEN not in str(info.value)
