@@ -10,6 +10,8 @@ import torch
 from huggingface_hub import CommitOperationAdd, ModelCard
 from safetensors.torch import save_file
 
+import sam_hf.hub
+from sam_hf.cli import main
 from sam_hf.evaluation import EvaluationProtocol
 from sam_hf.hub import (
     CARD_MARKER,
@@ -261,3 +263,54 @@ def test_file_containing_token_is_refused(adapter_folder):
     with pytest.raises(HubPushError, match="leaky_config.json: it contains your Hub token") as info:
         push_to_hub(adapter_folder, "sam-lora", api=api)
     assert api.calls == [] and TOKEN not in str(info.value)
+
+
+# `sam-hf push`
+
+
+def test_push_dry_run_prints_files_and_sizes(adapter_folder, capsys):
+    assert (
+        main(["push", str(adapter_folder), "--repo-id", "user/sam-lora", "--branch", "exp", "--dry-run"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "would upload to user/sam-lora@exp:"
+    size = (adapter_folder / "adapter_model.safetensors").stat().st_size
+    assert any(
+        line.split() == ["adapter_model.safetensors", f"{size:,}", "bytes"] for line in out.splitlines()
+    )
+    assert "training_args.bin" not in out and "checkpoint-1" not in out
+
+
+def test_push_takes_token_from_environment_and_never_shows_it(adapter_folder, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    created = []
+
+    def fake_hf_api(token=None, **kwargs):
+        from huggingface_hub import get_token
+
+        api = FakeApi(token=token or get_token())  # what HfApi() does: the environment's token
+        created.append(api)
+        return api
+
+    monkeypatch.setattr(sam_hf.hub, "HfApi", fake_hf_api)
+    assert main(["push", str(adapter_folder), "--repo-id", "sam-lora", "--private"]) == 0
+    api = created[0]
+    assert api.token == TOKEN  # the environment's token reaches the client...
+    out = capsys.readouterr()
+    assert "commit: https://hub/commit/b" in out.out
+    assert TOKEN not in out.out + out.err + caplog.text  # ...and nothing else
+    assert all(TOKEN.encode() not in data for data in api.uploaded.values())
+    assert all(TOKEN.encode() not in p.read_bytes() for p in adapter_folder.rglob("*") if p.is_file())
+
+
+def test_push_failure_exits_nonzero_with_retry_hint(adapter_folder, monkeypatch, capsys):
+    monkeypatch.setattr(sam_hf.hub, "HfApi", lambda **kwargs: FakeApi(fail_on="create_commit"))
+    assert main(["push", str(adapter_folder), "--repo-id", "sam-lora"]) == 1
+    err = capsys.readouterr().err
+    assert "ConnectionError: create_commit exploded" in err and "Retry with: sam-hf push" in err
+
+
+@pytest.mark.parametrize("flag", ["--token", "--hub-token"])
+def test_push_has_no_token_argument(adapter_folder, flag):
+    with pytest.raises(SystemExit):
+        main(["push", str(adapter_folder), "--repo-id", "x", flag, TOKEN])
