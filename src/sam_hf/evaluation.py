@@ -8,7 +8,7 @@ The protocol, `sam_hf-interactive-v1`, is defined here and only here (`Evaluatio
         3point        3 positive points; single-mask output.
         box           the tight bounding box; single-mask output.
         jittered_box  the box with each side moved by up to `box_jitter` of its size; single-mask output.
-        clicks        interactive: click 1 as `point`, then up to `max_clicks` clicks in total, each a correction
+        clicks        interactive: click 1 like `point` (its own seeded draw), then up to `max_clicks` clicks in total, each a correction
                       click in the larger error region of the previous mask (positive in a miss, negative in a
                       false positive), with all earlier clicks and the previous low-resolution logits as
                       `input_masks`; single-mask output after click 1. Reports mIoU per click and NoC@85/90.
@@ -126,9 +126,9 @@ def evaluate_model(
         Per prompt type, the metric's summary (`mean_iou`, `mean_dice`, `num_objects`, and for `clicks`
         `miou_per_click`, `noc@85`, `noc@90`, `nof@85`, `nof@90`).
     """
-    metric = SamSegmentation()
+    metric = SamSegmentation(keep_in_memory=True)  # a few integers per mask: no cache files, no locks
     next_object = 0
-    device = next(model.parameters()).device
+    first_parameter = next(model.parameters())
     with torch.inference_mode():
         for image_index, (image, masks) in enumerate(
             tqdm(samples, total=num_samples, desc="evaluate", disable=not progress)
@@ -138,7 +138,9 @@ def evaluate_model(
             if len(masks) == 0:
                 continue
             pixel_values, original_sizes, reshaped_sizes = processor.preprocess_images([image])
-            embeddings = model.get_image_embeddings(pixel_values.to(device))
+            embeddings = model.get_image_embeddings(
+                pixel_values.to(first_parameter)
+            )  # model's device and dtype
             frame = _ImageFrame(model, processor, embeddings, original_sizes, reshaped_sizes)
             object_ids = list(range(next_object, next_object + len(masks)))
             next_object += len(masks)
