@@ -129,9 +129,10 @@ def test_card_renders_loads_back_and_parses_model_index(adapter_folder, tmp_path
     results = {(r.metric_config, r.metric_type): r.metric_value for r in loaded.data.eval_results}
     assert results == {("box", "mean_iou"): 0.75, ("box", "mean_dice"): 0.8125}
     assert {r.dataset_split for r in loaded.data.eval_results} == {"test"}
-    assert loaded.data.datasets == ["someone/tiny-shapes"]
-    assert loaded.data.base_model is None  # a local path is no Hub id: kept out of metadata
     text = loaded.text
+    assert loaded.data.datasets is None  # training data unknown without a training summary...
+    assert "| Fine-tuning data | not recorded |" in text  # ...and not confused with the evaluation data
+    assert loaded.data.base_model is None  # a local path is no Hub id: kept out of metadata
     assert (
         "| Prompt | Metric | base model | fine-tuned |\n|---|---|---|---|\n| box (4 objects) | mIoU | 0.5000 | 0.7500 |"
         in text
@@ -164,6 +165,8 @@ def test_card_without_results_claims_no_numbers(tmp_path):
 def test_card_uses_training_summary(adapter_folder):
     summary = {
         "base_model": "facebook/sam-vit-base",
+        "dataset": "someone/train-shapes",
+        "dataset_split": "train",
         "train_runtime_s": 125.0,
         "trainable_parameters": 1000,
         "total_parameters": 100000,
@@ -172,6 +175,8 @@ def test_card_uses_training_summary(adapter_folder):
     (adapter_folder / TRAINING_SUMMARY_NAME).write_text(json.dumps(summary))
     card = build_model_card(adapter_folder)
     assert card.data.base_model == "facebook/sam-vit-base"
+    assert card.data.datasets == ["someone/train-shapes"]
+    assert "| Fine-tuning data | `someone/train-shapes`, split `train` |" in card.text
     assert "| Training time | 125.0 s (2.1 min) |" in card.text
     assert "| Trainable parameters | 1,000 of 100,000 (1.00%) |" in card.text
     assert "| learning_rate | 0.0001 |" in card.text

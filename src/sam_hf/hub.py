@@ -42,6 +42,7 @@ __all__ = [
 
 CARD_MARKER = "<!-- sam_hf: generated model card; edit freely after removing this line -->"
 TRAINING_SUMMARY_NAME = "training_summary.json"
+_NOT_RECORDED = "not recorded"  # a name (base model, dataset) the run's files do not give
 # Top-level files worth publishing: weights, configs, results and the card. Pickles (training_args.bin,
 # optimizer states) and checkpoint folders stay local.
 _UPLOAD_SUFFIXES = (".safetensors", ".json", ".md", ".txt")
@@ -95,7 +96,7 @@ def build_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCar
     adapter = _read_json(folder / "adapter_config.json")
     name = repo_id or folder.resolve().name
     base_model = summary.get("base_model") or adapter.get("base_model_name_or_path")
-    dataset = summary.get("dataset") or eval_results.get("dataset")
+    dataset = summary.get("dataset")  # the training data; evaluation data is named in the results table
     eval_header, eval_rows = results_table(eval_results.get("runs", {}))
     card_data = ModelCardData(
         model_name=name,
@@ -250,12 +251,12 @@ def _is_hub_id(name: str | None) -> bool:
 
 
 def _model_text(name: str | None) -> str:
-    return f"`{_public_name(name)}`" if name else NOT_MEASURED
+    return f"`{_public_name(name)}`" if name else _NOT_RECORDED
 
 
 def _dataset_text(dataset: str | None, split: str | None) -> str:
     if not dataset:
-        return NOT_MEASURED
+        return _NOT_RECORDED
     return f"`{_public_name(dataset)}`" + (f", split `{split}`" if split else "")
 
 
