@@ -69,6 +69,8 @@ def test_metric_noc_and_miou_per_click():
 
 def test_metric_rejects_bad_input():
     metric = SamSegmentation()
+    with pytest.raises(ValueError, match="no masks to measure"):
+        metric.compute()
     with pytest.raises(ValueError, match=r"predictions\[0\] and references\[0\] must be \(H, W\) masks"):
         metric.add_batch(predictions=[np.zeros((2, 2))], references=[np.zeros((3, 2))])
     with pytest.raises(ValueError, match="object_id must be one value or one per mask"):
@@ -194,3 +196,9 @@ def test_results_table_marks_unmeasured():
     ]
     curve = {"miou_per_click": [0.1 * k for k in range(1, 8)], "noc@90": 6.0, "nof@90": 2}
     assert list(flat_metrics(curve)) == ["miou@1", "miou@3", "miou@5", "noc@90"]
+
+
+def test_evaluate_model_needs_an_object(tiny_model, tiny_config):
+    image, masks = np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((2, 8, 8), dtype=bool)
+    with pytest.raises(ValueError, match="at least one non-empty ground-truth mask"):
+        evaluate_model(tiny_model, SamHFProcessor.from_model_config(tiny_config), [(image, masks)])

@@ -154,6 +154,8 @@ def evaluate_model(
                         object_id=object_ids,
                         click=click,
                     )
+    if next_object == 0:
+        raise ValueError("samples must hold at least one non-empty ground-truth mask, got none")
     return metric.compute(iou_thresholds=protocol.iou_thresholds)
 
 

@@ -100,6 +100,8 @@ class SamSegmentation(evaluate.Metric):
                 object_id=object_id,
                 click=click,
             )
+        if self.writer is None:  # evaluate itself fails obscurely on an empty stack
+            raise ValueError("no masks to measure: pass predictions and references, or add them first")
         self._next_object_id = 0
         return super().compute(**kwargs)
 
