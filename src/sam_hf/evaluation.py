@@ -51,6 +51,7 @@ NOT_MEASURED = "not measured"
 PROMPT_TYPES = ("point", "3point", "box", "jittered_box", "clicks")
 _PADDING_LABEL = -10  # point label the model masks out of attention
 _CLICKS_SHOWN = (1, 3, 5, 10, 20)
+_UPSAMPLE_CHUNK = 16  # objects per post-processing call
 _LABELS = {"mean_iou": "mIoU", "mean_dice": "Dice"}
 
 
@@ -197,10 +198,16 @@ class _ImageFrame:
         output = self.model(image_embeddings=self.embeddings, multimask_output=multimask_output, **inputs)
         best = output.iou_scores[0].argmax(dim=-1)  # (P,)
         logits = output.pred_masks[0, torch.arange(len(best), device=best.device), best]  # (P, ms, ms)
+        # Upsampling to the original size costs P x H x W floats: a few objects at a time.
+        masks = [self._upsample(chunk) for chunk in logits.split(_UPSAMPLE_CHUNK)]
+        return np.concatenate(masks), logits
+
+    def _upsample(self, logits: torch.Tensor) -> np.ndarray:
+        """`(P, ms, ms)` logits -> `(P, H, W)` bool masks at the original size."""
         masks = self.processor.post_process_masks(
             logits[None, :, None], self.original_sizes, self.reshaped_sizes
-        )[0][:, 0]
-        return masks.cpu().numpy().astype(bool), logits
+        )
+        return masks[0][:, 0].cpu().numpy().astype(bool)
 
 
 def _run_prompt(
