@@ -171,6 +171,16 @@ def test_protocol_on_tiny_model_is_seeded(tiny_model, tiny_config):
     assert all(0.0 <= first[p]["mean_iou"] <= first[p]["mean_dice"] <= 1.0 for p in PROMPT_TYPES)
 
 
+def test_chunked_upsampling_changes_nothing(tiny_model, tiny_config, monkeypatch):
+    import sam_hf.evaluation
+
+    processor = SamHFProcessor.from_model_config(tiny_config)
+    protocol = EvaluationProtocol(prompts=("box", "clicks"), max_clicks=2)
+    whole = evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False)
+    monkeypatch.setattr(sam_hf.evaluation, "_UPSAMPLE_CHUNK", 1)
+    assert evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False) == whole
+
+
 def test_peft_wrapped_model_evaluates_like_its_base(tiny_model, tiny_config):
     from peft import LoraConfig, get_peft_model
 
