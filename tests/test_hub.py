@@ -20,6 +20,7 @@ from sam_hf.hub import (
     build_commit_operations,
     build_model_card,
     card_template_path,
+    load_pretrained,
     push_to_hub,
 )
 
@@ -212,6 +213,22 @@ def test_user_readme_is_kept_generated_one_is_refreshed(adapter_folder, tmp_path
     assert "## Evaluation" in (staging / "README.md").read_text()
 
 
+def test_blank_peft_card_is_replaced_edited_one_kept(trained_adapter, tmp_path):
+    folder, _ = trained_adapter
+    assert "library_name: peft" in (folder / "README.md").read_text()  # PeftModel.save_pretrained wrote it
+    staging = tmp_path / "s1"
+    staging.mkdir()
+    build_commit_operations(folder, staging)
+    assert CARD_MARKER in (staging / "README.md").read_text()
+
+    edited = (folder / "README.md").read_text().replace("## Uses", "## Uses\n\nOnly for cats.", 1)
+    (folder / "README.md").write_text(edited)
+    staging = tmp_path / "s2"
+    staging.mkdir()
+    build_commit_operations(folder, staging)
+    assert (staging / "README.md").read_text() == edited
+
+
 def test_commit_operations_reject_folder_without_model(tmp_path):
     with pytest.raises(ValueError, match="adapter_config.json"):
         build_commit_operations(tmp_path, tmp_path)
@@ -268,6 +285,63 @@ def test_file_containing_token_is_refused(adapter_folder):
     with pytest.raises(HubPushError, match="leaky_config.json: it contains your Hub token") as info:
         push_to_hub(adapter_folder, "sam-lora", api=api)
     assert api.calls == [] and TOKEN not in str(info.value)
+
+
+@pytest.fixture
+def trained_adapter(tmp_path, tiny_model) -> tuple[Path, torch.nn.Module]:
+    """A real LoRA adapter folder over a saved tiny base, with non-zero B so merging changes weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from sam_hf import SamHFModel
+
+    tiny_model.save_pretrained(tmp_path / "base")
+    model = get_peft_model(
+        SamHFModel.from_pretrained(tmp_path / "base"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter", model.eval()
+
+
+def test_load_pretrained_adapter_or_model(trained_adapter, tmp_path):
+    from peft import PeftModel
+
+    from sam_hf import SamHFModel
+
+    folder, _ = trained_adapter
+    assert isinstance(load_pretrained(folder), PeftModel)
+    assert type(load_pretrained(tmp_path / "base")) is SamHFModel
+    with pytest.raises(ValueError, match="folder must be a SamHF folder"):
+        load_pretrained(tmp_path)
+
+
+def test_merged_upload_is_a_full_model_equal_to_the_adapter(trained_adapter, tmp_path):
+    from sam_hf import SamHFModel
+
+    folder, peft_model = trained_adapter
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    operations = build_commit_operations(folder, staging, "user/sam-merged", merge_adapter=True)
+    assert [op.path_in_repo for op in operations] == ["README.md", "config.json", "model.safetensors"]
+    merged = SamHFModel.from_pretrained(staging).eval()
+    torch.manual_seed(0)
+    inputs = {
+        "pixel_values": torch.randn(1, 3, 128, 128),
+        "input_points": torch.rand(1, 2, 1, 2) * 128,
+        "input_labels": torch.ones(1, 2, 1, dtype=torch.long),
+    }
+    with torch.inference_mode():
+        expected, actual = peft_model(**inputs), merged(**inputs)
+    # merging folds B @ A into the weights: equal up to float32 rounding
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks, atol=1e-4, rtol=1e-4)
+    card = (staging / "README.md").read_text()
+    assert "LoRA adapter merged into the base model" in card and "PeftModel" not in card
+    with pytest.raises(ValueError, match="merge_adapter needs an adapter folder"):
+        build_commit_operations(tmp_path / "base", staging, merge_adapter=True)
 
 
 # `sam-hf push`

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from .evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
@@ -37,6 +38,7 @@ __all__ = [
     "build_commit_operations",
     "build_model_card",
     "card_template_path",
+    "load_pretrained",
     "push_to_hub",
 ]
 
@@ -80,12 +82,13 @@ def card_template_path(name: str = "sam_hf_finetuned") -> Path:
     return path
 
 
-def build_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCard:
+def build_model_card(folder: str | Path, repo_id: str | None = None, merged: bool = False) -> ModelCard:
     """Fill the fine-tuned model card from the run's files in `folder` (see module docstring).
 
     Args:
         folder: output folder of `sam-hf finetune` (adapter or full model, plus results).
         repo_id: Hub repository the card is written for; used in the loading snippet and as model name.
+        merged: the repository holds the adapter merged into the base model rather than the adapter.
 
     Returns:
         The card; `model-index` metadata holds the evaluation results of the fine-tuned model, if measured.
@@ -117,7 +120,8 @@ def build_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCar
         base_model_text=_model_text(base_model),
         base_model_load=base_model if _is_hub_id(base_model) else "path/to/base_model",
         dataset_text=_dataset_text(dataset, summary.get("dataset_split")),
-        weights_text="LoRA adapter (PEFT)" if adapter else "full model",
+        weights_text=_weights_text(bool(adapter), merged),
+        ships_adapter=bool(adapter) and not merged,
         trainable_parameters_text=_trainable_parameters_text(folder, summary),
         training_time_text=_duration_text(summary.get("train_runtime_s")),
         lora=_lora_rows(adapter),
@@ -133,7 +137,7 @@ def build_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCar
 
 
 def build_commit_operations(
-    folder: str | Path, staging_dir: str | Path, repo_id: str | None = None
+    folder: str | Path, staging_dir: str | Path, repo_id: str | None = None, merge_adapter: bool = False
 ) -> list[CommitOperationAdd]:
     """Copy what should be published from `folder` into `staging_dir`, add the card, list the operations.
 
@@ -142,22 +146,30 @@ def build_commit_operations(
         staging_dir: empty temporary folder; the operations read their files from it, so keep it until the
             commit is done.
         repo_id: target repository, for the card.
+        merge_adapter: publish the adapter merged into its base model (`config.json` + `model.safetensors`)
+            instead of the adapter files.
 
     Returns:
         One `CommitOperationAdd` per staged file, sorted by path in the repository.
     """
     folder, staging_dir = Path(folder), Path(staging_dir)
-    if not (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+    is_adapter = (folder / "adapter_config.json").is_file()
+    if not is_adapter and not (folder / "config.json").is_file():
         raise ValueError(
             f"folder must hold a PEFT adapter (adapter_config.json) or a model (config.json), got {folder}"
         )
+    if merge_adapter and not is_adapter:
+        raise ValueError(f"merge_adapter needs an adapter folder (adapter_config.json), got {folder}")
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix in _UPLOAD_SUFFIXES:
-            shutil.copy2(path, staging_dir / path.name)
+            if not (merge_adapter and path.name.startswith("adapter_")):
+                shutil.copy2(path, staging_dir / path.name)
+    if merge_adapter:
+        load_pretrained(folder).merge_and_unload().save_pretrained(staging_dir)
     readme = staging_dir / "README.md"
-    if not readme.is_file() or CARD_MARKER in readme.read_text(encoding="utf-8"):
-        # Ours (or none): regenerate from this run's files. A README without the marker is the user's: keep it.
-        build_model_card(folder, repo_id).save(readme)
+    if not readme.is_file() or _is_generated_card(readme.read_text(encoding="utf-8")):
+        # Ours or a blank auto-card: regenerate from this run's files. Anything else the user wrote: keep it.
+        build_model_card(folder, repo_id, merged=merge_adapter).save(readme)
     return [
         CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
         for path in sorted(staging_dir.iterdir())
@@ -172,6 +184,7 @@ def push_to_hub(
     branch: str | None = None,
     create_pr: bool = False,
     commit_message: str = "Upload fine-tuned SAM (sam_hf)",
+    merge_adapter: bool = False,
     dry_run: bool = False,
     api: HfApi | None = None,
 ) -> PushResult:
@@ -184,6 +197,7 @@ def push_to_hub(
         branch: target branch, created from the default branch if missing (`None`: the default branch).
         create_pr: open a pull request against `branch` instead of committing to it.
         commit_message: message of the commit.
+        merge_adapter: upload the adapter merged into its base model instead of the adapter.
         dry_run: only stage and report what would be uploaded; no network, no token needed.
         api: Hub client (default: `HfApi()` with the token from `HF_TOKEN` or the saved login).
 
@@ -194,7 +208,7 @@ def push_to_hub(
         HubPushError: the upload failed; the message names the cause and how to retry.
     """
     with tempfile.TemporaryDirectory(prefix="sam_hf_push_") as staging:
-        operations = build_commit_operations(folder, staging, repo_id)
+        operations = build_commit_operations(folder, staging, repo_id, merge_adapter=merge_adapter)
         files = [(op.path_in_repo, Path(op.path_or_fileobj).stat().st_size) for op in operations]
         result = PushResult(repo_id=repo_id, files=files, revision=branch)
         if dry_run:
@@ -216,16 +230,41 @@ def push_to_hub(
                 repo_type="model",
             )
         except Exception as error:
-            retry = f"sam-hf push {folder} --repo-id {repo_id}" + (f" --branch {branch}" if branch else "")
+            flags = (
+                [f"--branch {branch}"] * bool(branch)
+                + ["--create-pr"] * create_pr
+                + ["--merge"] * merge_adapter
+            )
             raise HubPushError(
                 f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). Nothing local was "
                 f"changed. If the branch moved during the push, the commit was refused on purpose. "
-                f"Retry with: {retry}{' --create-pr' if create_pr else ''}"
+                f"Retry with: sam-hf push {folder} --repo-id {repo_id} {' '.join(flags)}".rstrip()
             ) from error
     result.repo_id = repo_id
     result.commit_url = commit.commit_url
     result.pr_url = commit.pr_url
     return result
+
+
+def load_pretrained(folder: str | Path) -> torch.nn.Module:
+    """Load a `SamHFModel` folder, or a PEFT adapter folder on top of its base model (a `PeftModel`).
+
+    Args:
+        folder: `save_pretrained` output of a `SamHFModel`, or of a `PeftModel` (`adapter_config.json`, whose
+            `base_model_name_or_path` names the base model folder or Hub id).
+    """
+    from . import SamHFModel
+
+    folder = Path(folder)
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        return PeftModel.from_pretrained(SamHFModel.from_pretrained(base), str(folder))
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"folder must be a SamHF folder (config.json) or an adapter folder, got {folder}")
+    return SamHFModel.from_pretrained(str(folder))
 
 
 def _refuse_files_with_token(operations: list[CommitOperationAdd], token: str | None) -> None:
@@ -237,6 +276,24 @@ def _refuse_files_with_token(operations: list[CommitOperationAdd], token: str | 
             raise HubPushError(
                 f"refusing to upload {op.path_in_repo}: it contains your Hub token; remove it and retry"
             )
+
+
+def _is_generated_card(text: str) -> bool:
+    """Our card (marker), or the blank default card `PeftModel.save_pretrained` writes, unedited."""
+    if CARD_MARKER in text:
+        return True
+    # PEFT fills huggingface_hub's default template and appends a "### Framework versions" block.
+    body = [
+        line for line in ModelCard(text).text.splitlines() if not line.startswith(("### Framework", "- PEFT"))
+    ]
+    blank = ModelCard.from_template(ModelCardData()).text.splitlines()
+    return [line for line in body if line.strip()] == [line for line in blank if line.strip()]
+
+
+def _weights_text(has_adapter: bool, merged: bool) -> str:
+    if has_adapter and merged:
+        return "full model (the LoRA adapter merged into the base model)"
+    return "LoRA adapter (PEFT)" if has_adapter else "full model"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

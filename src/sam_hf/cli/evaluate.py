@@ -88,18 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_model(folder: Path):
-    """-> (model, SamHFConfig, is_adapter). An adapter folder loads its base model then the adapter."""
-    from .. import SamHFModel
+    """-> (model, SamHFConfig, is_adapter)."""
+    from ..hub import load_pretrained
 
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = SamHFModel.from_pretrained(_base_name(folder))
-        return PeftModel.from_pretrained(base, str(folder)), base.config, True
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--model must be a SamHF folder (config.json) or an adapter folder, got {folder}")
-    model = SamHFModel.from_pretrained(str(folder))
-    return model, model.config, False
+    model = load_pretrained(folder)
+    is_adapter = (folder / "adapter_config.json").is_file()
+    return model, (model.get_base_model() if is_adapter else model).config, is_adapter
 
 
 def _base_name(adapter_folder: Path) -> str:

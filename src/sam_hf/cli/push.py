@@ -23,6 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--branch", default=None, help="target branch, created if missing (default: main)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--commit-message", default="Upload fine-tuned SAM (sam_hf)")
+    parser.add_argument(
+        "--merge", action="store_true", help="upload the adapter merged into its base model (a full model)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
     parser.set_defaults(func=run)
 
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             branch=args.branch,
             create_pr=args.create_pr,
             commit_message=args.commit_message,
+            merge_adapter=args.merge,
             dry_run=args.dry_run,
         )
     except HubPushError as error:
