@@ -205,7 +205,11 @@ def test_results_table_marks_unmeasured():
         ["box (3 objects)", "Dice", "0.6000", "not measured"],
     ]
     curve = {"miou_per_click": [0.1 * k for k in range(1, 8)], "noc@90": 6.0, "nof@90": 2}
-    assert list(flat_metrics(curve)) == ["miou@1", "miou@3", "miou@5", "noc@90"]
+    assert list(flat_metrics(curve)) == ["miou@1", "miou@3", "miou@5", "miou@7", "noc@90"]
+    assert flat_metrics({"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 1}) == {
+        "mean_iou": 0.5,
+        "mean_dice": 0.6,
+    }
 
 
 def test_evaluate_model_needs_an_object(tiny_model, tiny_config):

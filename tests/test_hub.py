@@ -144,6 +144,7 @@ def test_card_renders_loads_back_and_parses_model_index(adapter_folder, tmp_path
     # clicks were measured for the base only: the fine-tuned column must not invent numbers
     assert "| clicks (4 objects) | NoC@90 | 3.00 | not measured |" in text
     assert "| clicks (4 objects) | mIoU@3 clicks | 0.7000 | not measured |" in text
+    assert "| clicks (4 objects) | mIoU |" not in text  # the last click's mIoU is not repeated
     assert "72 (counted in adapter_model.safetensors)" in text
     assert "| Training time | not measured |" in text
     assert "| target_modules | `q_proj`, `v_proj` |" in text

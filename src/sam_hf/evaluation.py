@@ -257,10 +257,16 @@ def _pad_points(per_object: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """One prompt's summary as `{key: value}` in table order: mean_iou, mean_dice, miou@k, noc@t."""
-    flat = {key: result[key] for key in _LABELS if key in result}
-    curve = result.get("miou_per_click", [])
-    flat.update({f"miou@{k}": curve[k - 1] for k in _CLICKS_SHOWN if k <= len(curve)})
+    """One prompt's headline numbers as `{key: value}` in table order.
+
+    One-shot prompts: mean_iou, mean_dice. Interactive: miou@k for k in 1, 3, 5, 10, 20 and the last click,
+    then noc@t (its mean_iou is miou@last, so it is not repeated).
+    """
+    curve = result.get("miou_per_click")
+    if not curve:
+        return {key: result[key] for key in _LABELS if key in result}
+    shown = sorted({k for k in _CLICKS_SHOWN if k <= len(curve)} | {len(curve)})
+    flat = {f"miou@{k}": curve[k - 1] for k in shown}
     flat.update({key: result[key] for key in sorted(result) if key.startswith("noc@")})
     return flat
 
