@@ -21,6 +21,7 @@ from sam_hf.hub import (
     build_model_card,
     card_template_path,
     load_pretrained,
+    load_processor,
     push_to_hub,
 )
 
@@ -320,6 +321,20 @@ def test_load_pretrained_adapter_or_model(trained_adapter, tmp_path):
         load_pretrained(tmp_path)
 
 
+def test_load_processor_prefers_saved_config(trained_adapter, tmp_path):
+    from sam_hf.processing_sam_hf import SamHFProcessor
+
+    folder, _ = trained_adapter
+    derived = load_processor(folder)  # nothing saved: from the base model's config (tiny: 128 / 32)
+    assert (derived.image_size, derived.mask_size) == (128, 32)
+    SamHFProcessor(image_size=128, mask_size=32, pixel_mean=(1.0, 2.0, 3.0)).save_pretrained(
+        tmp_path / "base"
+    )
+    assert load_processor(folder).pixel_mean == (1.0, 2.0, 3.0)  # the base folder's saved processor
+    SamHFProcessor(image_size=128, mask_size=32, pixel_mean=(4.0, 5.0, 6.0)).save_pretrained(folder)
+    assert load_processor(folder).pixel_mean == (4.0, 5.0, 6.0)  # the adapter folder's own wins
+
+
 def test_merged_upload_is_a_full_model_equal_to_the_adapter(trained_adapter, tmp_path):
     from sam_hf import SamHFModel
 
@@ -327,7 +342,12 @@ def test_merged_upload_is_a_full_model_equal_to_the_adapter(trained_adapter, tmp
     staging = tmp_path / "staging"
     staging.mkdir()
     operations = build_commit_operations(folder, staging, "user/sam-merged", merge_adapter=True)
-    assert [op.path_in_repo for op in operations] == ["README.md", "config.json", "model.safetensors"]
+    assert [op.path_in_repo for op in operations] == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",  # written from the model config: the folder had none
+    ]
     merged = SamHFModel.from_pretrained(staging).eval()
     torch.manual_seed(0)
     inputs = {

@@ -190,9 +190,10 @@ class _ImageFrame:
             inputs["input_points"] = coords[None].to(device)
             inputs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(device)
         if boxes is not None:
-            corners = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 2, 2)
-            corners = self.processor.transform_coords(corners, self.original_size)
-            inputs["input_boxes"] = corners.reshape(1, -1, 4).to(device)
+            boxes = self.processor.transform_boxes(
+                torch.as_tensor(boxes, dtype=torch.float32), self.original_size
+            )
+            inputs["input_boxes"] = boxes[None].to(device)
         if mask_logits is not None:
             inputs["input_masks"] = mask_logits[None]
         output = self.model(image_embeddings=self.embeddings, multimask_output=multimask_output, **inputs)

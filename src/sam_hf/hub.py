@@ -29,16 +29,19 @@ import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from .evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
+from .processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
 
 __all__ = [
     "CARD_MARKER",
     "TRAINING_SUMMARY_NAME",
     "HubPushError",
     "PushResult",
+    "adapter_base_model",
     "build_commit_operations",
     "build_model_card",
     "card_template_path",
     "load_pretrained",
+    "load_processor",
     "push_to_hub",
 ]
 
@@ -166,6 +169,8 @@ def build_commit_operations(
                 shutil.copy2(path, staging_dir / path.name)
     if merge_adapter:
         load_pretrained(folder).merge_and_unload().save_pretrained(staging_dir)
+    if not (staging_dir / PROCESSOR_CONFIG_NAME).is_file():  # the repo must load with SamHFProcessor alone
+        load_processor(folder).save_pretrained(staging_dir)
     readme = staging_dir / "README.md"
     if not readme.is_file() or _is_generated_card(readme.read_text(encoding="utf-8")):
         # Ours or a blank auto-card: regenerate from this run's files. Anything else the user wrote: keep it.
@@ -256,15 +261,35 @@ def load_pretrained(folder: str | Path) -> torch.nn.Module:
     from . import SamHFModel
 
     folder = Path(folder)
-    adapter_config = folder / "adapter_config.json"
-    if adapter_config.is_file():
+    base = adapter_base_model(folder)
+    if base is not None:
         from peft import PeftModel
 
-        base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
         return PeftModel.from_pretrained(SamHFModel.from_pretrained(base), str(folder))
     if not (folder / "config.json").is_file():
         raise ValueError(f"folder must be a SamHF folder (config.json) or an adapter folder, got {folder}")
     return SamHFModel.from_pretrained(str(folder))
+
+
+def load_processor(folder: str | Path) -> SamHFProcessor:
+    """The processor of a model or adapter folder: its `preprocessor_config.json`, else its base model's,
+    else the one matching the model config."""
+    from . import SamHFConfig
+
+    folder = Path(folder)
+    base = adapter_base_model(folder)
+    for candidate in (folder, Path(base) if base else None):
+        if candidate is not None and (candidate / PROCESSOR_CONFIG_NAME).is_file():
+            return SamHFProcessor.from_pretrained(candidate)
+    return SamHFProcessor.from_model_config(SamHFConfig.from_pretrained(base or folder))
+
+
+def adapter_base_model(folder: str | Path) -> str | None:
+    """`base_model_name_or_path` of a PEFT adapter folder; `None` when `folder` holds no adapter."""
+    adapter_config = Path(folder) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return None
+    return json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
 
 
 def _refuse_files_with_token(operations: list[CommitOperationAdd], token: str | None) -> None:

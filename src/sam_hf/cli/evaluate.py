@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, evaluate_model, results_table
+    from ..hub import adapter_base_model, load_pretrained, load_processor
 
     protocol = EvaluationProtocol(
         prompts=tuple(p.strip() for p in args.prompt.split(",") if p.strip()),
@@ -54,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
         max_clicks=args.max_clicks,
     )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config, is_adapter = _load_model(Path(args.model))
-    model.to(device).eval()
-    processor = _load_processor(Path(args.model), config)
+    model = load_pretrained(args.model).to(device).eval()
+    is_adapter = adapter_base_model(args.model) is not None
+    processor = load_processor(args.model)
     dataset = _load_split(args.dataset, args.split, args.max_images)
 
     runs = {}
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         with model.disable_adapter() if name == "base" else contextlib.nullcontext():
             results = evaluate_model(model, processor, _samples(dataset), protocol, num_samples=len(dataset))
         runs[name] = {
-            "model": args.model if name != "base" else _base_name(Path(args.model)),
+            "model": args.model if name != "base" else adapter_base_model(args.model),
             "eval_runtime_s": round(time.perf_counter() - start, 3),
             "results": results,
         }
@@ -85,26 +86,6 @@ def run(args: argparse.Namespace) -> int:
     print(_format_table(header, rows))
     print(f"wrote {path}")
     return 0
-
-
-def _load_model(folder: Path):
-    """-> (model, SamHFConfig, is_adapter)."""
-    from ..hub import load_pretrained
-
-    model = load_pretrained(folder)
-    is_adapter = (folder / "adapter_config.json").is_file()
-    return model, (model.get_base_model() if is_adapter else model).config, is_adapter
-
-
-def _base_name(adapter_folder: Path) -> str:
-    config = json.loads((adapter_folder / "adapter_config.json").read_text(encoding="utf-8"))
-    return config["base_model_name_or_path"]
-
-
-def _load_processor(folder: Path, config):
-    from ..processing_sam_hf import SamHFProcessor
-
-    return SamHFProcessor.from_model_config(config)
 
 
 def _load_split(name: str, split: str, max_images: int | None):
