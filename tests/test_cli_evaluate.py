@@ -120,3 +120,20 @@ def test_evaluate_rejects_bad_arguments(base_folder, shapes_dataset, extra, mess
 def test_evaluate_rejects_folder_without_model(tmp_path, shapes_dataset):
     with pytest.raises(ValueError, match="folder must be a SamHF folder"):
         main(["evaluate", "--model", str(tmp_path), "--dataset", shapes_dataset])
+
+
+def test_evaluate_single_dataset_with_mask_column(base_folder, tmp_path):
+    """A saved `Dataset` (no splits) with one object per row in a `mask` column."""
+    import datasets
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:48] = 1
+    rows = {"image": [Image.fromarray(np.full((64, 64, 3), 90, np.uint8))] * 3, "mask": [mask] * 3}
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Array2D((64, 64), "uint8")})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "single"))
+    output = tmp_path / "single.json"
+    main(["evaluate", "--model", base_folder, "--dataset", str(tmp_path / "single"), "--prompt", "point",
+          "--output", str(output)])  # fmt: skip
+    results = json.loads(output.read_text())
+    assert results["split"] is None and results["num_images"] == 3
+    assert results["runs"]["model"]["results"]["point"]["num_objects"] == 3

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_pretrained(args.model).to(device).eval()
     is_adapter = adapter_base_model(args.model) is not None
     processor = load_processor(args.model)
-    dataset = _load_split(args.dataset, args.split, args.max_images)
+    dataset, split = _load_split(args.dataset, args.split, args.max_images)
 
     runs = {}
     for name in ("base", "finetuned") if is_adapter else ("model",):
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     output = {
         "protocol": protocol.to_dict(),
         "dataset": args.dataset,
-        "split": args.split,
+        "split": split,
         "num_images": len(dataset),
         "runs": runs,
     }
@@ -82,13 +82,16 @@ def run(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
     header, rows = results_table(runs)
-    print(f"{protocol.name} on {args.dataset} [{args.split}], {len(dataset)} images")
+    print(
+        f"{protocol.name} on {args.dataset}" + (f" [{split}]" if split else "") + f", {len(dataset)} images"
+    )
     print(_format_table(header, rows))
     print(f"wrote {path}")
     return 0
 
 
 def _load_split(name: str, split: str, max_images: int | None):
+    """-> (dataset, split name or None for a saved single `Dataset`, which has no splits)."""
     import datasets
 
     if Path(name).exists():
@@ -97,11 +100,13 @@ def _load_split(name: str, split: str, max_images: int | None):
             if split not in loaded:
                 raise ValueError(f"--split must be one of {sorted(loaded)} for {name}, got {split!r}")
             loaded = loaded[split]
+        else:
+            split = None
     else:
         loaded = datasets.load_dataset(name, split=split)
     if max_images is not None:
         loaded = loaded.select(range(min(max_images, len(loaded))))
-    return loaded
+    return loaded, split
 
 
 def _samples(dataset):
