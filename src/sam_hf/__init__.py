@@ -3,9 +3,11 @@
 from transformers import AutoConfig, AutoModel
 
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
+from .predictor import SamPredictor
+from .processing_sam_hf import SamHFProcessor
 
 AutoConfig.register("sam_hf", SamHFConfig)
 AutoModel.register(SamHFConfig, SamHFModel)
 
-__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput"]
+__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput", "SamHFProcessor", "SamPredictor"]
 __version__ = "0.1.0"

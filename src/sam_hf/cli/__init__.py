@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("evaluate", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
