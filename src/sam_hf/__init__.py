@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
 from .predictor import SamPredictor
 from .processing_sam_hf import SamHFProcessor
@@ -9,5 +10,13 @@ from .processing_sam_hf import SamHFProcessor
 AutoConfig.register("sam_hf", SamHFConfig)
 AutoModel.register(SamHFConfig, SamHFModel)
 
-__all__ = ["SAM_HF_PRESETS", "SamHFConfig", "SamHFModel", "SamHFOutput", "SamHFProcessor", "SamPredictor"]
+__all__ = [
+    "SAM_HF_PRESETS",
+    "SamAutomaticMaskGenerator",
+    "SamHFConfig",
+    "SamHFModel",
+    "SamHFOutput",
+    "SamHFProcessor",
+    "SamPredictor",
+]
 __version__ = "0.1.0"

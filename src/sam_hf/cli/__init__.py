@@ -8,7 +8,7 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("evaluate", "push")
+COMMANDS: tuple[str, ...] = ("segment", "generate", "annotate", "evaluate", "push", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,310 @@
+"""Pure utilities for automatic mask generation: point grids, crop boxes, stability scores, boxes,
+run-length encoding and small-region removal.
+
+Names and conventions follow `segment_anything.utils.amg` so code written against it keeps working:
+masks are `(N, H, W)` bool, boxes are XYXY in pixels (`int64` when computed from masks), crop boxes are
+`[x0, y0, x1, y1]` lists, and an uncompressed RLE is `{"size": [H, W], "counts": [...]}` over the
+column-major (Fortran-order) flattened mask, starting with a run of zeros, as `pycocotools` expects.
+Everything is vectorised in torch or numpy; neither OpenCV nor pycocotools is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "area_from_rle",
+    "batched_mask_to_box",
+    "box_xyxy_to_xywh",
+    "build_all_layer_point_grids",
+    "build_point_grid",
+    "calculate_stability_score",
+    "coco_decode_rle",
+    "coco_encode_rle",
+    "generate_crop_boxes",
+    "is_box_near_crop_edge",
+    "label_connected_components",
+    "mask_to_rle_pytorch",
+    "remove_small_regions",
+    "rle_counts",
+    "rle_to_mask",
+    "uncrop_boxes_xyxy",
+    "uncrop_points",
+    "upsampling_matrix",
+]
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """`(n_per_side**2, 2)` XY points evenly spaced in [0, 1] x [0, 1], cell centres, row by row."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs, ys = np.meshgrid(side, side)
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One point grid per crop layer; layer i has `int(n_per_side / scale_per_layer**i)` points per side."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    im_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
+    """Crop boxes `[x0, y0, x1, y1]` for the whole image (layer 0) and `(2**i)**2` overlapping crops for
+    each layer i >= 1, with the layer index of each box.
+
+    Args:
+        im_size: `(H, W)` of the image.
+        n_layers: number of crop layers beyond the full image.
+        overlap_ratio: overlap of neighbouring crops in layer 1 as a fraction of the short side; deeper
+            layers scale it down with the crop size.
+    """
+    im_h, im_w = im_size
+    short_side = min(im_h, im_w)
+    crop_boxes, layer_idxs = [[0, 0, im_w, im_h]], [0]
+    for i_layer in range(n_layers):
+        n_crops_per_side = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_crops_per_side))
+        crop_w = int(math.ceil((overlap * (n_crops_per_side - 1) + im_w) / n_crops_per_side))
+        crop_h = int(math.ceil((overlap * (n_crops_per_side - 1) + im_h) / n_crops_per_side))
+        x0s = [int((crop_w - overlap) * i) for i in range(n_crops_per_side)]
+        y0s = [int((crop_h - overlap) * i) for i in range(n_crops_per_side)]
+        for x0, y0 in product(x0s, y0s):
+            crop_boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+            layer_idxs.append(i_layer + 1)
+    return crop_boxes, layer_idxs
+
+
+def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
+    """`(..., 4)` XYXY boxes in crop pixels -> image pixels."""
+    x0, y0 = crop_box[:2]
+    return boxes + torch.tensor([x0, y0, x0, y0], device=boxes.device)
+
+
+def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
+    """`(..., 2)` XY points in crop pixels -> image pixels."""
+    return points + torch.tensor(crop_box[:2], device=points.device)
+
+
+def is_box_near_crop_edge(
+    boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0
+) -> torch.Tensor:
+    """`(N,)` bool: the box (crop pixels) touches an edge of the crop that is not an edge of the image."""
+    crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
+    orig = torch.as_tensor(orig_box, dtype=torch.float, device=boxes.device)
+    boxes = uncrop_boxes_xyxy(boxes, crop_box).float()
+    near_crop_edge = torch.isclose(boxes, crop[None], atol=atol, rtol=0)
+    near_image_edge = torch.isclose(boxes, orig[None], atol=atol, rtol=0)
+    return (near_crop_edge & ~near_image_edge).any(dim=1)
+
+
+def box_xyxy_to_xywh(box_xyxy: torch.Tensor) -> torch.Tensor:
+    """`(..., 4)` XYXY -> XYWH (a new tensor)."""
+    return torch.cat([box_xyxy[..., :2], box_xyxy[..., 2:] - box_xyxy[..., :2]], dim=-1)
+
+
+def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
+    """`(..., H, W)` bool masks -> `(..., 4)` int64 XYXY boxes with inclusive max edges; `[0, 0, 0, 0]` for
+    an empty mask."""
+    h, w = masks.shape[-2:]
+    if masks.numel() == 0:
+        return torch.zeros(*masks.shape[:-2], 4, dtype=torch.int64, device=masks.device)
+    rows = masks.any(dim=-1)  # (..., H)
+    cols = masks.any(dim=-2)  # (..., W)
+
+    def edges(present: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        coords = torch.arange(size, device=present.device)
+        high = (present * coords).amax(dim=-1)
+        low = torch.where(present, coords, size).amin(dim=-1)
+        return low, high
+
+    top, bottom = edges(rows, h)
+    left, right = edges(cols, w)
+    boxes = torch.stack([left, top, right, bottom], dim=-1)
+    empty = ~rows.any(dim=-1)
+    return boxes.masked_fill(empty.unsqueeze(-1), 0)
+
+
+def calculate_stability_score(
+    masks: torch.Tensor, mask_threshold: float, threshold_offset: float
+) -> torch.Tensor:
+    """`(..., H, W)` mask logits -> `(...)` IoU between the masks binarised at `threshold +- offset`.
+
+    The high-threshold mask is contained in the low-threshold one, so the IoU is a ratio of areas.
+    """
+    intersections = (masks > mask_threshold + threshold_offset).sum(dim=(-1, -2), dtype=torch.int64)
+    unions = (masks > mask_threshold - threshold_offset).sum(dim=(-1, -2), dtype=torch.int64)
+    return intersections / unions
+
+
+def upsampling_matrix(low_res: int, padded: int, valid: int, out: int) -> torch.Tensor:
+    """`(out, low_res)` linear map along one axis equal to SAM's mask post-processing: bilinear upsampling
+    (`align_corners=False`) from `low_res` to the padded model side `padded`, cropping to the `valid`
+    (unpadded) length, then bilinear resizing to the original length `out`.
+
+    Applying it on both axes, `A_h @ logits @ A_w.T`, gives the same logits as the two `F.interpolate`
+    calls up to float rounding, as one matrix product and without the padded intermediate.
+    """
+    # float32 like the masks, so the interpolation weights are bit-identical to those F.interpolate uses.
+    identity = torch.eye(low_res)[:, None, :]  # (low_res, 1, low_res): one signal per input
+    upsampled = F.interpolate(identity, size=padded, mode="linear", align_corners=False)[..., :valid]
+    resized = F.interpolate(upsampled, size=out, mode="linear", align_corners=False)
+    return resized[:, 0].T.contiguous()
+
+
+def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
+    """`(N, H, W)` bool masks -> uncompressed RLEs, computed for all masks at once."""
+    h, w = tensor.shape[-2:]
+    return [{"size": [h, w], "counts": counts.tolist()} for counts in rle_counts(tensor)]
+
+
+def rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
+    """`(N, H, W)` bool masks -> RLE counts of each as an int64 array (compact; `mask_to_rle_pytorch`
+    wraps them as lists). Runs are found for all masks in one pass on the masks' device."""
+    n, h, w = masks.shape
+    if n == 0:
+        return []
+    flat = masks.transpose(1, 2).reshape(n, h * w)
+    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (K, 2): mask index, position before the change
+    per_mask = torch.bincount(changes[:, 0], minlength=n).cpu().numpy()
+    positions = (changes[:, 1] + 1).cpu().numpy()
+    starts_with_one = flat[:, 0].cpu().numpy()
+    out = []
+    for i, change_pos in enumerate(np.split(positions, np.cumsum(per_mask)[:-1])):
+        # A leading zero-length run keeps the convention that counts start with background.
+        head = [0, 0] if starts_with_one[i] else [0]
+        out.append(np.diff(np.concatenate([head, change_pos, [h * w]])))
+    return out
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Uncompressed RLE -> `(H, W)` bool mask."""
+    h, w = rle["size"]
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(w, h).T
+
+
+def area_from_rle(rle: dict[str, Any]) -> int:
+    """Number of foreground pixels of an uncompressed RLE."""
+    return int(sum(rle["counts"][1::2]))
+
+
+def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
+    """Uncompressed RLE -> COCO compressed RLE `{"size": [H, W], "counts": str}` (JSON-serialisable),
+    the string encoding `pycocotools.mask.frPyObjects` produces and `pycocotools.mask.decode` reads."""
+    counts = uncompressed_rle["counts"]
+    chars = []
+    for i, count in enumerate(counts):
+        # Counts after the second are stored as differences to the count two back (same parity run).
+        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            chars.append(chr(c + 48))
+    return {"size": list(uncompressed_rle["size"]), "counts": "".join(chars)}
+
+
+def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
+    """COCO compressed RLE (string counts, as `coco_encode_rle` writes) -> `(H, W)` bool mask."""
+    text = coco_rle["counts"]
+    text = text.decode() if isinstance(text, bytes) else text
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        x, shift, more = 0, 0, True
+        while more:
+            c = ord(text[pos]) - 48
+            x |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                x |= -1 << shift  # sign-extend
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return rle_to_mask({"size": coco_rle["size"], "counts": counts})
+
+
+def label_connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of a `(H, W)` bool mask.
+
+    Works on horizontal runs: runs in neighbouring rows that touch (8-connectivity) are joined by a
+    vectorised union-find (min-label propagation with pointer jumping).
+
+    Returns:
+        labels: `(H, W)` int64, 0 for background and 1..K for the components (in raster order of their
+            first run);
+        sizes: `(K,)` pixel count of each component (`sizes[k - 1]` for label k).
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    row_change = np.diff(padded, axis=1)  # +1 at a run start, -1 one past its end
+    start_rows, starts = np.nonzero(row_change == 1)
+    _, ends = np.nonzero(row_change == -1)  # exclusive ends, same (row-major) order as the starts
+    num_runs = len(starts)
+    if num_runs == 0:
+        return np.zeros((h, w), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Run j in row r+1 touches run i in row r when start_j <= end_i and end_j >= start_i (8-connected,
+    # exclusive ends). Runs of a row are sorted, so the partners of run i form a contiguous index range.
+    stride = w + 2
+    key_start = start_rows * stride + starts
+    key_end = start_rows * stride + ends
+    first = np.searchsorted(key_end, (start_rows + 1) * stride + starts, side="left")
+    last = np.searchsorted(key_start, (start_rows + 1) * stride + ends, side="right")
+    num_partners = np.maximum(last - first, 0)
+    src = np.repeat(np.arange(num_runs), num_partners)
+    offsets = np.arange(len(src)) - np.repeat(np.cumsum(num_partners) - num_partners, num_partners)
+    dst = np.repeat(first, num_partners) + offsets
+    parent = np.arange(num_runs)
+    while True:
+        low = np.minimum(parent[src], parent[dst])
+        updated = parent.copy()
+        np.minimum.at(updated, src, low)
+        np.minimum.at(updated, dst, low)
+        updated = updated[updated]
+        if np.array_equal(updated, parent):
+            break
+        parent = updated
+    roots, run_labels = np.unique(parent, return_inverse=True)
+    run_lengths = ends - starts
+    sizes = np.bincount(run_labels, weights=run_lengths, minlength=len(roots)).astype(np.int64)
+    labels = np.zeros((h, w), dtype=np.int64)
+    run_ids = np.repeat(np.arange(num_runs), run_lengths)
+    cols = np.arange(run_lengths.sum()) - np.repeat(np.cumsum(run_lengths) - run_lengths, run_lengths)
+    labels[start_rows[run_ids], starts[run_ids] + cols] = run_labels[run_ids] + 1
+    return labels, sizes
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (`mode="holes"`) or drop islands (`mode="islands"`) smaller than `area_thresh` pixels
+    in a `(H, W)` bool mask, 8-connected. Dropping islands keeps the largest one if all are small.
+
+    Returns:
+        the new mask and whether it changed.
+    """
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    fill_holes = mode == "holes"
+    labels, sizes = label_connected_components(mask ^ fill_holes)
+    small = np.flatnonzero(sizes < area_thresh) + 1
+    if len(small) == 0:
+        return mask, False
+    if fill_holes:
+        return mask | np.isin(labels, small), True
+    keep = np.setdiff1d(np.arange(1, len(sizes) + 1), small)
+    if len(keep) == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(labels, keep), True

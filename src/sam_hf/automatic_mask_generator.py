@@ -1,0 +1,548 @@
+"""Automatic mask generation: prompt SAM with a grid of points, keep the good and distinct masks.
+
+A drop-in replacement for `segment_anything.SamAutomaticMaskGenerator` (same arguments, same output
+records) that does the expensive work once and only on what survives:
+
+- the image embedding is computed once per crop and the decoder runs on `points_per_batch` prompts per call;
+- the predicted-IoU filter runs on the low-resolution logits (it does not depend on resolution);
+- only the survivors are brought to full resolution, in bounded chunks, with one matrix product per axis
+  equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
+  encoding are vectorised over the chunk;
+- masks are kept as compact run-length counts in the crop's frame and moved to the image frame only if
+  they survive box NMS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, box_area
+
+from .amg_utils import (
+    area_from_rle,
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    rle_counts,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+    upsampling_matrix,
+)
+from .modeling import SamHFModel
+from .processing_sam_hf import SamHFProcessor
+
+__all__ = ["SamAutomaticMaskGenerator"]
+
+_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_MASK_THRESHOLD = 0.0
+
+
+class SamAutomaticMaskGenerator:
+    """Generate masks for a whole image from a grid of point prompts.
+
+    Args:
+        model: the `SamHFModel` to prompt; the generator runs on its device.
+        points_per_side: points sampled along each side of the image (`points_per_side**2` prompts);
+            `None` when `point_grids` is given.
+        points_per_batch: prompts decoded per model call; larger is faster and uses more memory.
+        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
+        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        stability_score_offset: logit offset of the two thresholds the stability score compares.
+        box_nms_thresh: box IoU above which a mask is dropped as a duplicate within a crop.
+        crop_n_layers: run again on crops: layer i has `(2**i)**2` crops.
+        crop_nms_thresh: box IoU for removing duplicates between crops.
+        crop_overlap_ratio: overlap of neighbouring crops in the first layer, as a fraction of the short side.
+        crop_n_points_downscale_factor: points per side in layer i are divided by this to the power i.
+        point_grids: one `(num_points, 2)` XY grid in [0, 1] per crop layer; exclusive with `points_per_side`.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels, then
+            remove new duplicates by box NMS (no OpenCV needed).
+        output_mode: `"binary_mask"` (`(H, W)` bool arrays), `"uncompressed_rle"` or `"coco_rle"`
+            (compressed COCO RLE that `pycocotools.mask.decode` reads).
+        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"` to run the
+            image encoder and mask decoder under autocast (faster, masks may differ slightly).
+        max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
+    """
+
+    def __init__(
+        self,
+        model: SamHFModel,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        *,
+        precision: str = "fp32",
+        max_chunk_pixels: int = 2**24,
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError(
+                "exactly one of points_per_side or point_grids must be given, got "
+                f"points_per_side={points_per_side!r} and point_grids={'None' if point_grids is None else 'a list'}"
+            )
+        if points_per_side is not None:
+            if not isinstance(points_per_side, int) or points_per_side < 1:
+                raise ValueError(f"points_per_side must be a positive int, got {points_per_side!r}")
+            point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        self.point_grids = [_check_point_grid(grid, i) for i, grid in enumerate(point_grids)]
+        if len(self.point_grids) < crop_n_layers + 1:
+            raise ValueError(
+                f"point_grids must hold one grid per crop layer ({crop_n_layers + 1} for "
+                f"crop_n_layers={crop_n_layers}), got {len(self.point_grids)}"
+            )
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        self.model = model
+        self.processor = SamHFProcessor.from_model_config(model.config)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.precision = precision
+        self.max_chunk_pixels = max_chunk_pixels
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Generate masks for `image`.
+
+        Args:
+            image: `(H, W, 3)` uint8 RGB image (a PIL image is converted).
+
+        Returns:
+            One record per mask, in the official generator's format:
+            `segmentation` (per `output_mode`), `area` (int pixels), `bbox` (XYWH list), `predicted_iou`,
+            `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
+        """
+        image = _check_image(image)
+        data = self._generate_masks(image)
+        if self.min_mask_region_area > 0:
+            data = self._postprocess_small_regions(
+                data,
+                image.shape[:2],
+                self.min_mask_region_area,
+                max(self.box_nms_thresh, self.crop_nms_thresh),
+            )
+        records = []
+        for i, counts in enumerate(data["rles"]):
+            rle = {"size": list(image.shape[:2]), "counts": counts.tolist()}
+            if self.output_mode == "binary_mask":
+                segmentation = rle_to_mask(rle)
+            elif self.output_mode == "coco_rle":
+                segmentation = coco_encode_rle(rle)
+            else:
+                segmentation = rle
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": area_from_rle(rle),
+                    "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                    "predicted_iou": data["iou_preds"][i].item(),
+                    "point_coords": [data["points"][i].tolist()],
+                    "stability_score": data["stability_score"][i].item(),
+                    "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+                }
+            )
+        return records
+
+    def _generate_masks(self, image: np.ndarray) -> dict[str, Any]:
+        """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        data = _concat(
+            [
+                self._process_crop(image, box, layer, orig_size)
+                for box, layer in zip(crop_boxes, layer_idxs, strict=True)
+            ]
+        )
+        if len(crop_boxes) > 1 and len(data["rles"]) > 0:
+            # Prefer masks from smaller crops: they saw the object at higher resolution.
+            scores = 1 / box_area(data["crop_boxes"].float())
+            keep = batched_nms(
+                data["boxes"].float(), scores, torch.zeros_like(scores), iou_threshold=self.crop_nms_thresh
+            )
+            data = _filter(data, keep)
+        data["rles"] = [
+            _uncrop_counts(counts, box.tolist(), orig_size)
+            for counts, box in zip(data["rles"], data["crop_boxes"], strict=True)
+        ]
+        return data
+
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
+    ) -> dict[str, Any]:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        crop_h, crop_w = crop.shape[:2]
+        device = self.model.device
+        pixel_values, _, reshaped_sizes = self.processor.preprocess_images([crop])
+        with self._autocast():
+            embeddings = self.model.get_image_embeddings(pixel_values.to(device, self.model.dtype))
+        valid_h, valid_w = (int(s) for s in reshaped_sizes[0])
+        mask_size, image_size = self.model.config.mask_size, self.model.config.vision_config.image_size
+        upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
+        upsample_w = _trimmed(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
+
+        points = self.point_grids[layer_idx] * np.array([crop_w, crop_h])  # (N, 2) XY crop pixels
+        model_points = self.processor.transform_coords(torch.as_tensor(points), (crop_h, crop_w))
+        batches = [
+            self._process_batch(
+                embeddings,
+                model_points[start : start + self.points_per_batch].to(device, torch.float32),
+                torch.as_tensor(points[start : start + self.points_per_batch]),
+                upsample_h,
+                upsample_w,
+                crop_box,
+                orig_size,
+            )
+            for start in range(0, len(points), self.points_per_batch)
+        ]
+        data = _concat(batches)
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["iou_preds"]),
+            iou_threshold=self.box_nms_thresh,
+        )
+        data = _filter(data, keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.int64).reshape(-1, 4)
+        return data
+
+    def _process_batch(
+        self,
+        embeddings: torch.Tensor,
+        model_points: torch.Tensor,
+        points: torch.Tensor,
+        upsample_h: torch.Tensor,
+        upsample_w: torch.Tensor,
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Decode one batch of point prompts and keep the masks that pass the filters.
+
+        Args:
+            embeddings: `(1, C, grid, grid)` image embedding of the crop.
+            model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
+            upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
+        """
+        with self._autocast():
+            low_res, iou_preds = _decode_point_prompts(self.model, embeddings, model_points)
+        num_masks = low_res.shape[1]
+        low_res = low_res.flatten(0, 1).float()  # (P * 3, mask_size, mask_size)
+        iou_preds = iou_preds.flatten().float()  # (P * 3,)
+        points = points.repeat_interleave(num_masks, dim=0)
+        if self.pred_iou_thresh > 0.0:
+            keep = iou_preds > self.pred_iou_thresh
+            low_res, iou_preds, points = low_res[keep], iou_preds[keep], points[keep.cpu()]
+
+        k_h, k_w = upsample_h.shape[1], upsample_w.shape[1]
+        low_res = low_res[:, :k_h, :k_w]
+        crop_h, crop_w = upsample_h.shape[0], upsample_w.shape[0]
+        chunk = max(1, self.max_chunk_pixels // (crop_h * crop_w))
+        parts = []
+        for start in range(0, low_res.shape[0], chunk):
+            logits = upsample_h @ low_res[start : start + chunk] @ upsample_w.T  # (n, crop_h, crop_w)
+            stability = calculate_stability_score(logits, _MASK_THRESHOLD, self.stability_score_offset)
+            keep = torch.ones_like(stability, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                keep = stability >= self.stability_score_thresh
+            masks = logits[keep] > _MASK_THRESHOLD
+            del logits
+            boxes = batched_mask_to_box(masks)
+            not_at_edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+            masks, boxes = masks[not_at_edge], boxes[not_at_edge]
+            index = torch.arange(start, start + keep.shape[0], device=keep.device)[keep][not_at_edge]
+            parts.append(
+                {
+                    "rles": rle_counts(masks),
+                    "boxes": boxes.cpu(),
+                    "iou_preds": iou_preds[index].cpu(),
+                    "points": points[index.cpu()],
+                    "stability_score": stability[keep][not_at_edge].cpu(),
+                }
+            )
+        return _concat(parts)
+
+    @staticmethod
+    def _postprocess_small_regions(
+        data: dict[str, Any], image_size: tuple[int, int], min_area: int, nms_thresh: float
+    ) -> dict[str, Any]:
+        """Fill small holes and drop small islands, then rerun box NMS preferring unchanged masks."""
+        if len(data["rles"]) == 0:
+            return data
+        h, w = image_size
+        masks, unchanged = [], []
+        for counts in data["rles"]:
+            mask = rle_to_mask({"size": [h, w], "counts": counts})
+            mask, holes_changed = remove_small_regions(mask, min_area, mode="holes")
+            mask, islands_changed = remove_small_regions(mask, min_area, mode="islands")
+            masks.append(mask)
+            unchanged.append(not (holes_changed or islands_changed))
+        scores = torch.tensor(unchanged, dtype=torch.float)
+        boxes = torch.stack([batched_mask_to_box(torch.from_numpy(m)) for m in masks])
+        keep = batched_nms(boxes.float(), scores, torch.zeros_like(scores), iou_threshold=nms_thresh)
+        for i in keep.tolist():
+            if not unchanged[i]:
+                data["rles"][i] = rle_counts(torch.from_numpy(masks[i])[None])[0]
+                data["boxes"][i] = boxes[i]
+        return _filter(data, keep)
+
+    def _autocast(self):
+        dtype = _PRECISIONS[self.precision]
+        return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _decode_point_prompts(
+    model: SamHFModel, image_embeddings: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder for `P` single foreground points on one image, re-associated for this case.
+
+    Mathematically equal to `model(image_embeddings=..., input_points=..., multimask_output=True)`
+    (float rounding aside), with about half the work: every prompt sees the same image tokens in the first
+    layer, so their projections are computed once; and since a prompt has only a handful of tokens
+    against thousands of image tokens, the projections of image tokens are folded into the token side
+    (`(x W_k^T) q = x (W_k^T q)`), so image tokens are never projected per prompt.
+
+    Args:
+        image_embeddings: `(1, C, h, w)` embedding of the image.
+        points: `(P, 2)` XY in the model frame.
+
+    Returns:
+        mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`.
+    """
+    decoder, transformer = model.mask_decoder, model.mask_decoder.transformer
+    num_prompts = points.shape[0]
+    labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
+    sparse, token_mask, dense = model.prompt_encoder(points[:, None, :], labels, None, None, num_prompts)
+    dtype = image_embeddings.dtype
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
+    tokens = torch.cat([output_tokens.expand(num_prompts, -1, -1), sparse.to(dtype)], dim=1)  # (P, T, C)
+    token_mask = torch.cat([token_mask.new_ones(num_prompts, output_tokens.shape[0]), token_mask], dim=1)
+    h, w = image_embeddings.shape[-2:]
+    # Without a mask prompt the dense embedding is the same for every prompt.
+    src = image_embeddings + dense[:1].to(dtype)
+    shared_keys = src.flatten(2).transpose(1, 2)  # (1, N, C)
+    key_pe = model.prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
+
+    queries, keys = tokens, shared_keys
+    for i, layer in enumerate(transformer.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries, token_mask)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q, q, queries, token_mask)
+        queries = layer.norm1(queries)
+        shared = i == 0
+        keys_pe = keys + key_pe
+        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, shared)
+        queries = layer.norm2(queries + attended)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attended = _image_to_token(
+            layer.cross_attn_image_to_token, keys_pe, queries + tokens, queries, token_mask, shared
+        )
+        del keys_pe
+        keys = layer.norm4(keys + attended)  # (P, N, C) from here on
+    attended = _token_to_image(
+        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys, False
+    )
+    queries = transformer.norm_final_attn(queries + attended)
+
+    mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # the multimask outputs only
+    mlps = decoder.output_hypernetworks_mlps[1:]
+    hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(mlps)], 1)  # (P, 3, C / 8)
+    masks = _upscale_and_project(decoder.output_upscaling, keys, hyper_in, h, w)
+    iou_pred = decoder.iou_prediction_head(queries[:, 0])
+    return masks, iou_pred[:, 1:]
+
+
+def _upscale_and_project(
+    upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """The decoder's 4x upscaling and mask projection, channels-last.
+
+    A transposed convolution with kernel = stride = 2 is a linear map from each input pixel to its 2x2
+    output block, so both are run as matrix products on `(P, N, C)` tokens in sub-pixel layout, and only
+    the final `(P, M, 4h, 4w)` masks are rearranged into images.
+
+    Args:
+        keys: `(P, h * w, C)` image tokens after the transformer; hyper_in: `(P, M, C / 8)` mask weights.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    num_prompts, num_masks = hyper_in.shape[:2]
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # (C, (a, b, c1))
+    # Bias folded into the matrix product (addmm) instead of a separate pass over the activations.
+    x = F.linear(keys, w1.T, conv1.bias.repeat(4)).view(num_prompts, -1, 4, c1)
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, (a', b', c2))
+    x = act2(F.linear(x, w2.T, conv2.bias.repeat(4)).view(num_prompts, -1, 4, 4, c2))  # (P, N, ab, a'b', c2)
+    masks = x.view(num_prompts, -1, c2) @ hyper_in.transpose(1, 2)  # (P, N * 16, M)
+    # Output pixel (4i + 2a + a', 4j + 2b + b') of input pixel (i, j).
+    masks = masks.view(num_prompts, h, w, 2, 2, 2, 2, num_masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(num_prompts, num_masks, 4 * h, 4 * w)
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`(B, L, D)` -> `(B, heads, L, D / heads)`."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def _token_to_image(
+    attn: torch.nn.Module, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, shared: bool
+) -> torch.Tensor:
+    """Prompt tokens `(P, T, C)` attend to image tokens `(1 or P, N, C)`; returns `(P, T, C)`."""
+    heads = attn.num_heads
+    q = _split_heads(attn.q_proj(q_in), heads)  # (P, H, T, d)
+    scale = q.shape[-1] ** -0.5
+    if shared:  # one set of image tokens: project them once for all prompts
+        k = _split_heads(attn.k_proj(k_in), heads)  # (1, H, N, d)
+        v = _split_heads(attn.v_proj(v_in), heads)
+        out = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v  # (P, H, T, d)
+    else:
+        # q . (x W_k^T + b_k) = (q W_k) . x + const: the constant cancels in the softmax.
+        P, H, T, d = q.shape
+        w_k = attn.k_proj.weight.view(H, d, -1)  # (H, d, C)
+        qk = torch.einsum("phtd,hdc->phtc", q, w_k).reshape(P, H * T, -1)
+        probs = torch.softmax(qk @ k_in.transpose(1, 2) * scale, dim=-1)  # (P, H*T, N)
+        mixed = (probs @ v_in).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
+        w_v = attn.v_proj.weight.view(H, d, -1)
+        # Rows of probs sum to 1, so the value bias passes through unchanged.
+        out = torch.einsum("phtc,hdc->phtd", mixed, w_v) + attn.v_proj.bias.view(H, 1, d)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _image_to_token(
+    attn: torch.nn.Module,
+    q_in: torch.Tensor,
+    k_in: torch.Tensor,
+    v_in: torch.Tensor,
+    token_mask: torch.Tensor,
+    shared: bool,
+) -> torch.Tensor:
+    """Image tokens `(1 or P, N, C)` attend to prompt tokens `(P, T, C)`; returns `(P, N, C)`."""
+    heads = attn.num_heads
+    k = _split_heads(attn.k_proj(k_in), heads)  # (P, H, T, d)
+    v = _split_heads(attn.v_proj(v_in), heads)
+    P, H, T, d = k.shape
+    scale = d**-0.5
+    if shared:
+        q = _split_heads(attn.q_proj(q_in), heads)  # (1, H, N, d)
+        scores = (q @ k.transpose(-1, -2)).transpose(1, 2)  # (P, N, H, T)
+    else:
+        # (x W_q^T + b_q) . k = x . (W_q^T k) + b_q . k: fold the query projection into the few tokens.
+        w_q = attn.q_proj.weight.view(H, d, -1)  # (H, d, C)
+        folded = torch.einsum("hdc,phtd->pcht", w_q, k).flatten(2)  # (P, C, H*T)
+        bias = torch.einsum("hd,phtd->pht", attn.q_proj.bias.view(H, d), k).flatten(1)  # (P, H*T)
+        scores = (q_in @ folded + bias[:, None]).unflatten(-1, (H, T))  # (P, N, H, T)
+    scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores * scale, dim=-1).flatten(2)  # (P, N, H*T)
+    # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T).
+    w_o = attn.out_proj.weight.view(-1, H, d)  # (C, H, d)
+    values = torch.einsum("phtd,chd->phtc", v, w_o).flatten(1, 2)  # (P, H*T, C)
+    bias = attn.out_proj.bias.expand(probs.shape[0], probs.shape[1], -1)
+    return torch.baddbmm(bias, probs, values)
+
+
+def _check_point_grid(grid: Any, index: int) -> np.ndarray:
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 2 or grid.shape[1] != 2:
+        raise ValueError(f"point_grids[{index}] must have shape (num_points, 2), got {grid.shape}")
+    if grid.size and (grid.min() < 0 or grid.max() > 1):
+        raise ValueError(
+            f"point_grids[{index}] must hold XY points normalised to [0, 1], got values in "
+            f"[{grid.min():.3g}, {grid.max():.3g}]"
+        )
+    return grid
+
+
+def _check_image(image: Any) -> np.ndarray:
+    image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} and dtype {image.dtype}"
+        )
+    return image
+
+
+def _trimmed(matrix: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing low-res columns that only see padding (all-zero weights)."""
+    used = int(torch.nonzero(matrix.abs().sum(0)).max()) + 1
+    return matrix[:, :used].contiguous()
+
+
+def _uncrop_counts(counts: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]) -> np.ndarray:
+    """RLE counts of a mask in the crop's frame -> counts of the zero-padded mask in the image frame."""
+    x0, y0, x1, y1 = crop_box
+    orig_h, orig_w = orig_size
+    if (x0, y0, x1, y1) == (0, 0, orig_w, orig_h):
+        return counts
+    mask = rle_to_mask({"size": [y1 - y0, x1 - x0], "counts": counts})
+    full = np.zeros((orig_h, orig_w), dtype=bool)
+    full[y0:y1, x0:x1] = mask
+    return rle_counts(torch.from_numpy(full)[None])[0]
+
+
+_EMPTY = {
+    "rles": [],
+    "boxes": torch.zeros(0, 4, dtype=torch.int64),
+    "iou_preds": torch.zeros(0),
+    "points": torch.zeros(0, 2, dtype=torch.float64),
+    "stability_score": torch.zeros(0),
+    "crop_boxes": torch.zeros(0, 4, dtype=torch.int64),
+}
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate per-batch or per-crop mask data (lists of counts and tensors)."""
+    keys = parts[0].keys() if parts else _EMPTY.keys()
+    out = {}
+    for key in keys:
+        values = [part[key] for part in parts]
+        if key == "rles":
+            out[key] = [counts for value in values for counts in value]
+        else:
+            out[key] = torch.cat(values) if values else _EMPTY[key]
+    return out
+
+
+def _filter(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """Select masks by index or boolean tensor."""
+    keep = keep.cpu()
+    if keep.dtype == torch.bool:
+        keep = keep.nonzero().flatten()
+    indices = keep.tolist()
+    return {key: [value[i] for i in indices] if key == "rles" else value[keep] for key, value in data.items()}

@@ -1,0 +1,91 @@
+"""`sam-hf annotate`: the data engine. Automatic masks for a folder or dataset of images -> a `datasets`
+dataset with COCO RLE masks plus COCO JSON; resumable, and sharded across processes by `accelerate launch`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .generate import add_generator_arguments, generator_kwargs
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "annotate",
+        help="automatic masks for many images -> a datasets dataset (+ COCO JSON)",
+        description="Run automatic mask generation over IMAGES and write a dataset to --out "
+        "(datasets.load_from_disk(OUT); parquet in OUT/data; COCO JSON in OUT/annotations.json). "
+        "Rerun the same command to resume an interrupted run. Run under `accelerate launch` to split "
+        "the images across processes/GPUs.",
+    )
+    parser.add_argument(
+        "images",
+        metavar="IMAGES",
+        help="a folder of images, a folder written by Dataset.save_to_disk, or a Hub dataset id",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model folder, Hub repo id or checkpoint (anything SamHFModel.from_pretrained takes)",
+    )
+    parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder")
+    parser.add_argument("--image-column", default="image", help="image column of a dataset input")
+    parser.add_argument("--split", default="train", help="split of a Hub dataset input")
+    filters = parser.add_argument_group("quality filters (pseudo-labels)")
+    filters.add_argument(
+        "--min-predicted-iou", type=float, default=0.0, help="drop masks below this predicted IoU"
+    )
+    filters.add_argument(
+        "--min-stability-score", type=float, default=0.0, help="drop masks below this stability"
+    )
+    filters.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this many pixels")
+    add_generator_arguments(parser)
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", default=None, help="push the dataset to this Hub repo"
+    )
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from sam_hf import SamHFModel
+    from sam_hf.annotate import annotate
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    images: Any = args.images
+    path = Path(args.images)
+    if (path / "state.json").exists() and (path / "dataset_info.json").exists():
+        from datasets import load_from_disk
+
+        images = load_from_disk(str(path))
+    elif not path.exists():
+        from datasets import load_dataset
+
+        images = load_dataset(args.images, split=args.split)
+    model = SamHFModel.from_pretrained(args.model)
+    try:
+        dataset = annotate(
+            images,
+            model,
+            args.out,
+            generator_kwargs=generator_kwargs(args),
+            min_predicted_iou=args.min_predicted_iou,
+            min_stability_score=args.min_stability_score,
+            min_area=args.min_area,
+            image_column=args.image_column,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            show_progress=not args.no_progress,
+        )
+    except ValueError as error:
+        raise SystemExit(f"sam-hf annotate: {error}") from error
+    if dataset is not None:
+        masks = sum(len(m) for m in dataset["masks"])
+        print(f"{len(dataset)} images, {masks} masks; dataset in {args.out}")
+    return 0

@@ -1,0 +1,167 @@
+"""`sam-hf segment`: prompt one image with points and/or a box; write masks, an overlay and scores."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "parse_box", "parse_point"]
+
+_OVERLAY_COLOUR = (30, 144, 255)  # the best mask is tinted with this (dodger blue)
+_POINT_COLOURS = {1: (0, 200, 0), 0: (220, 0, 0)}  # foreground green, background red
+_BOX_COLOUR = (255, 215, 0)
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """`"x,y"` or `"x,y:label"` (label 1 foreground, the default, or 0 background) -> `(x, y, label)`."""
+    coords, _, label = text.partition(":")
+    parts = coords.split(",")
+    try:
+        x, y = (float(p) for p in parts)
+        label_value = int(label) if label else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--point expects X,Y or X,Y:LABEL with pixel coordinates and LABEL 1 or 0, got {text!r}"
+        ) from None
+    if label_value not in (0, 1):
+        raise argparse.ArgumentTypeError(
+            f"--point label must be 1 (foreground) or 0 (background), got {text!r}"
+        )
+    return x, y, label_value
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """`"x0,y0,x1,y1"` pixel box -> a tuple."""
+    try:
+        x0, y0, x1, y1 = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box expects X0,Y0,X1,Y1 in pixels, got {text!r}") from None
+    if x1 < x0 or y1 < y0:
+        raise argparse.ArgumentTypeError(
+            f"--box expects X0,Y0,X1,Y1 with X1 >= X0 and Y1 >= Y0, got {text!r}"
+        )
+    return x0, y0, x1, y1
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment an image from point and box prompts",
+        description="Segment IMAGE from point and/or box prompts (pixel coordinates) and write mask_<i>.png, "
+        "overlay.png (the best mask tinted, prompts drawn) and scores.json into --out.",
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image file (any format PIL reads)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model folder, Hub repo id or checkpoint (anything SamHFModel.from_pretrained takes)",
+    )
+    parser.add_argument(
+        "--point",
+        action="append",
+        type=parse_point,
+        default=[],
+        metavar="X,Y[:LABEL]",
+        help="point prompt; LABEL 1 foreground (default) or 0 background; repeat for more points",
+    )
+    parser.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="box prompt in pixels")
+    parser.add_argument(
+        "--multimask",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="predict three masks for an ambiguous prompt (default: on for a single point without box, off otherwise)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sam_hf import SamHFModel, SamPredictor
+
+    if not args.point and args.box is None:
+        raise SystemExit("sam-hf segment: give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
+    image = Image.open(args.image)
+    image.load()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = SamHFModel.from_pretrained(args.model).to(device).eval()
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+
+    coords = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
+    labels = np.array([p[2] for p in args.point]) if args.point else None
+    box = np.array(args.box) if args.box is not None else None
+    multimask = args.multimask if args.multimask is not None else (len(args.point) == 1 and box is None)
+    try:
+        masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=multimask)
+    except ValueError as error:  # a prompt that does not fit the image: a usage error, not a crash
+        raise SystemExit(f"sam-hf segment: {error}") from error
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, mask in enumerate(masks):
+        names.append(f"mask_{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / names[-1])
+    best = int(np.argmax(scores))
+    _overlay(image, masks[best], args.point, args.box).save(out / "overlay.png")
+    report = {
+        "image": str(args.image),
+        "model": str(args.model),
+        "image_size": {"height": masks.shape[1], "width": masks.shape[2]},
+        "points": [{"x": x, "y": y, "label": label} for x, y, label in args.point],
+        "box": list(args.box) if args.box is not None else None,
+        "multimask_output": multimask,
+        "scores": [float(s) for s in scores],
+        "masks": names,
+        "best": best,
+        "mask_area": [int(m.sum()) for m in masks],
+    }
+    (out / "scores.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"best mask {names[best]} (predicted IoU {scores[best]:.3f}); wrote {len(names)} masks, overlay.png, scores.json to {out}"
+    )
+    return 0
+
+
+def _overlay(image: Any, mask: Any, points: list, box: tuple | None) -> Any:
+    """RGB copy of the image with the mask tinted and its outline, the points and the box drawn."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rgb = np.asarray(_display_rgb(image), dtype=np.float32)
+    tint = np.array(_OVERLAY_COLOUR, dtype=np.float32)
+    rgb[mask] = 0.5 * rgb[mask] + 0.5 * tint
+    canvas = Image.fromarray(rgb.round().astype(np.uint8))
+    outline = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
+    canvas.paste(Image.new("RGB", canvas.size, _OVERLAY_COLOUR), mask=outline)
+    draw = ImageDraw.Draw(canvas)
+    radius = max(3, round(max(canvas.size) / 150))
+    if box is not None:
+        draw.rectangle(box, outline=_BOX_COLOUR, width=max(2, radius // 2))
+    for x, y, label in points:
+        draw.ellipse(
+            (x - radius, y - radius, x + radius, y + radius),
+            fill=_POINT_COLOURS[label],
+            outline=(255, 255, 255),
+        )
+    return canvas
+
+
+def _display_rgb(image: Any) -> Any:
+    """An 8-bit RGB view of the image for drawing (16-bit and float images are scaled as the processor does)."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        array = array / 65535.0 if image.mode.startswith("I;16") else np.clip(array, 0, 1)
+        return Image.fromarray((array * 255).round().astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,290 @@
+"""SamAutomaticMaskGenerator: parity with the official generator (tiny SAM with the same weights for every
+option, seeded ViT-B on a real photo for the defaults), output modes, options, errors and edge cases."""
+
+from __future__ import annotations
+
+import resource
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
+from sam_hf.amg_utils import build_point_grid, generate_crop_boxes
+
+RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """(official Sam, SamHFModel) with the same seeded tiny weights."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from conftest import randomize_positional_terms
+
+    torch.manual_seed(0)
+    ours = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
+    randomize_positional_terms(ours)
+    # Random decoder heads give logits ~1e-4 and IoU ~0; scale them so both thresholds bite.
+    with torch.no_grad():
+        for mlp in ours.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(1e6)
+        ours.mask_decoder.iou_prediction_head.layers[-1].weight.mul_(100)
+        ours.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(0.5)
+    official = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=128,
+            patch_size=16,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=4,
+            out_chans=32,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=3,
+            global_attn_indexes=[1],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=4
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=32,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, num_heads=2, mlp_dim=64),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
+        ),
+    ).eval()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    return official, ours
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from skimage import data
+
+    return np.asarray(Image.fromarray(data.astronaut()).resize((96, 72)))
+
+
+def _stack(records: list[dict]) -> np.ndarray:
+    return np.stack([r["segmentation"] for r in records]).reshape(len(records), -1).astype(np.float64)
+
+
+def assert_same_masks(
+    official: list[dict], ours: list[dict], min_iou: float = 0.99, atol: float = 1e-3
+) -> None:
+    """One-to-one match by mask IoU (>= min_iou); scores within atol, prompts and crop boxes equal."""
+    assert len(ours) == len(official)
+    if not official:
+        return
+    a, b = _stack(official), _stack(ours)
+    inter = a @ b.T
+    iou = inter / np.maximum(a.sum(1)[:, None] + b.sum(1)[None] - inter, 1)
+    # Prefer the pair with the same prompt among equal masks (duplicates are common with random weights).
+    same_prompt = np.array([[o["point_coords"] == n["point_coords"] for n in ours] for o in official])
+    match = np.argmax(iou + same_prompt, axis=1)
+    assert len(set(match.tolist())) == len(official), "masks are not matched one-to-one"
+    assert iou[np.arange(len(official)), match].min() >= min_iou
+    for o, j in zip(official, match, strict=True):
+        n = ours[j]
+        assert abs(o["predicted_iou"] - n["predicted_iou"]) <= atol
+        assert np.isclose(o["stability_score"], n["stability_score"], atol=atol, equal_nan=True)
+        np.testing.assert_allclose(n["point_coords"], o["point_coords"], atol=1e-6)
+        assert n["crop_box"] == o["crop_box"]
+
+
+def _pair_generate(tiny_pair, image, **kwargs):
+    from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
+
+    official, ours = tiny_pair
+    return OfficialGenerator(official, **kwargs).generate(image), SamAutomaticMaskGenerator(
+        ours, **kwargs
+    ).generate(image)
+
+
+OPENED = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {**OPENED, "box_nms_thresh": 1.0},
+        {**OPENED, "box_nms_thresh": 0.5},
+        {"pred_iou_thresh": 0.49, "stability_score_thresh": 0.91, "box_nms_thresh": 0.95},
+        {**OPENED, "crop_n_layers": 1},
+        {**OPENED, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2, "crop_overlap_ratio": 0.2},
+        {**OPENED, "box_nms_thresh": 1.0, "points_per_batch": 7},
+        {},
+    ],
+    ids=["opened", "nms", "thresholds", "crops", "crops2-downscale", "odd-batch", "defaults"],
+)
+def test_matches_official_tiny(tiny_pair, photo, kwargs):
+    official, ours = _pair_generate(tiny_pair, photo, points_per_side=8, **kwargs)
+    assert_same_masks(official, ours)
+    assert kwargs == {} or len(ours) > 0
+    if kwargs.get("box_nms_thresh") == 1.0:
+        assert len(ours) == 3 * 64
+
+
+def test_explicit_point_grids_match_official(tiny_pair, photo):
+    grids = [np.random.default_rng(0).random((20, 2)), build_point_grid(3)]
+    official, ours = _pair_generate(
+        tiny_pair, photo, points_per_side=None, point_grids=grids, crop_n_layers=1, **OPENED
+    )
+    assert_same_masks(official, ours)
+
+
+def test_records_and_output_modes(tiny_pair, photo):
+    from pycocotools import mask as mask_utils
+
+    model = tiny_pair[1]
+    kwargs = {**OPENED, "points_per_side": 4, "crop_n_layers": 1}
+    binary = SamAutomaticMaskGenerator(model, **kwargs).generate(photo)
+    uncompressed = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **kwargs).generate(photo)
+    coco = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs).generate(photo)
+    assert len(binary) == len(uncompressed) == len(coco) > 0
+    crop_boxes = [
+        [x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in generate_crop_boxes((72, 96), 1, 512 / 1500)[0]
+    ]
+    for b, u, c in zip(binary, uncompressed, coco, strict=True):
+        assert set(b) == RECORD_KEYS
+        mask = b["segmentation"]
+        assert mask.shape == (72, 96) and mask.dtype == bool
+        assert b["area"] == int(mask.sum()) and isinstance(b["area"], int)
+        ys, xs = np.nonzero(mask)
+        assert b["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        assert b["crop_box"] in crop_boxes
+        assert len(b["point_coords"]) == 1 and len(b["point_coords"][0]) == 2
+        assert u["segmentation"]["size"] == [72, 96]
+        assert sum(u["segmentation"]["counts"]) == 72 * 96
+        decoded_u = mask_utils.decode(mask_utils.frPyObjects(u["segmentation"], 72, 96)).astype(bool)
+        np.testing.assert_array_equal(decoded_u, mask)
+        assert isinstance(c["segmentation"]["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(c["segmentation"]).astype(bool), mask)
+
+
+def test_min_mask_region_area_removes_small_holes_and_islands(tiny_pair, photo):
+    from skimage.measure import label
+
+    model = tiny_pair[1]
+    plain = SamAutomaticMaskGenerator(model, points_per_side=6, **OPENED, box_nms_thresh=1.0).generate(photo)
+    cleaned = SamAutomaticMaskGenerator(
+        model, points_per_side=6, **OPENED, box_nms_thresh=1.0, min_mask_region_area=30
+    ).generate(photo)
+    assert 0 < len(cleaned) <= len(plain)
+    for record in cleaned:
+        mask = record["segmentation"]
+        islands = np.bincount(label(mask, connectivity=2).ravel())[1:]
+        holes = np.bincount(label(~mask, connectivity=2).ravel())[1:]
+        assert len(islands) == 1 or islands.min() >= 30
+        assert len(holes) == 0 or holes.min() >= 30
+        ys, xs = np.nonzero(mask)
+        assert record["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+    changed = sum(
+        not np.array_equal(a["segmentation"], b["segmentation"]) for a, b in zip(plain, cleaned, strict=False)
+    )
+    assert changed > 0, "the option should change some masks of this random model"
+
+
+def test_blank_image_and_all_filtered_return_empty(tiny_pair, photo):
+    model = tiny_pair[1]
+    assert SamAutomaticMaskGenerator(model, points_per_side=4).generate(np.zeros((40, 50, 3), np.uint8)) == []
+    assert SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=1.0).generate(photo) == []
+    assert SamAutomaticMaskGenerator(model, points_per_side=4, crop_n_layers=1).generate(photo) == []
+
+
+def test_large_image_runs_with_bounded_memory(tiny_pair):
+    model = tiny_pair[1]
+    image = np.random.default_rng(0).integers(0, 256, (4000, 6000, 3), dtype=np.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    records = SamAutomaticMaskGenerator(
+        model, points_per_side=2, points_per_batch=4, **OPENED, output_mode="coco_rle"
+    ).generate(image)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(records) > 0 and records[0]["segmentation"]["size"] == [4000, 6000]
+    # 12 full-resolution float masks alone would be 1.1 GiB; chunking keeps a few 96 MiB masks at most.
+    assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_bf16_precision_runs(tiny_pair, photo):
+    records = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=4, precision="bf16", **OPENED).generate(
+        photo
+    )
+    assert len(records) > 0 and records[0]["segmentation"].shape == (72, 96)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"point_grids": [np.array([[0.5, 1.2]])], "points_per_side": None}, r"point_grids\[0\].*\[0, 1\]"),
+        ({"point_grids": [np.array([[-0.1, 0.5]])], "points_per_side": None}, r"\[0, 1\]"),
+        ({"point_grids": [np.zeros((4, 3))], "points_per_side": None}, r"\(num_points, 2\)"),
+        ({"point_grids": [build_point_grid(2)]}, "exactly one of points_per_side or point_grids"),
+        ({"points_per_side": None}, "exactly one of points_per_side or point_grids"),
+        (
+            {"point_grids": [build_point_grid(2)], "points_per_side": None, "crop_n_layers": 1},
+            "one grid per crop",
+        ),
+        ({"output_mode": "png"}, "output_mode must be one of"),
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"points_per_batch": 0}, "points_per_batch"),
+        ({"points_per_side": 0}, "points_per_side"),
+    ],
+)
+def test_bad_arguments_raise(tiny_pair, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamAutomaticMaskGenerator(tiny_pair[1], **kwargs)
+
+
+def test_bad_image_raises(tiny_pair):
+    generator = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        generator.generate(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        generator.generate(np.zeros((10, 10, 3), np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs",
+    [{**OPENED, "box_nms_thresh": 1.0}, {}, {**OPENED, "crop_n_layers": 1}],
+    ids=["opened", "defaults", "crops"],
+)
+def test_matches_official_vit_b_on_a_photo(official_vit_b, photos, kwargs):
+    """Seeded random ViT-B weights, a real photo at 256x171, 8x8 grid. Tolerances: each matched pair of
+    masks has IoU >= 0.99, predicted IoU and stability score within 1e-3."""
+    from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
+
+    model = SamHFModel(SamHFConfig.from_preset("vit_b")).eval()
+    model.load_state_dict(official_vit_b.state_dict(), strict=True)
+    image = np.asarray(Image.fromarray(photos["coffee"]).resize((256, 171)))
+    official = OfficialGenerator(official_vit_b, points_per_side=8, **kwargs).generate(image)
+    ours = SamAutomaticMaskGenerator(model, points_per_side=8, **kwargs).generate(image)
+    assert_same_masks(official, ours)
+    if kwargs.get("box_nms_thresh") == 1.0:
+        assert len(ours) == 3 * 64
+
+
+def test_reassociated_decoder_equals_model_forward(tiny_pair):
+    """The generator's decoder path (projections shared / folded) equals SamHFModel.forward to 1e-5 relative."""
+    from sam_hf.automatic_mask_generator import _decode_point_prompts
+
+    model = tiny_pair[1]
+    torch.manual_seed(1)
+    embeddings = torch.randn(1, 32, 8, 8)
+    points = torch.rand(10, 2) * 128
+    with torch.inference_mode():
+        reference = model(
+            image_embeddings=embeddings,
+            input_points=points[None, :, None, :],
+            input_labels=torch.ones(1, 10, 1, dtype=torch.long),
+        )
+        masks, iou = _decode_point_prompts(model, embeddings, points)
+    assert masks.shape == (10, 3, 32, 32) and iou.shape == (10, 3)
+    scale = reference.pred_masks.abs().max()
+    torch.testing.assert_close(masks / scale, reference.pred_masks[0] / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(iou, reference.iou_scores[0], atol=1e-5, rtol=0)

@@ -1,0 +1,277 @@
+"""The data engine (`sam_hf.annotate`, `sam-hf annotate`) and `sam-hf generate` on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
+from sam_hf.annotate import annotate
+from sam_hf.cli import main
+
+GENERATOR = {
+    "points_per_side": 4,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 0.95,
+}
+
+
+@pytest.fixture
+def model() -> SamHFModel:
+    """Tiny seeded model with its heads scaled so masks have usable scores (random heads give ~0)."""
+    from conftest import randomize_positional_terms
+
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
+    randomize_positional_terms(model)
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(1e6)
+        model.mask_decoder.iou_prediction_head.layers[-1].weight.mul_(100)
+        model.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(0.5)
+    return model
+
+
+@pytest.fixture
+def image_folder(tmp_path, photos) -> Path:
+    """Four photos (one in a subfolder) and one corrupt file."""
+    folder = tmp_path / "images"
+    (folder / "more").mkdir(parents=True)
+    Image.fromarray(photos["astronaut"][::8, ::8]).save(folder / "astronaut.png")
+    Image.fromarray(photos["chelsea"][::6, ::6]).save(folder / "chelsea.jpg")
+    Image.fromarray(photos["coffee"][::7, ::5]).save(folder / "more" / "coffee.png")
+    Image.fromarray(photos["astronaut"][100:180, 50:170]).save(folder / "more" / "crop.bmp")
+    (folder / "broken.png").write_bytes(b"this is not a PNG")
+    return folder
+
+
+def _rows(dataset) -> list[dict]:
+    """Rows with decoded images as arrays, comparable with ==."""
+    rows = []
+    for row in dataset:
+        row = dict(row)
+        row["image"] = np.asarray(row["image"]).tolist()
+        rows.append(row)
+    return rows
+
+
+def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
+    from datasets import load_dataset, load_from_disk
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        dataset = annotate(image_folder, model, out, generator_kwargs=GENERATOR, show_progress=False)
+    assert "broken.png" in caplog.text and "UnidentifiedImageError" in caplog.text
+    skipped = json.loads((out / "work" / "skipped.json").read_text())
+    assert [s["file_name"] for s in skipped] == ["broken.png"]
+
+    assert dataset["file_name"] == ["astronaut.png", "chelsea.jpg", "more/coffee.png", "more/crop.bmp"]
+    assert _rows(load_from_disk(str(out))) == _rows(dataset)
+    parquet = load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert parquet["file_name"] == dataset["file_name"] and parquet["masks"] == dataset["masks"]
+
+    # Each row equals the generator's output on that image.
+    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **GENERATOR)
+    for row in dataset:
+        image = np.asarray(Image.open(image_folder / row["file_name"]).convert("RGB"))
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), image)
+        assert (row["height"], row["width"]) == image.shape[:2]
+        expected = generator.generate(image)
+        assert len(expected) > 0
+        assert row["masks"] == [r["segmentation"] for r in expected]
+        assert row["area"] == [r["area"] for r in expected]
+        assert row["bbox"] == [[float(v) for v in r["bbox"]] for r in expected]
+        np.testing.assert_allclose(row["predicted_iou"], [r["predicted_iou"] for r in expected], rtol=1e-6)
+        mask = mask_utils.decode(row["masks"][0])
+        assert mask.shape == image.shape[:2] and mask.sum() == row["area"][0]
+
+    coco = COCO(str(out / "annotations.json"))
+    assert len(coco.getImgIds()) == 4
+    assert len(coco.getAnnIds()) == sum(len(m) for m in dataset["masks"])
+    ann = coco.loadAnns(coco.getAnnIds(imgIds=[dataset[0]["image_id"]]))[0]
+    assert coco.annToMask(ann).sum() == ann["area"]
+
+
+def test_quality_filters(model, image_folder, tmp_path):
+    full = annotate(image_folder, model, tmp_path / "full", generator_kwargs=GENERATOR, show_progress=False)
+    iou_cut = float(np.median([v for values in full["predicted_iou"] for v in values]))
+    area_cut = int(np.median([v for values in full["area"] for v in values]))
+    filtered = annotate(
+        image_folder,
+        model,
+        tmp_path / "filtered",
+        generator_kwargs=GENERATOR,
+        min_predicted_iou=iou_cut,
+        min_area=area_cut,
+        min_stability_score=0.5,
+        show_progress=False,
+    )
+    kept = sum(len(m) for m in filtered["masks"])
+    assert 0 < kept < sum(len(m) for m in full["masks"])
+    for row in filtered:
+        assert all(v >= iou_cut - 1e-6 for v in row["predicted_iou"])
+        assert all(v >= area_cut for v in row["area"])
+        assert all(v >= 0.5 - 1e-6 for v in row["stability_score"])
+
+
+def test_interrupted_run_resumes_to_the_same_dataset(model, image_folder, tmp_path, monkeypatch):
+    reference = annotate(
+        image_folder, model, tmp_path / "reference", generator_kwargs=GENERATOR, show_progress=False
+    )
+
+    calls: list[tuple] = []
+    original = SamAutomaticMaskGenerator.generate
+
+    def interrupted(self, image):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(image.shape)
+        return original(self, image)
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "generate", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        annotate(image_folder, model, out, generator_kwargs=GENERATOR, show_progress=False)
+    records = sorted(p.name for p in (out / "work" / "records").iterdir())
+    # broken.png (index 0) and two images are done; no partial or temporary record is left behind.
+    assert records == ["00000000.json", "00000001.json", "00000002.json"]
+
+    monkeypatch.setattr(
+        SamAutomaticMaskGenerator, "generate", lambda self, image: (calls.append(1), original(self, image))[1]
+    )
+    calls.clear()
+    resumed = annotate(image_folder, model, out, generator_kwargs=GENERATOR, show_progress=False)
+    assert len(calls) == 2, "only the two remaining images are generated"
+    assert _rows(resumed) == _rows(reference)
+
+
+def test_resume_with_other_settings_is_refused(model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    annotate(image_folder, model, out, generator_kwargs=GENERATOR, show_progress=False)
+    with pytest.raises(ValueError, match="other images or settings"):
+        annotate(
+            image_folder,
+            model,
+            out,
+            generator_kwargs={**GENERATOR, "points_per_side": 3},
+            show_progress=False,
+        )
+
+
+def test_dataset_input_and_push_to_hub(model, photos, tmp_path, monkeypatch):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    source = Dataset.from_dict(
+        {"picture": [photos["chelsea"][::6, ::6], photos["coffee"][::7, ::5]], "file_name": ["cat", "cup"]},
+        features=Features({"picture": ImageFeature(), "file_name": Value("string")}),
+    )
+    pushed = []
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw, len(self))))
+    dataset = annotate(
+        source,
+        model,
+        tmp_path / "out",
+        generator_kwargs=GENERATOR,
+        image_column="picture",
+        push_to_hub="me/sam-masks",
+        private=True,
+        show_progress=False,
+    )
+    assert dataset["file_name"] == ["cat", "cup"]
+    assert np.array_equal(np.asarray(dataset[0]["image"]), photos["chelsea"][::6, ::6])
+    assert all(len(m) > 0 for m in dataset["masks"])
+    assert pushed == [("me/sam-masks", {"private": True}, 2)]
+    with pytest.raises(ValueError, match="image_column 'image' is not a column"):
+        annotate(source, model, tmp_path / "other", generator_kwargs=GENERATOR)
+
+
+def test_cli_generate_writes_rle_json_and_overlay(model, image_folder, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "generated"
+    args = [
+        "generate",
+        str(image_folder / "chelsea.jpg"),
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(out),
+    ]
+    args += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    assert main(args) == 0
+    records = json.loads((out / "masks.json").read_text())
+    image = np.asarray(Image.open(image_folder / "chelsea.jpg").convert("RGB"))
+    assert len(records) > 0
+    for record in records:
+        assert mask_utils.decode(record["segmentation"]).sum() == record["area"]
+    overlay = np.asarray(Image.open(out / "overlay.png"))
+    assert overlay.shape == image.shape and not np.array_equal(overlay, image)
+
+
+def test_cli_annotate_folder(model, image_folder, tmp_path):
+    from datasets import load_from_disk
+
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "dataset"
+    args = [
+        "annotate",
+        str(image_folder),
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    args += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    args += ["--min-area", "10"]
+    assert main(args) == 0
+    dataset = load_from_disk(str(out))
+    assert len(dataset) == 4 and all(a >= 10 for areas in dataset["area"] for a in areas)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_dataset(model, image_folder, tmp_path):
+    model.save_pretrained(tmp_path / "model")
+    script = tmp_path / "run_cli.py"
+    script.write_text("import sys\nfrom sam_hf.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    common = ["annotate", str(image_folder), "--model", str(tmp_path / "model")]
+    common += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    single = subprocess.run(
+        [sys.executable, str(script), *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    # accelerate 1.15 runs `launch --cpu --num_processes 2` as ONE process (multi-CPU needs mpirun), so
+    # two CPU processes come from the torchrun-based launcher with ACCELERATE_USE_CPU set.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**env, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    double = subprocess.run(
+        [*launch, str(script), *common, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    from datasets import load_from_disk
+
+    assert _rows(load_from_disk(str(tmp_path / "two"))) == _rows(load_from_disk(str(tmp_path / "one")))
+    # Both processes did work (each shows its progress bar) and no record is missing.
+    assert "annotate [0/2]" in double.stderr and "annotate [1/2]" in double.stderr
+    assert len(list((tmp_path / "two" / "work" / "records").iterdir())) == 5
