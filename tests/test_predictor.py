@@ -82,6 +82,9 @@ def test_mask_prompt_and_image_inputs(predictor, tiny_model, photos):
     _, _, low_res = predictor.predict(np.array([[200, 150]]), np.array([1]))
     masks, scores, _ = predictor.predict(np.array([[200, 150]]), np.array([1]), mask_input=low_res[[0]])
     assert masks.shape == (3, 300, 451)
+    # The workaround the error message suggests for a full-size binary mask.
+    logits = (20 * predictor.processor.mask_to_label(masks[0], (300, 451)) - 10)[None].numpy()
+    assert predictor.predict(mask_input=logits, multimask_output=False)[0].shape == (1, 300, 451)
     # set_torch_image with the official transform equals set_image; BGR input is flipped back.
     reference = predictor.get_image_embedding().clone()
     image = photos["chelsea"]
@@ -94,6 +97,35 @@ def test_mask_prompt_and_image_inputs(predictor, tiny_model, photos):
     torch.testing.assert_close(other.get_image_embedding(), reference)
     other.reset_image()
     assert not other.is_image_set and other.features is None and other.original_size is None
+
+
+def test_cached_embedding_can_feed_decoder_training(predictor, tiny_model):
+    """Embeddings from the predictor are ordinary tensors: the decoder trains on them."""
+    embedding = predictor.get_image_embedding()
+    assert not embedding.is_inference()
+    outputs = tiny_model(
+        image_embeddings=embedding,
+        input_points=torch.tensor([[[[40.0, 30.0]]]]),
+        input_labels=torch.tensor([[[1]]]),
+        labels=torch.zeros(1, 1, 32, 32),
+    )
+    outputs.loss.backward()
+    assert tiny_model.mask_decoder.iou_prediction_head.layers[0].weight.grad is not None
+
+
+def test_transform_attribute_matches_official_resize_longest_side(predictor, photos):
+    """Code written against the official `predictor.transform` keeps working, bit for bit."""
+    official, ours = ResizeLongestSide(128), predictor.transform
+    image, size = photos["coffee"], (400, 600)
+    np.testing.assert_array_equal(ours.apply_image(image), official.apply_image(image))
+    coords = np.array([[0.0, 0.0], [599.0, 399.0], [123.4, 56.7]])
+    boxes = np.array([[10.0, 20.0, 300.0, 250.0], [0.0, 0.0, 600.0, 400.0]])
+    np.testing.assert_array_equal(ours.apply_coords(coords, size), official.apply_coords(coords, size))
+    np.testing.assert_array_equal(ours.apply_boxes(boxes[0], size), official.apply_boxes(boxes[0], size))
+    torch_boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    assert torch.equal(
+        ours.apply_boxes_torch(torch_boxes, size), official.apply_boxes_torch(torch_boxes, size)
+    )
 
 
 def test_encoder_dtype_hook_keeps_float32_features(tiny_model, photos):
@@ -182,19 +214,24 @@ PARITY_PHOTOS = ("astronaut", "chelsea")  # square (512, 512) and non-square (30
 
 @pytest.fixture(scope="session")
 def vit_b_predictors(official_vit_b, photos):
-    """Per photo: (official predictor, ours), each image encoded once per implementation."""
+    """`get(name) -> (official predictor, ours)` with the photo set: each photo is encoded once per
+    implementation per session, on first use."""
     from segment_anything import SamPredictor as OfficialPredictor
 
     model = SamHFModel(SamHFConfig.from_preset("vit_b"))
     model.load_state_dict(official_vit_b.state_dict(), strict=True)
     model.eval()
     pairs = {}
-    for name in PARITY_PHOTOS:
-        official, ours = OfficialPredictor(official_vit_b), SamPredictor(model)
-        official.set_image(photos[name])
-        ours.set_image(photos[name])
-        pairs[name] = (official, ours)
-    return pairs
+
+    def get(name: str):
+        if name not in pairs:
+            official, ours = OfficialPredictor(official_vit_b), SamPredictor(model)
+            official.set_image(photos[name])
+            ours.set_image(photos[name])
+            pairs[name] = (official, ours)
+        return pairs[name]
+
+    return get
 
 
 def _prompt_cases(height: int, width: int) -> list[dict]:
@@ -225,7 +262,7 @@ def _assert_parity(official_out, our_out):
 @pytest.mark.parametrize("name", PARITY_PHOTOS)
 def test_parity_with_official_predictor(vit_b_predictors, name):
     """Low-res logits and IoU scores within 1e-3 absolute; binarised full-size masks agree on >= 99.99%."""
-    official, ours = vit_b_predictors[name]
+    official, ours = vit_b_predictors(name)
     torch.testing.assert_close(ours.get_image_embedding(), official.get_image_embedding(), atol=1e-3, rtol=0)
     assert ours.input_size == official.input_size and ours.original_size == official.original_size
     for case in _prompt_cases(*official.original_size):
@@ -239,7 +276,7 @@ def test_parity_with_official_predictor(vit_b_predictors, name):
 
 @pytest.mark.slow
 def test_batched_boxes_parity_with_official_predict_torch(vit_b_predictors):
-    official, ours = vit_b_predictors["chelsea"]
+    official, ours = vit_b_predictors("chelsea")
     boxes = np.array([[10, 20, 200, 250], [100, 100, 400, 290], [0, 0, 451, 300]], dtype=np.float64)
     official_boxes = official.transform.apply_boxes_torch(torch.as_tensor(boxes), official.original_size)
     our_boxes = ours.processor.transform_boxes(torch.as_tensor(boxes), ours.original_size)

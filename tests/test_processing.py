@@ -179,6 +179,21 @@ def test_processor_batch_runs_through_the_model(tiny_model, photos):
     with torch.inference_mode():
         single = tiny_model(**alone).pred_masks
     torch.testing.assert_close(single[0, 0], outputs.pred_masks[1, 0], atol=1e-5, rtol=0)
+    # Mask prompts from the previous call (one per real prompt) and an image without prompts.
+    refine = processor(
+        images + [photos["astronaut"]],
+        input_points=[[[[10, 20]], [[30, 40], [50, 60]], [[5, 5]]], [[[100, 200]]], []],
+        input_labels=[[[1], [1, 0], [0]], [[1]], []],
+        input_masks=[outputs.pred_masks[0, :, 0], outputs.pred_masks[1, :1, 0], np.zeros((0, 32, 32))],
+    )
+    assert refine["input_masks"].shape == (3, 3, 32, 32)
+    assert refine["prompt_mask"].tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    with torch.inference_mode():
+        refined = tiny_model(**refine, multimask_output=False).pred_masks
+    masks = processor.post_process_masks(
+        refined, refine["original_sizes"], refine["reshaped_input_sizes"], prompt_mask=refine["prompt_mask"]
+    )
+    assert [tuple(m.shape) for m in masks] == [(3, 1, 300, 451), (1, 1, 400, 600), (0, 1, 512, 512)]
 
 
 def test_post_process_masks_equals_official_postprocess(processor, official_vit_b):
@@ -194,6 +209,8 @@ def test_post_process_masks_equals_official_postprocess(processor, official_vit_
         assert torch.equal(
             processor.post_process_masks(logits[None], [original], [reshaped])[0], expected > 0
         )
+        as_list = processor.post_process_masks([logits.numpy()], [original], [reshaped], binarize=False)[0]
+        torch.testing.assert_close(as_list, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(720, 1280), (1280, 720)])

@@ -31,6 +31,8 @@ class SamPredictor:
             encoder and mask decoder always run in float32.
 
     Attributes:
+        transform: the official `predictor.transform` interface (`apply_image`, `apply_coords`,
+            `apply_boxes` and their `_torch` variants) backed by the processor, for code written against it.
         features: `(1, C, grid, grid)` embedding of the current image (None before `set_image`).
         original_size: `(H, W)` of the current image; input_size: `(H, W)` after resizing.
         is_image_set: whether an image has been encoded.
@@ -51,6 +53,7 @@ class SamPredictor:
             processor if processor is not None else SamHFProcessor.from_model_config(model.config)
         )
         self.encoder_dtype = encoder_dtype
+        self.transform = _ResizeLongestSide(self.processor)
         self.reset_image()
 
     @property
@@ -114,7 +117,8 @@ class SamPredictor:
         )
         with torch.inference_mode(), autocast:
             features = self.model.get_image_embeddings(pixel_values.to(self.device))
-        self.features = features.float()
+        # A normal (not inference-mode) float32 copy, so cached embeddings can feed decoder training.
+        self.features = features.float().clone()
         self.original_size = original_size
         self.input_size = input_size
         self.is_image_set = True
@@ -179,11 +183,15 @@ class SamPredictor:
         if array.shape != (1, size, size):
             hint = ""
             if self.original_size is not None and array.shape[-2:] == tuple(self.original_size):
-                hint = " (a full-size mask; convert it with processor.mask_to_label, or prompt with a box)"
+                hint = (
+                    " (a full-size mask: prompt with a box around it, or make logits with "
+                    "20 * processor.mask_to_label(mask) - 10)"
+                )
             raise ValueError(f"{wanted}, got shape {array.shape}{hint}")
         if array.dtype == bool or (array.dtype.kind in "iu") or np.isin(array, (0, 1)).all():
             raise ValueError(
-                f"{wanted}, got a binary mask (dtype {array.dtype}); pass logits, not 0/1 values"
+                f"{wanted}, got a binary mask (dtype {array.dtype}); pass logits, not 0/1 values "
+                f"(e.g. 20 * mask - 10 for a 0/1 mask already in the low-resolution model frame)"
             )
         return array.astype(np.float32)
 
@@ -250,3 +258,30 @@ class SamPredictor:
     def _require_image(self, purpose: str) -> None:
         if not self.is_image_set:
             raise RuntimeError(f"An image must be set with .set_image(...) before {purpose}.")
+
+
+class _ResizeLongestSide:
+    """Official `ResizeLongestSide` methods used through `predictor.transform`, backed by the processor."""
+
+    def __init__(self, processor: SamHFProcessor):
+        self.processor = processor
+        self.target_length = processor.image_size
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """`(H, W, 3)` image -> resized `(h, w, 3)`, longest side `target_length`."""
+        return self.processor.resize_image(image)
+
+    def apply_coords(
+        self, coords: np.ndarray | torch.Tensor, original_size: Sequence[int]
+    ) -> np.ndarray | torch.Tensor:
+        """`(..., 2)` XY pixels -> model frame."""
+        return self.processor.transform_coords(coords, original_size)
+
+    def apply_boxes(
+        self, boxes: np.ndarray | torch.Tensor, original_size: Sequence[int]
+    ) -> np.ndarray | torch.Tensor:
+        """Boxes -> `(B, 4)` XYXY in the model frame."""
+        return self.processor.transform_boxes(boxes, original_size).reshape(-1, 4)
+
+    apply_coords_torch = apply_coords
+    apply_boxes_torch = apply_boxes

@@ -143,17 +143,36 @@ class SamHFProcessor:
             `pixel_values (batch_size, 3, image_size, image_size)` float32, `original_sizes (batch_size, 2)`
             and `reshaped_input_sizes (batch_size, 2)` int64 as `(H, W)`.
         """
-        images = _as_image_list(images)
         resized, original_sizes, reshaped_sizes = [], [], []
-        for index, image in enumerate(images):
+        for index, image in enumerate(_as_image_list(images)):
             array = _to_rgb_array(image, f"images[{index}]")
-            height, width = array.shape[:2]
-            new_h, new_w = self.get_preprocess_shape(height, width)
-            resized.append(torch.from_numpy(_resize(array, new_h, new_w)).permute(2, 0, 1))
-            original_sizes.append((height, width))
-            reshaped_sizes.append((new_h, new_w))
-        pixel_values = torch.cat([self.normalize_and_pad(image[None]) for image in resized])
+            resized.append(self._resize(array))
+            original_sizes.append(array.shape[:2])
+            reshaped_sizes.append(resized[-1].shape[:2])
+        pixel_values = torch.cat(
+            [self.normalize_and_pad(torch.from_numpy(r).permute(2, 0, 1)[None]) for r in resized]
+        )
         return pixel_values, torch.tensor(original_sizes), torch.tensor(reshaped_sizes)
+
+    def resize_image(self, image: ImageLike) -> np.ndarray:
+        """One image -> `(h, w, 3)` RGB with its longest side resized to `image_size`, as official
+        `ResizeLongestSide.apply_image` (uint8 for uint8 input, else float32 on the 0-255 scale)."""
+        return self._resize(_to_rgb_array(image, "image"))
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """PIL bilinear resize of `(H, W, 3)`: uint8 as official SAM, other dtypes per channel in PIL's float mode."""
+        height, width = self.get_preprocess_shape(*image.shape[:2])
+        if image.dtype == np.uint8:
+            return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        channels = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
+            )
+            for c in range(3)
+        ]
+        return np.stack(channels, axis=-1)
 
     def normalize_and_pad(self, resized_images: torch.Tensor) -> torch.Tensor:
         """`(batch_size, 3, h, w)` resized RGB on the 0-255 scale (any dtype) -> normalised, zero-padded
@@ -179,13 +198,13 @@ class SamHFProcessor:
     ) -> np.ndarray | torch.Tensor:
         """Map `(..., 2)` XY pixel coordinates of an image of `original_size (H, W)` to the model frame.
 
-        As official `apply_coords` (float64 numpy result for array-like input) and `apply_coords_torch`
-        (a tensor in its floating dtype, float32 for integer tensors), bit for bit.
+        As official `apply_coords` (a float64 numpy array for array-like input) and `apply_coords_torch`
+        (a float32 tensor for tensor input), bit for bit.
         """
         old_h, old_w = _as_size(original_size, "original_size")
         new_h, new_w = self.get_preprocess_shape(old_h, old_w)
         if isinstance(coords, torch.Tensor):
-            coords = coords if coords.is_floating_point() else coords.float()
+            coords = coords.float()
         else:
             coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim == 0 or coords.shape[-1] != 2:
@@ -233,7 +252,7 @@ class SamHFProcessor:
                 has no box". Boxes may extend past the image; they must not be inverted.
             input_masks: per image, `(P_i, mask_size, mask_size)` low-resolution mask logits (e.g.
                 `pred_masks` of an earlier call).
-            return_tensors: "pt", "np" or None (lists).
+            return_tensors: "pt" for torch tensors, "np" or None for numpy arrays.
 
         Returns:
             `BatchFeature` with `pixel_values (batch_size, 3, S, S)`, `original_sizes (batch_size, 2)`,
@@ -387,6 +406,7 @@ class SamHFProcessor:
         for i, (image_masks, original, reshaped) in enumerate(
             zip(masks, original_sizes, reshaped_sizes, strict=True)
         ):
+            image_masks = torch.as_tensor(image_masks)
             if image_masks.dim() != 4:
                 raise ValueError(
                     f"masks[{i}] must have shape (P, num_masks, mask_size, mask_size), got {tuple(image_masks.shape)}"
@@ -486,21 +506,6 @@ def _to_rgb_array(image: Any, name: str) -> np.ndarray:
             )
         return image * np.float32(255.0)
     raise TypeError(f"{name} must have dtype uint8, uint16 or float (in [0, 1]), got {image.dtype}")
-
-
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """PIL bilinear resize of `(H, W, 3)`; uint8 as official SAM, float per channel in PIL's float mode."""
-    if image.dtype == np.uint8:
-        return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-    channels = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
-                (width, height), Image.Resampling.BILINEAR
-            )
-        )
-        for c in range(3)
-    ]
-    return np.stack(channels, axis=-1)
 
 
 # ---------------------------------------------------------------------- prompt helpers
@@ -633,12 +638,12 @@ def _read_processor_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, A
                     return json.load(f)
         raise FileNotFoundError(f"no {' or '.join(names)} in {path}")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     for name in names:
         try:
             file = hf_hub_download(path, name, **hub_kwargs)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # try the next name; network and auth errors propagate
             continue
         with open(file) as f:
             return json.load(f)

@@ -1,1 +1,1 @@
-"""Training library: prompt simulation, data, losses and loops used by the training scripts."""
+"""Training library: prompt simulation, dataset adapters, procedural data and LoRA setup used by the training scripts."""
