@@ -192,6 +192,22 @@ SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
         {"hidden_size": 32, "mask_input_channels": 4},
         {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
     ),
+    # The shipped sam-hf-tiny (trained on procedural shapes by training/pretrain_tiny.py): a 192 px input,
+    # 8 px patches (a 24x24 grid, 96x96 low-resolution masks), a 6-block ViT and a 128-wide decoder.
+    "sam_hf_tiny": (
+        {
+            "image_size": 192,
+            "patch_size": 8,
+            "hidden_size": 160,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "output_channels": 128,
+            "window_size": 8,
+            "global_attn_indexes": [2, 5],
+        },
+        {"hidden_size": 128, "mask_input_channels": 16},
+        {"hidden_size": 128, "num_attention_heads": 8, "mlp_dim": 512, "iou_head_hidden_dim": 128},
+    ),
 }
 
 
@@ -246,7 +262,7 @@ class SamHFConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> SamHFConfig:
-        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `tiny`)."""
+        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `tiny`, `sam_hf_tiny`)."""
         if name not in SAM_HF_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SAM_HF_PRESETS)}, got {name!r}")
         vision, prompt, decoder = SAM_HF_PRESETS[name]

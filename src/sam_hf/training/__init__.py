@@ -1,1 +1,1 @@
-"""Training utilities: prompt simulation, dataset adapters, LoRA setup."""
+"""Training library: prompt simulation, dataset adapters, procedural data and LoRA setup used by the training scripts."""

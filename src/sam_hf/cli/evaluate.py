@@ -1,0 +1,135 @@
+"""`sam-hf evaluate`: run the `sam_hf-interactive-v1` protocol on a dataset split and write eval_results.json.
+
+`--model` is a SamHF folder (`save_pretrained`) or a PEFT adapter folder (with `adapter_config.json`); for an
+adapter, the base model (adapter disabled) and the fine-tuned model are both measured, on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="measure mIoU/Dice per prompt type and interactive NoC@85/90 (protocol sam_hf-interactive-v1)",
+        description=__doc__,
+    )
+    parser.add_argument("--model", required=True, help="SamHF folder or PEFT adapter folder")
+    parser.add_argument(
+        "--dataset", required=True, help="dataset folder (save_to_disk) or Hub dataset id, with image + masks"
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--prompt",
+        default="point,3point,box,jittered_box,clicks",
+        help="comma-separated prompt types: point, 3point, box, jittered_box, clicks (default: all)",
+    )
+    parser.add_argument(
+        "--max-clicks", type=int, default=20, help="clicks per object for `clicks` (default 20)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt simulation (default 0)")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument(
+        "--output", default=None, help="results file (default: eval_results.json inside --model)"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, evaluate_model, results_table
+    from ..hub import adapter_base_model, load_pretrained, load_processor
+
+    protocol = EvaluationProtocol(
+        prompts=tuple(p.strip() for p in args.prompt.split(",") if p.strip()),
+        seed=args.seed,
+        max_clicks=args.max_clicks,
+    )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_pretrained(args.model).to(device).eval()
+    is_adapter = adapter_base_model(args.model) is not None
+    processor = load_processor(args.model)
+    dataset, split = _load_split(args.dataset, args.split, args.max_images)
+
+    runs = {}
+    for name in ("base", "finetuned") if is_adapter else ("model",):
+        start = time.perf_counter()
+        # The base run is the same PeftModel with its adapter switched off: no second copy of the weights.
+        with model.disable_adapter() if name == "base" else contextlib.nullcontext():
+            results = evaluate_model(model, processor, _samples(dataset), protocol, num_samples=len(dataset))
+        runs[name] = {
+            "model": args.model if name != "base" else adapter_base_model(args.model),
+            "eval_runtime_s": round(time.perf_counter() - start, 3),
+            "results": results,
+        }
+    output = {
+        "protocol": protocol.to_dict(),
+        "dataset": args.dataset,
+        "split": split,
+        "num_images": len(dataset),
+        "runs": runs,
+    }
+    path = Path(args.output) if args.output else Path(args.model) / EVAL_RESULTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
+    header, rows = results_table(runs)
+    print(
+        f"{protocol.name} on {args.dataset}" + (f" [{split}]" if split else "") + f", {len(dataset)} images"
+    )
+    print(_format_table(header, rows))
+    print(f"wrote {path}")
+    return 0
+
+
+def _load_split(name: str, split: str, max_images: int | None):
+    """-> (dataset, split name or None for a saved single `Dataset`, which has no splits)."""
+    import datasets
+
+    if Path(name).exists():
+        loaded = datasets.load_from_disk(name)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"--split must be one of {sorted(loaded)} for {name}, got {split!r}")
+            loaded = loaded[split]
+        else:
+            split = None
+    else:
+        loaded = datasets.load_dataset(name, split=split)
+    if max_images is not None:
+        loaded = loaded.select(range(min(max_images, len(loaded))))
+    return loaded, split
+
+
+def _samples(dataset):
+    """Yield `(image (H, W, 3) uint8, masks (K, H, W) bool)` from an `image` column and a `masks` column
+    (a list of masks per image) or a `mask` column (one mask per row)."""
+    import numpy as np
+
+    if "image" not in dataset.column_names or not {"masks", "mask"} & set(dataset.column_names):
+        raise ValueError(
+            f"--dataset needs an `image` column and a `masks` or `mask` column, got {dataset.column_names}"
+        )
+    for example in dataset:
+        image = np.asarray(
+            example["image"].convert("RGB") if hasattr(example["image"], "convert") else example["image"]
+        )
+        masks = example["masks"] if "masks" in example else [example["mask"]]
+        yield image, np.stack([np.asarray(mask) > 0 for mask in masks])
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

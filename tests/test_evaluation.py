@@ -1,0 +1,218 @@
+"""Evaluation: exact metric values on known masks, NoC on a scripted model, the protocol on a tiny SamHF."""
+
+from __future__ import annotations
+
+import evaluate
+import numpy as np
+import pytest
+import torch
+from transformers.utils import ModelOutput
+
+from sam_hf.evaluation import PROMPT_TYPES, EvaluationProtocol, evaluate_model, flat_metrics, results_table
+from sam_hf.metrics import SamSegmentation
+from sam_hf.metrics import sam_segmentation as metric_module
+from sam_hf.processing_sam_hf import SamHFProcessor
+
+
+def _mask(shape, rows=slice(None), cols=slice(None)) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def test_metric_exact_iou_and_dice():
+    reference = _mask((4, 4), slice(0, 2))  # 8 pixels
+    half = _mask((4, 4), slice(0, 2), slice(0, 2))  # 4 pixels inside the reference
+    shifted = _mask((4, 4), slice(1, 3))  # 8 pixels, 4 shared
+    empty = np.zeros((4, 4), dtype=bool)
+    result = SamSegmentation().compute(
+        predictions=[half, shifted, empty, empty],
+        references=[reference, reference, reference, empty],
+        prompt=["a", "a", "b", "b"],
+    )
+    # a: IoU 4/8 and 4/12, Dice 8/12 and 8/16; b: IoU 0 and (empty on empty) 1
+    assert result["a"] == pytest.approx(
+        {"mean_iou": (1 / 2 + 1 / 3) / 2, "mean_dice": (2 / 3 + 1 / 2) / 2, "num_objects": 2}
+    )
+    assert result["b"] == {"mean_iou": 0.5, "mean_dice": 0.5, "num_objects": 2}
+
+
+def test_metric_loads_offline_with_evaluate_load(monkeypatch):
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    loaded = evaluate.load(metric_module.__file__)
+    assert isinstance(loaded, evaluate.Metric)
+    reference = _mask((6, 6), slice(0, 3))
+    for metric in (loaded, SamSegmentation()):
+        metric.add(prediction=_mask((6, 6), slice(0, 2)), reference=reference)
+        assert metric.compute() == {"mask": {"mean_iou": 2 / 3, "mean_dice": 0.8, "num_objects": 1}}
+
+
+def test_metric_noc_and_miou_per_click():
+    reference = _mask((10, 10), slice(0, 10))
+    metric = SamSegmentation()
+    for click in range(1, 5):
+        # object 0 reaches IoU 0.5, 0.7, 0.9, 1.0; object 1 stays at 0.8
+        rows = {1: 5, 2: 7, 3: 9, 4: 10}[click]
+        metric.add_batch(
+            predictions=[_mask((10, 10), slice(0, rows)), _mask((10, 10), slice(0, 8))],
+            references=[reference, reference],
+            prompt="clicks",
+            object_id=[7, 3],
+            click=click,
+        )
+    result = metric.compute(iou_thresholds=(0.85, 0.9, 0.95))["clicks"]
+    assert result["miou_per_click"] == pytest.approx([0.65, 0.75, 0.85, 0.9])
+    assert result["mean_iou"] == pytest.approx(0.9)  # at the last click
+    assert result["noc@85"] == 3.5 and result["nof@85"] == 1  # object 1 never gets there: counts 4 clicks
+    assert result["noc@90"] == 3.5 and result["noc@95"] == 4.0 and result["nof@95"] == 1
+
+
+def test_metric_rejects_bad_input():
+    metric = SamSegmentation()
+    with pytest.raises(ValueError, match="no masks to measure"):
+        metric.compute()
+    with pytest.raises(ValueError, match=r"predictions\[0\] and references\[0\] must be \(H, W\) masks"):
+        metric.add_batch(predictions=[np.zeros((2, 2))], references=[np.zeros((3, 2))])
+    with pytest.raises(ValueError, match="object_id must be one value or one per mask"):
+        metric.add_batch(predictions=[np.zeros((2, 2))], references=[np.zeros((2, 2))], object_id=[1, 2])
+    metric = SamSegmentation()
+    reference = np.ones((2, 2))
+    metric.add_batch(predictions=[reference], references=[reference], prompt="c", object_id=0, click=1)
+    metric.add_batch(predictions=[reference], references=[reference], prompt="c", object_id=1, click=2)
+    with pytest.raises(ValueError, match="every object needs a mask for each click"):
+        metric.compute()
+
+
+def test_protocol_name_lists_changed_settings():
+    assert EvaluationProtocol().name == "sam_hf-interactive-v1"
+    assert EvaluationProtocol(prompts=("box",)).name == "sam_hf-interactive-v1"
+    assert EvaluationProtocol(max_clicks=5, seed=1).name == "sam_hf-interactive-v1[seed=1,max_clicks=5]"
+    assert EvaluationProtocol().to_dict()["max_clicks"] == 20
+    with pytest.raises(ValueError, match="prompts must be a non-empty subset"):
+        EvaluationProtocol(prompts=("lasso",))
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in for SamHFModel on 32x32 images (mask_size 32, so masks are its logits > 0 as they are).
+
+    Object 0 (rows 0..9 of the image) gets rows [0, n) right after n clicks (IoU n/10); object 1 always gets
+    half of its rows (IoU 0.5). On the first click the right mask is the second of three, and has the highest
+    predicted IoU. From click 2 on, it checks that its previous logits come back as `input_masks`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.previous = None
+        self.calls = []
+
+    def get_image_embeddings(self, pixel_values):
+        return torch.zeros(pixel_values.shape[0], 1, 2, 2)
+
+    def forward(self, image_embeddings, input_points, input_labels, input_masks=None, multimask_output=True):
+        clicks = int((input_labels[0, 0] != -10).sum())
+        self.calls.append((clicks, multimask_output, input_masks is not None))
+        if clicks > 1:
+            torch.testing.assert_close(input_masks, self.previous)
+        logits = torch.full((2, 32, 32), -1.0)
+        logits[0, :clicks] = 1.0
+        logits[1, 20:25] = 1.0
+        if multimask_output:
+            masks = torch.stack([torch.full_like(logits, -1.0), logits, torch.full_like(logits, -1.0)], dim=1)
+            scores = torch.tensor([[0.1, 0.9, 0.2]] * 2)
+        else:
+            masks, scores = logits[:, None], torch.ones(2, 1)
+        self.previous = logits[None]
+        return ModelOutput(pred_masks=masks[None], iou_scores=scores[None])
+
+
+def test_clicks_feed_logits_back_and_noc_matches_script():
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    masks = np.stack([_mask((32, 32), slice(0, 10)), _mask((32, 32), slice(20, 30))])
+    model = ScriptedModel()
+    protocol = EvaluationProtocol(prompts=("clicks",), max_clicks=12)
+    result = evaluate_model(model, SamHFProcessor(image_size=32, mask_size=32), [(image, masks)], protocol)
+    clicks = result["clicks"]
+    assert clicks["miou_per_click"] == pytest.approx([(min(k, 10) / 10 + 0.5) / 2 for k in range(1, 13)])
+    # object 0: IoU 0.9 at click 9; object 1 never reaches 0.85: counts 12
+    assert clicks["noc@85"] == (9 + 12) / 2 and clicks["noc@90"] == (9 + 12) / 2
+    assert clicks["nof@90"] == 1
+    # one decoder call per click for both objects; multimask only for the first click; once object 0 is
+    # perfect (click 10) it gets padding points, not clicks
+    assert model.calls[0] == (1, True, False)
+    assert model.calls[1:] == [(min(k, 10), False, True) for k in range(2, 13)]
+
+
+def _shapes_dataset(num_images: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(num_images):
+        image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+        masks = np.stack(
+            [
+                _mask((90, 120), slice(10, 40), slice(10, 50)),
+                _mask((90, 120), slice(50, 80), slice(60, 110)),
+                np.zeros((90, 120), dtype=bool),  # empty: skipped, cannot be prompted
+            ]
+        )
+        samples.append((image, masks))
+    return samples
+
+
+def test_protocol_on_tiny_model_is_seeded(tiny_model, tiny_config):
+    processor = SamHFProcessor.from_model_config(tiny_config)
+    protocol = EvaluationProtocol(max_clicks=4)
+    first = evaluate_model(tiny_model, processor, _shapes_dataset(), protocol, progress=False)
+    again = evaluate_model(tiny_model, processor, _shapes_dataset(), protocol, progress=False)
+    assert first == again
+    assert sorted(first) == sorted(PROMPT_TYPES)
+    assert all(first[p]["num_objects"] == 4 for p in PROMPT_TYPES)
+    assert len(first["clicks"]["miou_per_click"]) == 4
+    assert all(0.0 <= first[p]["mean_iou"] <= first[p]["mean_dice"] <= 1.0 for p in PROMPT_TYPES)
+
+
+def test_chunked_upsampling_changes_nothing(tiny_model, tiny_config, monkeypatch):
+    import sam_hf.evaluation
+
+    processor = SamHFProcessor.from_model_config(tiny_config)
+    protocol = EvaluationProtocol(prompts=("box", "clicks"), max_clicks=2)
+    whole = evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False)
+    monkeypatch.setattr(sam_hf.evaluation, "_UPSAMPLE_CHUNK", 1)
+    assert evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False) == whole
+
+
+def test_peft_wrapped_model_evaluates_like_its_base(tiny_model, tiny_config):
+    from peft import LoraConfig, get_peft_model
+
+    processor = SamHFProcessor.from_model_config(tiny_config)
+    protocol = EvaluationProtocol(prompts=("point", "box", "clicks"), max_clicks=3)
+    base = evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False)
+    # LoRA starts as the identity (B = 0): same numbers through the PEFT wrapper
+    peft_model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    wrapped = evaluate_model(peft_model, processor, _shapes_dataset(1), protocol, progress=False)
+    assert wrapped == base  # adding exact zeros changes no bit
+
+
+def test_results_table_marks_unmeasured():
+    runs = {
+        "base": {"results": {"box": {"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 3}}},
+        "finetuned": {"results": {}},
+    }
+    header, rows = results_table(runs)
+    assert header == ["prompt", "metric", "base", "finetuned"]
+    assert rows == [
+        ["box (3 objects)", "mIoU", "0.5000", "not measured"],
+        ["box (3 objects)", "Dice", "0.6000", "not measured"],
+    ]
+    curve = {"miou_per_click": [0.1 * k for k in range(1, 8)], "noc@90": 6.0, "nof@90": 2}
+    assert list(flat_metrics(curve)) == ["miou@1", "miou@3", "miou@5", "miou@7", "noc@90"]
+    assert flat_metrics({"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 1}) == {
+        "mean_iou": 0.5,
+        "mean_dice": 0.6,
+    }
+
+
+def test_evaluate_model_needs_an_object(tiny_model, tiny_config):
+    image, masks = np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((2, 8, 8), dtype=bool)
+    with pytest.raises(ValueError, match="at least one non-empty ground-truth mask"):
+        evaluate_model(tiny_model, SamHFProcessor.from_model_config(tiny_config), [(image, masks)])
