@@ -54,7 +54,7 @@ def test_tiny_preset_derived_fields():
 
 
 def test_presets_table_lists_all_variants():
-    assert set(SAM_HF_PRESETS) == {"vit_b", "vit_l", "vit_h", "tiny"}
+    assert set(SAM_HF_PRESETS) == {"vit_b", "vit_l", "vit_h", "tiny", "sam_hf_tiny"}
 
 
 def test_from_preset_forwards_keyword_arguments():
@@ -95,7 +95,7 @@ def test_sections_accept_configs_and_dicts_with_model_type():
 
 def test_unknown_preset_is_rejected():
     with pytest.raises(
-        ValueError, match=r"preset must be one of \['tiny', 'vit_b', 'vit_h', 'vit_l'\], got 'vit_x'"
+        ValueError, match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'vit_b', 'vit_h', 'vit_l'\], got 'vit_x'"
     ):
         SamHFConfig.from_preset("vit_x")
 

@@ -362,7 +362,10 @@ def test_merged_upload_is_a_full_model_equal_to_the_adapter(trained_adapter, tmp
     staging = tmp_path / "staging"
     staging.mkdir()
     operations = build_commit_operations(folder, staging, "user/sam-merged", merge_adapter=True)
-    assert [op.path_in_repo for op in operations] == [
+    paths = [op.path_in_repo for op in operations]
+    code = [p for p in paths if p.endswith(".py")]  # modeling files, so the repo loads with trust_remote_code
+    assert "modeling_sam_hf.py" in code and "configuration_sam_hf.py" in code
+    assert [p for p in paths if p not in code] == [
         "README.md",
         "config.json",
         "model.safetensors",
