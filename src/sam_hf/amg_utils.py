@@ -26,6 +26,7 @@ __all__ = [
     "build_point_grid",
     "calculate_stability_score",
     "coco_decode_rle",
+    "decompress_rle_counts",
     "coco_encode_rle",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
@@ -215,9 +216,8 @@ def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
     return {"size": list(uncompressed_rle["size"]), "counts": "".join(chars)}
 
 
-def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
-    """COCO compressed RLE (string counts, as `coco_encode_rle` writes) -> `(H, W)` bool mask."""
-    text = coco_rle["counts"]
+def decompress_rle_counts(text: str | bytes) -> list[int]:
+    """COCO's compressed RLE string -> run lengths: 5-bit groups with a continuation bit, deltas from the run two back."""
     text = text.decode() if isinstance(text, bytes) else text
     counts: list[int] = []
     pos = 0
@@ -234,7 +234,12 @@ def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
         if len(counts) > 2:
             x += counts[-2]
         counts.append(x)
-    return rle_to_mask({"size": coco_rle["size"], "counts": counts})
+    return counts
+
+
+def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
+    """COCO compressed RLE (string counts, as `coco_encode_rle` writes) -> `(H, W)` bool mask."""
+    return rle_to_mask({"size": coco_rle["size"], "counts": decompress_rle_counts(coco_rle["counts"])})
 
 
 def label_connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

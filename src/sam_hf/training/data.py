@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..amg_utils import decompress_rle_counts
+
 __all__ = ["DatasetStats", "MASK_FORMATS", "decode_rle", "load_segmentation_dataset", "to_instances"]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def decode_rle(rle: dict) -> np.ndarray:
     height, width = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
-        counts = _decompress_counts(counts.decode() if isinstance(counts, bytes) else counts)
+        counts = decompress_rle_counts(counts)
     flat = np.zeros(height * width, dtype=bool)
     position, value = 0, False
     for run in counts:
@@ -76,26 +78,6 @@ def decode_rle(rle: dict) -> np.ndarray:
     if position != height * width:
         raise ValueError(f"rle counts must sum to H*W = {height * width}, got {position}")
     return flat.reshape(width, height).T
-
-
-def _decompress_counts(text: str) -> list[int]:
-    """COCO's compressed RLE string: 5-bit groups with a continuation bit, deltas from the run two back."""
-    counts: list[int] = []
-    i = 0
-    while i < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            chunk = ord(text[i]) - 48
-            value |= (chunk & 0x1F) << (5 * shift)
-            more = bool(chunk & 0x20)
-            i += 1
-            shift += 1
-            if not more and chunk & 0x10:
-                value |= -1 << (5 * shift)
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
 
 
 def _polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
