@@ -95,7 +95,8 @@ def test_sections_accept_configs_and_dicts_with_model_type():
 
 def test_unknown_preset_is_rejected():
     with pytest.raises(
-        ValueError, match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'vit_b', 'vit_h', 'vit_l'\], got 'vit_x'"
+        ValueError,
+        match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'vit_b', 'vit_h', 'vit_l'\], got 'vit_x'",
     ):
         SamHFConfig.from_preset("vit_x")
 

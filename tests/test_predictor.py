@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -128,13 +130,15 @@ def test_transform_attribute_matches_official_resize_longest_side(predictor, pho
     )
 
 
-def test_encoder_dtype_hook_keeps_float32_features(tiny_model, photos):
+def test_encoder_dtype_converts_only_the_encoder_and_keeps_float32_features(tiny_model, photos):
+    reference = SamPredictor(copy.deepcopy(tiny_model))
+    reference.set_image(photos["coffee"])
     predictor = SamPredictor(tiny_model, encoder_dtype=torch.bfloat16)
+    assert {p.dtype for p in tiny_model.image_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in tiny_model.mask_decoder.parameters()} == {torch.float32}
     predictor.set_image(photos["coffee"])
     features = predictor.get_image_embedding()
     assert features.dtype == torch.float32
-    reference = SamPredictor(tiny_model)
-    reference.set_image(photos["coffee"])
     # bf16 has an 8-bit mantissa: the encoder output agrees to a few percent of its scale.
     scale = reference.get_image_embedding().abs().max()
     assert (features - reference.get_image_embedding()).abs().max() < 0.1 * scale

@@ -7,7 +7,6 @@ return types follow the official predictor, so existing code only changes its im
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,9 +25,10 @@ class SamPredictor:
     Args:
         model: the `SamHFModel` to run (its device is used; call `.eval()` on it first if it was training).
         processor: image/prompt processor; built from `model.config` when None.
-        encoder_dtype: run the image encoder under autocast in this dtype (e.g. `torch.bfloat16` on CUDA,
-            about twice as fast); None keeps float32. Embeddings are cast back to float32 and the prompt
-            encoder and mask decoder always run in float32.
+        encoder_dtype: run the image encoder in this dtype: its weights are converted in place, once
+            (`torch.bfloat16` is ~3x faster than float32 on CPUs with bf16 matrix units, and on GPUs); None leaves
+            the model as it is. Embeddings are cast back to float32; the prompt encoder and mask decoder keep
+            their dtype.
 
     Attributes:
         transform: the official `predictor.transform` interface (`apply_image`, `apply_coords`,
@@ -53,6 +53,8 @@ class SamPredictor:
             processor if processor is not None else SamHFProcessor.from_model_config(model.config)
         )
         self.encoder_dtype = encoder_dtype
+        if encoder_dtype is not None:
+            model.image_encoder.to(encoder_dtype)
         self.transform = _ResizeLongestSide(self.processor)
         self.reset_image()
 
@@ -110,12 +112,7 @@ class SamPredictor:
         self, pixel_values: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
     ) -> None:
         self.reset_image()
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.encoder_dtype)
-            if self.encoder_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             features = self.model.get_image_embeddings(pixel_values.to(self.device))
         # A normal (not inference-mode) float32 copy, so cached embeddings can feed decoder training.
         self.features = features.float().clone()

@@ -8,7 +8,16 @@ import importlib
 
 __all__ = ["main"]
 
-COMMANDS: tuple[str, ...] = ("segment", "convert", "generate", "annotate", "finetune", "evaluate", "push", "demo")
+COMMANDS: tuple[str, ...] = (
+    "segment",
+    "convert",
+    "generate",
+    "annotate",
+    "finetune",
+    "evaluate",
+    "push",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,13 +34,61 @@ def _relative_position_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     return rel_pos[positions[:, None] - positions[None, :] + size - 1]
 
 
+# Elements of one (queries x keys) score block: small enough to stay in cache, large enough for fast matmuls.
+_SCORE_BLOCK_ELEMENTS = 1 << 21
+# Below this grid width the bias is folded into the product (a broadcast add over short rows is slow).
+_MIN_WIDTH_FOR_BIAS_ADD = 32
+
+
+def _attention_with_decomposed_positions(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """Softmax attention with SAM's decomposed relative-position bias, one cache-sized score block at a time.
+
+    The bias of query `n` and key `(r, c)` is `rel_h[n, r] + rel_w[n, c]`. On wide grids it is added to each
+    score block as the block is computed; on narrow grids (windows) it is folded into the product itself by
+    extending queries with their bias rows and keys with the one-hot of their row and column. Either way the
+    `(heads, N, N)` bias is never materialised and scores stay in cache; plain matrix products on blocks beat
+    the fused SDPA kernels on CPU, which cannot take this bias without a dense mask.
+
+    Args:
+        q, k, v: `(batch_heads, N, head_dim)`; `q` already scaled.
+        rel_h: `(batch_heads, N, H)` and rel_w: `(batch_heads, N, W)` with `N == H * W` (keys in row-major order).
+
+    Returns:
+        `(batch_heads, N, head_dim)`.
+    """
+    BH, N, _ = q.shape
+    H, W = rel_h.shape[-1], rel_w.shape[-1]
+    add_bias = W >= _MIN_WIDTH_FOR_BIAS_ADD
+    if not add_bias:
+        key_row = torch.eye(H, dtype=q.dtype, device=q.device).repeat_interleave(W, dim=0)  # (N, H)
+        key_col = torch.eye(W, dtype=q.dtype, device=q.device).repeat(H, 1)  # (N, W)
+        q = torch.cat([q, rel_h, rel_w], dim=-1)
+        k = torch.cat([k, key_row.expand(BH, N, H), key_col.expand(BH, N, W)], dim=-1)
+    k_t = k.transpose(1, 2).contiguous()
+    heads_step = max(1, _SCORE_BLOCK_ELEMENTS // (N * N))
+    query_step = min(N, max(1, _SCORE_BLOCK_ELEMENTS // N))
+    outputs = []
+    for h0 in range(0, BH, heads_step):
+        h1 = min(BH, h0 + heads_step)
+        rows = []
+        for n0 in range(0, N, query_step):
+            n1 = min(N, n0 + query_step)
+            scores = torch.matmul(q[h0:h1, n0:n1], k_t[h0:h1])  # (h, n, N)
+            if add_bias:
+                grid_scores = scores.view(h1 - h0, n1 - n0, H, W)
+                grid_scores.add_(rel_h[h0:h1, n0:n1, :, None]).add_(rel_w[h0:h1, n0:n1, None, :])
+            rows.append(torch.matmul(torch.softmax(scores, dim=-1), v[h0:h1]))
+        outputs.append(torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a `(batch, height, width, dim)` grid.
 
-    The decomposed relative-position term `q . R_h[row_q - row_k] + q . R_w[col_q - col_k]` is folded into
-    the attention product itself: queries are extended with their `height + width` relative logits and keys
-    with the one-hot of their row and column, so one `scaled_dot_product_attention` call computes the exact
-    SAM attention without ever materialising a `(heads, N, N)` bias.
+    With relative positions, the decomposed term `q . R_h[row_q - row_k] + q . R_w[col_q - col_k]` is added
+    block by block inside the attention (`_attention_with_decomposed_positions`); without, it is plain SDPA.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_rel_pos: bool, grid_size: int):
@@ -56,33 +104,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape  # batch (or windows), grid height, grid width, dim
-        N = H * W
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        N, D = H * W, self.head_dim
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, B * self.num_heads, N, D).unbind(0)  # each (B * heads, N, D)
         if self.use_rel_pos:
-            q, k = self._fold_relative_positions(q, k, H, W)
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            grid_q = q.view(-1, H, W, D)
+            table_h = _relative_position_table(H, self.rel_pos_h).to(q.dtype)  # (H, H, D)
+            table_w = _relative_position_table(W, self.rel_pos_w).to(q.dtype)  # (W, W, D)
+            rel_h = torch.einsum("bhwd,hkd->bhwk", grid_q, table_h).reshape(-1, N, H)
+            rel_w = torch.einsum("bhwd,wkd->bhwk", grid_q, table_w).reshape(-1, N, W)
+            out = _attention_with_decomposed_positions(q * D**-0.5, k, v, rel_h, rel_w)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(B, H, W, C)
+        out = out.view(B, self.num_heads, H, W, D).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj(out)
-
-    def _fold_relative_positions(
-        self, q: torch.Tensor, k: torch.Tensor, H: int, W: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        B, heads, N, D = q.shape
-        table_h = _relative_position_table(H, self.rel_pos_h).to(q.dtype)  # (H, H, D)
-        table_w = _relative_position_table(W, self.rel_pos_w).to(q.dtype)  # (W, W, D)
-        grid_q = q.reshape(B, heads, H, W, D)
-        rel_h = torch.einsum("bnhwd,hkd->bnhwk", grid_q, table_h).reshape(B, heads, N, H)
-        rel_w = torch.einsum("bnhwd,wkd->bnhwk", grid_q, table_w).reshape(B, heads, N, W)
-        eye_h = torch.eye(H, dtype=q.dtype, device=q.device)
-        eye_w = torch.eye(W, dtype=q.dtype, device=q.device)
-        key_row = eye_h.repeat_interleave(W, dim=0).expand(B, heads, N, H)  # key (r, c) -> one-hot of r
-        key_col = eye_w.repeat(H, 1).expand(B, heads, N, W)  # key (r, c) -> one-hot of c
-        q = torch.cat([q * D**-0.5, rel_h, rel_w], dim=-1)
-        k = torch.cat([k, key_row, key_col], dim=-1)
-        return q, k
 
 
 def _window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -125,8 +125,12 @@ class SamHFModel(SamHFPreTrainedModel):
         return load_foreign_checkpoint(cls, checkpoint, config, dtype)
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings."""
-        return self.image_encoder(pixel_values)
+        """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings.
+
+        Runs in the image encoder's dtype, so `model.image_encoder.to(torch.bfloat16)` gives a bf16 encoder in
+        front of a float32 decoder.
+        """
+        return self.image_encoder(pixel_values.to(self.image_encoder.pos_embed.dtype))
 
     def forward(
         self,
@@ -165,12 +169,13 @@ class SamHFModel(SamHFPreTrainedModel):
         sparse, token_mask, dense = self.prompt_encoder(
             points, point_labels, boxes, masks, batch_size * point_batch
         )
+        decoder_dtype = self.mask_decoder.iou_token.weight.dtype
         pred_masks, iou_scores = self.mask_decoder(
-            image_embeddings.repeat_interleave(point_batch, dim=0),
-            self.prompt_encoder.get_dense_pe().to(image_embeddings.dtype),
-            sparse.to(image_embeddings.dtype),
+            image_embeddings.to(decoder_dtype).repeat_interleave(point_batch, dim=0),
+            self.prompt_encoder.get_dense_pe().to(decoder_dtype),
+            sparse.to(decoder_dtype),
             token_mask,
-            dense.to(image_embeddings.dtype),
+            dense.to(decoder_dtype),
             multimask_output,
         )
         pred_masks = pred_masks.reshape(batch_size, point_batch, *pred_masks.shape[1:])
