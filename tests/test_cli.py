@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sam_hf import cli
 from sam_hf.cli import main
 
 
@@ -106,3 +107,48 @@ def test_segment_rejects_a_point_outside_the_image(tiny_model_dir, image_file, t
                 str(tmp_path),
             ]
         )
+
+
+def test_default_model_is_the_shipped_one_when_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.resolve_model(None) == cli.OFFLINE_FALLBACK_MODEL == "sam-hf-tiny"
+    message = capsys.readouterr().err
+    assert "facebook/sam-vit-base is not cached and HF_HUB_OFFLINE is set" in message
+    assert "using the shipped sam-hf-tiny" in message
+    assert cli.resolve_model("my/model") == "my/model"
+
+
+def test_default_model_is_sam_vit_base_when_cached_or_reachable(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    answered = []
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo, timeout: answered.append(repo))
+    assert cli.resolve_model(None) == cli.DEFAULT_HUB_MODEL == "facebook/sam-vit-base"
+    assert answered == ["facebook/sam-vit-base"]
+
+    def unreachable(self, repo, timeout):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", unreachable)
+    assert cli.resolve_model(None) == "sam-hf-tiny"
+    assert "the Hub is unreachable (ConnectionError)" in capsys.readouterr().err
+    # A cached snapshot is used without asking the Hub.
+    snapshot = cache / "models--facebook--sam-vit-base" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--facebook--sam-vit-base" / "refs").mkdir()
+    (cache / "models--facebook--sam-vit-base" / "refs" / "main").write_text("0123abcd")
+    assert cli.resolve_model(None) == "facebook/sam-vit-base"
+
+
+def test_segment_without_model_runs_the_shipped_model_offline(image_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    assert main(["segment", str(image_file), "--point", "200,150", "--out", str(out)]) == 0
+    assert "using the shipped sam-hf-tiny" in capsys.readouterr().err
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["model"] == "sam-hf-tiny"
+    assert (out / "overlay.png").exists()

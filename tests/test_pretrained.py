@@ -39,6 +39,24 @@ def test_names_resolve_to_package_folders():
     assert shipped_model_path("facebook/sam-vit-base") is None
 
 
+def test_from_pretrained_takes_the_shipped_name(shipped, tmp_path, monkeypatch):
+    model, processor = shipped
+    monkeypatch.chdir(tmp_path)
+    by_name = SamHFModel.from_pretrained("sam-hf-tiny")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(by_name.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    assert SamHFProcessor.from_pretrained("sam-hf-tiny").to_dict() == processor.to_dict()
+
+
+def test_a_local_folder_named_like_a_shipped_model_wins(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_model.save_pretrained("sam-hf-tiny")
+    loaded = SamHFModel.from_pretrained("sam-hf-tiny")
+    assert loaded.config.vision_config.image_size == tiny_model.config.vision_config.image_size == 128
+
+
 def test_config_is_the_preset(shipped):
     model, processor = shipped
     vision, prompt, decoder = SAM_HF_PRESETS["sam_hf_tiny"]

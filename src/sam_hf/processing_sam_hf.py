@@ -29,6 +29,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import BatchFeature
 
+from .modeling.modeling_sam_hf import shipped_model_folder
 from .modeling.prompt_encoder import PAD_LABEL
 
 __all__ = ["PROCESSOR_CONFIG_NAME", "SamHFProcessor", "validate_boxes", "validate_points"]
@@ -114,10 +115,11 @@ class SamHFProcessor:
         sizes as `size.longest_edge` / `mask_size.longest_edge`; they are mapped to this class's fields.
 
         Args:
-            pretrained_model_name_or_path: local folder or Hub repo id.
+            pretrained_model_name_or_path: local folder, Hub repo id or shipped model name (`"sam-hf-tiny"`).
             kwargs: passed to `huggingface_hub.hf_hub_download` for Hub repos (e.g. `revision`).
         """
-        config = _read_processor_config(os.fspath(pretrained_model_name_or_path), kwargs)
+        location = os.fspath(shipped_model_folder(pretrained_model_name_or_path))
+        config = _read_processor_config(location, kwargs)
         if "image_processor" in config:  # transformers processor_config.json nests the image processor
             config = config["image_processor"]
         if config.get("processor_class") == cls.__name__:

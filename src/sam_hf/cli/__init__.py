@@ -5,8 +5,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 
-__all__ = ["main"]
+__all__ = [
+    "DEFAULT_HUB_MODEL",
+    "OFFLINE_FALLBACK_MODEL",
+    "add_model_arguments",
+    "main",
+    "resolve_device",
+    "resolve_model",
+]
+
+# The model a command uses without --model: SAM ViT-B when it can be had, else the model shipped in the package.
+DEFAULT_HUB_MODEL = "facebook/sam-vit-base"
+OFFLINE_FALLBACK_MODEL = "sam-hf-tiny"
+_HUB_TIMEOUT_S = 5.0
 
 COMMANDS: tuple[str, ...] = (
     "segment",
@@ -18,6 +32,54 @@ COMMANDS: tuple[str, ...] = (
     "push",
     "demo",
 )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, what: str = "model", device: bool = True) -> None:
+    """Register the `--model` (and, unless the command places itself, `--device`) options model commands share."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"{what}: a folder, Hub repo id, Meta .pth or shipped name (anything SamHFModel.from_pretrained "
+        f"takes); default {DEFAULT_HUB_MODEL} when it is cached or the Hub answers, else the shipped "
+        f"{OFFLINE_FALLBACK_MODEL}",
+    )
+    if device:
+        parser.add_argument(
+            "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+        )
+
+
+def resolve_model(model: str | None) -> str:
+    """`--model` as given, or the default: `DEFAULT_HUB_MODEL` if it is in the local Hugging Face cache or the
+    Hub answers within a few seconds (never with HF_HUB_OFFLINE=1), else `OFFLINE_FALLBACK_MODEL`, saying so."""
+    if model is not None:
+        return model
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(DEFAULT_HUB_MODEL, "config.json"), str):
+        return DEFAULT_HUB_MODEL
+    reason = "HF_HUB_OFFLINE is set"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
+        try:
+            HfApi().model_info(DEFAULT_HUB_MODEL, timeout=_HUB_TIMEOUT_S)
+            return DEFAULT_HUB_MODEL
+        except Exception as error:  # any failure to reach the Hub means: use the shipped model
+            reason = f"the Hub is unreachable ({type(error).__name__})"
+    print(
+        f"sam-hf: no --model given and {DEFAULT_HUB_MODEL} is not cached and {reason}; using the shipped "
+        f"{OFFLINE_FALLBACK_MODEL} (trained on synthetic shapes only, not a substitute for SAM weights)",
+        file=sys.stderr,
+    )
+    return OFFLINE_FALLBACK_MODEL
+
+
+def resolve_device(device: str | None) -> str:
+    """`--device` as given, or cuda when available, else cpu."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:

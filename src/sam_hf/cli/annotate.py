@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_model_arguments, resolve_model
 from .generate import add_generator_arguments, generator_kwargs
 
 __all__ = ["add_parser"]
@@ -25,11 +26,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="IMAGES",
         help="a folder of images, a folder written by Dataset.save_to_disk, or a Hub dataset id",
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model folder, Hub repo id or checkpoint (anything SamHFModel.from_pretrained takes)",
-    )
+    add_model_arguments(parser, device=False)
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder")
     parser.add_argument("--image-column", default="image", help="image column of a dataset input")
     parser.add_argument("--split", default="train", help="split of a Hub dataset input")
@@ -68,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         from datasets import load_dataset
 
         images = load_dataset(args.images, split=args.split)
-    model = SamHFModel.from_pretrained(args.model)
+    model = SamHFModel.from_pretrained(resolve_model(args.model))
     try:
         dataset = annotate(
             images,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import resolve_device
+
 __all__ = ["add_parser", "run"]
 
 _SAMPLE_INDEX = 5  # a held-out image with six objects of at least 300 px and several small ones
@@ -46,13 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..modeling import SamHFModel
     from ..predictor import SamPredictor
-    from ..pretrained import shipped_model_path
     from ..training.synthetic import generate_sample
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = SamHFModel.from_pretrained(shipped_model_path(args.model) or args.model).to(device).eval()
+    device = torch.device(resolve_device(args.device))
+    model = SamHFModel.from_pretrained(args.model).to(device).eval()
 
     sample = generate_sample(
         _SAMPLE_INDEX, "test", "shapes", image_size=model.config.vision_config.image_size

@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from . import add_model_arguments, resolve_device, resolve_model
+
 __all__ = ["add_parser", "run"]
 
 
@@ -21,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="measure mIoU/Dice per prompt type and interactive NoC@85/90 (protocol sam_hf-interactive-v1)",
         description=__doc__,
     )
-    parser.add_argument("--model", required=True, help="SamHF folder or PEFT adapter folder")
+    add_model_arguments(parser, what="model or PEFT adapter folder")
     parser.add_argument(
         "--dataset", required=True, help="dataset folder (save_to_disk) or Hub dataset id, with image + masks"
     )
@@ -37,9 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt simulation (default 0)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument(
-        "--output", default=None, help="results file (default: eval_results.json inside --model)"
+        "--output",
+        default=None,
+        help="results file (default: eval_results.json inside --model if it is a local folder, else here)",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.set_defaults(func=run)
 
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_clicks=args.max_clicks,
     )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.model = resolve_model(args.model)
+    device = torch.device(resolve_device(args.device))
     model = load_pretrained(args.model).to(device).eval()
     is_adapter = adapter_base_model(args.model) is not None
     processor = load_processor(args.model)
@@ -78,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         "num_images": len(dataset),
         "runs": runs,
     }
-    path = Path(args.output) if args.output else Path(args.model) / EVAL_RESULTS_NAME
+    if args.output:
+        path = Path(args.output)
+    else:  # inside a local model folder; for Hub ids and shipped names, in the working directory
+        path = (Path(args.model) if Path(args.model).is_dir() else Path()) / EVAL_RESULTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
     header, rows = results_table(runs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_model_arguments, resolve_model
+
 __all__ = ["add_parser", "parse_prompt_types"]
 
 
@@ -24,7 +26,7 @@ def parse_prompt_types(text: str) -> list[str]:
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("finetune", help="fine-tune the mask decoder with LoRA on a dataset")
-    parser.add_argument("--model", required=True, help="sam_hf checkpoint (Hub id or folder)")
+    add_model_arguments(parser, what="base model", device=False)
     parser.add_argument(
         "--dataset", required=True, help="Hub id, save_to_disk folder, imagefolder or COCO .json"
     )
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.loop import FinetuneConfig, finetune
 
     config = FinetuneConfig(
-        model=args.model,
+        model=resolve_model(args.model),
         dataset=args.dataset,
         output_dir=args.output_dir,
         split=args.split,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_model_arguments, resolve_device, resolve_model
+
 __all__ = ["add_generator_arguments", "add_parser", "generator_kwargs"]
 
 
@@ -55,13 +57,8 @@ def add_parser(subparsers: Any) -> None:
         "mask, COCO RLE segmentation) and overlay.png (every mask in its own colour) into --out.",
     )
     parser.add_argument("image", metavar="IMAGE", help="image file (any format PIL reads)")
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model folder, Hub repo id or checkpoint (anything SamHFModel.from_pretrained takes)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_generator_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -71,15 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
-    import torch
     from PIL import Image
 
     from sam_hf import SamAutomaticMaskGenerator, SamHFModel
 
     with Image.open(args.image) as image:
         rgb = np.asarray(image.convert("RGB"))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SamHFModel.from_pretrained(args.model).to(device).eval()
+    model = SamHFModel.from_pretrained(resolve_model(args.model)).to(resolve_device(args.device)).eval()
     try:
         generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
     except ValueError as error:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_model_arguments, resolve_device, resolve_model
+
 __all__ = ["add_parser", "parse_box", "parse_point"]
 
 _OVERLAY_COLOUR = (30, 144, 255)  # the best mask is tinted with this (dodger blue)
@@ -51,11 +53,7 @@ def add_parser(subparsers: Any) -> None:
         "overlay.png (the best mask tinted, prompts drawn) and scores.json into --out.",
     )
     parser.add_argument("image", metavar="IMAGE", help="image file (any format PIL reads)")
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model folder, Hub repo id or checkpoint (anything SamHFModel.from_pretrained takes)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--point",
         action="append",
@@ -71,7 +69,6 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="predict three masks for an ambiguous prompt (default: on for a single point without box, off otherwise)",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.set_defaults(func=run)
 
@@ -81,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
-    import torch
     from PIL import Image
 
     from sam_hf import SamHFModel, SamPredictor
@@ -90,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("sam-hf segment: give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
     image = Image.open(args.image)
     image.load()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SamHFModel.from_pretrained(args.model).to(device).eval()
+    args.model = resolve_model(args.model)
+    model = SamHFModel.from_pretrained(args.model).to(resolve_device(args.device)).eval()
     predictor = SamPredictor(model)
     predictor.set_image(image)
 

@@ -7,6 +7,7 @@ All coordinates here are in the model frame: the `image_size x image_size` padde
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,20 @@ class SamHFPreTrainedModel(PreTrainedModel):
             init.normal_(module.positional_encoding_gaussian_matrix, std=1.0)
 
 
+def shipped_model_folder(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The package folder of a shipped model name (`"sam-hf-tiny"`); anything else, or an existing local path of
+    that name, is returned unchanged. Without the `sam_hf` package (this code copied next to weights for
+    `trust_remote_code`) there are no shipped models."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    try:  # looked up at run time: these files must import without the package
+        pretrained = importlib.import_module("sam_hf.pretrained")
+    except ImportError:
+        return name_or_path
+    folder = pretrained.shipped_model_path(name_or_path)
+    return name_or_path if folder is None else str(folder)
+
+
 class SamHFModel(SamHFPreTrainedModel):
     def __init__(self, config: SamHFConfig):
         super().__init__(config)
@@ -99,6 +114,8 @@ class SamHFModel(SamHFPreTrainedModel):
           `PreTrainedModel.from_pretrained` argument applies.
         - transformers SAM folders/repos (facebook/sam-vit-base, ...; model_type "sam"): the config is translated,
           parameters renamed (`checkpoint_conversion.from_transformers_state_dict`).
+        - the name of a model shipped inside the `sam_hf` package (`"sam-hf-tiny"`), unless a local path of
+          that name exists.
         - Meta state dict files (sam_vit_b_01ec64.pth, ...): the architecture is read from tensor shapes; pass
           `config=` for a model whose decoder does not have SAM's 8 heads.
 
@@ -109,6 +126,7 @@ class SamHFModel(SamHFPreTrainedModel):
         """
         if pretrained_model_name_or_path is None:  # transformers' config= + state_dict= loading
             return super().from_pretrained(None, *model_args, **kwargs)
+        pretrained_model_name_or_path = shipped_model_folder(pretrained_model_name_or_path)
         checkpoint = resolve_checkpoint(
             pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         )
