@@ -15,7 +15,16 @@ def test_demo_writes_overlays_and_segments(tmp_path, capsys):
     for name in ("ground_truth", "point", "box", "automatic"):
         image = np.asarray(Image.open(tmp_path / "demo" / f"{name}.png"))
         assert image.shape == (192, 192, 3)
+    curve = np.asarray(Image.open(tmp_path / "demo" / "training_curve.png"))
+    assert curve.shape == (240, 480, 3) and (curve[..., 2] > curve[..., 0] + 100).any()  # the blue loss line
+    assert (tmp_path / "demo" / "lora-cells" / "adapter_config.json").is_file()
     printed = capsys.readouterr().out
+    before_after = re.findall(
+        r"cells \(unseen domain\), (\w+) prompts.*: (\d\.\d+) before LoRA, (\d\.\d+) after", printed
+    )
+    assert [kind for kind, _, _ in before_after] == ["point", "box"]
+    # The adapter changes the model: the measured numbers differ (they are computed, not copied).
+    assert any(before != after for _, before, after in before_after)
     # Measured with the shipped weights: point 0.758, box 0.751; AMG finds 2 of the 6 large objects.
     ious = [float(v) for v in re.findall(r"IoU with the object (\d\.\d+)", printed)]
     assert len(ious) == 2 and min(ious) > 0.6

@@ -120,6 +120,14 @@ def _detect_format(value: Any) -> str:
     raise ValueError(f"mask_format='auto' cannot recognise a mask value of type {type(value).__name__}")
 
 
+def to_rgb_image(image: Any) -> np.ndarray:
+    """A dataset image (PIL image or `(H, W[, C])` array) as `(H, W, 3)` uint8 RGB: gray repeated, alpha dropped."""
+    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return image[..., :3].astype(np.uint8)
+
+
 def to_instances(
     example: dict,
     image_column: str = "image",
@@ -146,11 +154,7 @@ def to_instances(
     for column in (image_column, mask_column):
         if column not in example:
             raise ValueError(f"column {column!r} not in the example; columns are {sorted(example)}")
-    image = example[image_column]
-    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    image = image[..., :3].astype(np.uint8)
+    image = to_rgb_image(example[image_column])
     height, width = image.shape[:2]
 
     value = example[mask_column]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .collator import EMBEDDINGS_COLUMN
-from .data import to_instances
+from .data import to_rgb_image
 
 __all__ = ["cache_image_embeddings", "embedding_cache_key"]
 
@@ -35,8 +35,6 @@ def cache_image_embeddings(
     processor: Any,
     cache_dir: str,
     image_column: str = "image",
-    mask_column: str = "label",
-    mask_format: str = "auto",
     batch_size: int = 4,
 ):
     """`dataset` with an `image_embeddings` column `(C, grid, grid)` float32, read from the cache if present.
@@ -46,7 +44,7 @@ def cache_image_embeddings(
         model: a `SamHFModel` (or a PEFT wrapper of one); only its image encoder runs.
         processor: the `SamHFProcessor` used for training.
         cache_dir: folder of the cache files.
-        image_column, mask_column, mask_format: as in `training.data.to_instances`.
+        image_column: column holding the images (converted by `training.data.to_rgb_image`).
         batch_size: images per encoder pass.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -54,10 +52,9 @@ def cache_image_embeddings(
     os.makedirs(cache_dir, exist_ok=True)
     device = next(base.parameters()).device
 
-    def encode(batch: dict) -> dict:
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        images = [to_instances(row, image_column, mask_column, mask_format)[0] for row in rows]
-        pixel_values = processor.preprocess_images(images)[0].to(device)
+    def encode(images: list) -> dict:
+        # Only the image column is read: decoding mask columns to Python lists would dominate the time.
+        pixel_values = processor.preprocess_images([to_rgb_image(image) for image in images])[0].to(device)
         with torch.inference_mode():
             embeddings = base.get_image_embeddings(pixel_values)
         return {EMBEDDINGS_COLUMN: list(embeddings.float().cpu().numpy().astype(np.float32))}
@@ -66,6 +63,7 @@ def cache_image_embeddings(
         encode,
         batched=True,
         batch_size=batch_size,
+        input_columns=image_column,
         cache_file_name=os.path.join(cache_dir, f"embeddings-{key}.arrow"),
         new_fingerprint=key,
         load_from_cache_file=True,

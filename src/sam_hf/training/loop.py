@@ -137,8 +137,6 @@ def finetune(
                 processor,
                 cache_dir,
                 config.image_column,
-                config.mask_column,
-                stats.mask_format,
             )
 
     if config.lora_r > 0:
