@@ -7,6 +7,11 @@ Runs the same job as `accelerate launch training/finetune.py` (in this process; 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import sys
+import time
 from typing import Any
 
 from . import add_model_arguments, resolve_model
@@ -50,12 +55,25 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--no-cache-embeddings", action="store_true", help="encode images every step")
     parser.add_argument("--output-dir", default="out")
     parser.add_argument(
+        "--eval-split",
+        default=None,
+        help="split of --dataset to measure the model on before and after training (eval_results.json, "
+        "shown in the model card); default: 'test' or 'validation' when the dataset has one, else none",
+    )
+    parser.add_argument(
+        "--eval-prompt", default="point,3point,box,jittered_box", help="evaluation prompt types"
+    )
+    parser.add_argument(
+        "--eval-max-images", type=int, default=None, help="evaluate on at most this many images"
+    )
+    parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO_ID", help="upload the result (user/repo)"
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import HubPushError, build_model_card, push_to_hub
     from ..training.loop import FinetuneConfig, finetune
 
     config = FinetuneConfig(
@@ -80,10 +98,116 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         cache_embeddings=not args.no_cache_embeddings,
     )
+    start = time.perf_counter()
     summary = finetune(config, resume_from_checkpoint=args.resume_from_checkpoint)
-    print(f"trained {summary['steps']} steps; saved to {summary.get('output_dir', args.output_dir)}")
+    runtime = time.perf_counter() - start
+    output_dir = summary.get("output_dir")
+    if output_dir is None:  # stopped before the last step (another process, or max steps of this run)
+        print(f"trained {summary['steps']} steps; no final model yet in {args.output_dir}")
+        return 0
+    print(f"trained {summary['steps']} steps in {runtime:.1f} s; saved to {output_dir}")
+    _write_training_summary(config, summary, runtime)
+    eval_split = args.eval_split or _default_eval_split(args.dataset)
+    if eval_split is not None:
+        _evaluate_before_after(args, config, eval_split)
+    else:
+        print("no evaluation split (--eval-split): the model card states that nothing was measured")
+    card = build_model_card(output_dir, args.push_to_hub)
+    card.save(os.path.join(output_dir, "README.md"))
+    print(f"wrote {os.path.join(output_dir, 'README.md')}")
     if args.push_to_hub:
-        from ..hub import push_to_hub  # provided by the hub module (evalhub branch)
-
-        push_to_hub(args.output_dir, args.push_to_hub)
+        try:
+            result = push_to_hub(output_dir, args.push_to_hub)
+        except HubPushError as error:  # the trained output stays on disk; the message says how to retry
+            print(f"sam-hf finetune: {error}", file=sys.stderr)
+            return 1
+        print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
     return 0
+
+
+def _write_training_summary(config, summary: dict, runtime: float) -> None:
+    """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`)."""
+    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained
+
+    model = load_pretrained(summary["output_dir"])
+    hyperparameters = {
+        key: getattr(config, key)
+        for key in ("prompt_types", "max_prompts", "lora_r", "epochs", "max_steps", "batch_size",
+                    "learning_rate", "gradient_accumulation_steps", "mixed_precision", "seed")
+    }  # fmt: skip
+    record = {
+        "base_model": config.model,
+        "dataset": config.dataset,
+        "dataset_split": config.split,
+        "train_runtime_s": round(runtime, 1),
+        "steps": summary["steps"],
+        "final_loss": summary["losses"][-1] if summary["losses"] else None,
+        "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        if config.lora_r > 0
+        else sum(p.numel() for p in model.mask_decoder.parameters()),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "hyperparameters": {k: ",".join(v) if isinstance(v, list) else v for k, v in hyperparameters.items()},
+    }
+    with open(os.path.join(summary["output_dir"], TRAINING_SUMMARY_NAME), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def _default_eval_split(dataset: str) -> str | None:
+    """'test' or 'validation' when `dataset` is a saved `DatasetDict` with one; Hub datasets are not probed."""
+    for split in ("test", "validation"):
+        if os.path.isdir(os.path.join(dataset, split)):
+            return split
+    return None
+
+
+def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None:
+    """Measure the base model and the fine-tuned one on `split`; write `eval_results.json` in the output."""
+    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, evaluate_model, results_table
+    from ..hub import load_pretrained, load_processor
+    from ..training.data import load_segmentation_dataset, to_instances
+
+    dataset, stats = load_segmentation_dataset(
+        config.dataset, split, config.image_column, config.mask_column, config.mask_format
+    )
+    if args.eval_max_images is not None:
+        dataset = dataset.select(range(min(args.eval_max_images, len(dataset))))
+    protocol = EvaluationProtocol(
+        prompts=tuple(p.strip() for p in args.eval_prompt.split(",") if p.strip()), seed=config.seed
+    )
+    model = load_pretrained(config.output_dir).eval()
+    processor = load_processor(config.output_dir)
+
+    def samples():
+        for row in dataset:
+            yield to_instances(row, config.image_column, config.mask_column, stats.mask_format)
+
+    runs = {}
+    for name in ("base", "finetuned"):
+        start = time.perf_counter()
+        adapter_off = (
+            model.disable_adapter() if name == "base" and config.lora_r > 0 else contextlib.nullcontext()
+        )
+        with adapter_off:
+            candidate = (
+                model if name == "finetuned" or config.lora_r > 0 else load_pretrained(config.model).eval()
+            )
+            results = evaluate_model(candidate, processor, samples(), protocol, num_samples=len(dataset))
+        runs[name] = {
+            "model": config.model if name == "base" else config.output_dir,
+            "eval_runtime_s": round(time.perf_counter() - start, 3),
+            "results": results,
+        }
+    output = {
+        "protocol": protocol.to_dict(),
+        "dataset": config.dataset,
+        "split": split,
+        "num_images": len(dataset),
+        "runs": runs,
+    }
+    path = os.path.join(config.output_dir, EVAL_RESULTS_NAME)
+    with open(path, "w") as f:
+        json.dump(output, f, indent=2)
+    header, rows = results_table(runs)
+    print(f"{protocol.name} on {config.dataset} [{split}], {len(dataset)} images")
+    print("\n".join(" | ".join(row) for row in [header, *rows]))
+    print(f"wrote {path}")
