@@ -117,15 +117,19 @@ def test_accelerate_launch_two_processes(job, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "accelerate.commands.launch",
-        "--cpu",
+        "accelerate.commands.launch",  # = `accelerate launch`, as documented in training/finetune.py
+        "--multi_gpu",
+        "--num_machines",
+        "1",
         "--num_processes",
         "2",
         os.path.join(REPO, "training", "finetune.py"),
         "--config",
         str(config),
     ]
+    env["CUDA_VISIBLE_DEVICES"] = ""  # two CPU processes
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "'num_processes': 2" in result.stdout, result.stdout[-2000:]  # a world of two really trained
     assert os.path.exists(tmp_path / "ddp" / "adapter_model.safetensors")
     assert os.path.exists(tmp_path / "ddp" / "merged" / "model.safetensors")

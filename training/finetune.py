@@ -3,6 +3,9 @@
     accelerate launch training/finetune.py --config training/configs/lora_decoder.yaml
     accelerate launch training/finetune.py --config training/configs/lora_decoder.yaml --resume-from-checkpoint latest
 
+Several processes: `accelerate launch --multi_gpu --num_machines 1 --num_processes N training/finetune.py ...`
+(on CPU too, with no GPU visible; in accelerate 1.15 `--cpu --num_processes N` starts a single process).
+
 Any config field can be overridden as `--set field=value` (YAML syntax for the value).
 """
 
@@ -30,7 +33,7 @@ def main() -> None:
         name, _, value = override.partition("=")
         fields[name] = yaml.safe_load(value)
     summary = finetune(FinetuneConfig(**fields), args.resume_from_checkpoint, args.max_steps_this_run)
-    print({key: summary[key] for key in ("steps", "output_dir") if key in summary})
+    print({key: summary[key] for key in ("steps", "num_processes", "output_dir") if key in summary})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`sam-hf finetune`: fine-tune the mask decoder (LoRA by default) on a segmentation dataset.
 
-Runs the same job as `accelerate launch training/finetune.py` (in this process; wrap it in
-`accelerate launch -m sam_hf.cli finetune ...` for several processes), then optionally pushes the result.
+Runs the same job as `accelerate launch training/finetune.py` in this process (for several processes:
+`accelerate launch --multi_gpu --num_machines 1 --num_processes N --no_python sam-hf finetune ...`), then
+measures the base and fine-tuned model on an eval split, writes the model card and optionally pushes.
 """
 
 from __future__ import annotations

@@ -206,7 +206,12 @@ def finetune(
                 if step >= stop_at:
                     break
 
-    summary = {"steps": step, "losses": losses, "stats": asdict(stats) | {"unusable": dict(stats.unusable)}}
+    summary = {
+        "steps": step,
+        "losses": losses,
+        "num_processes": accelerator.num_processes,
+        "stats": asdict(stats) | {"unusable": dict(stats.unusable)},
+    }
     accelerator.wait_for_everyone()
     if step >= total_steps and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
