@@ -133,3 +133,35 @@ def test_accelerate_launch_two_processes(job, tmp_path):
     assert "'num_processes': 2" in result.stdout, result.stdout[-2000:]  # a world of two really trained
     assert os.path.exists(tmp_path / "ddp" / "adapter_model.safetensors")
     assert os.path.exists(tmp_path / "ddp" / "merged" / "model.safetensors")
+
+
+def test_correction_clicks_feed_the_previous_mask_and_a_click_back(tiny_model, tmp_path):
+    from sam_hf.processing_sam_hf import SamHFProcessor
+    from sam_hf.training.collator import SamTrainingCollator, add_correction_click
+
+    label = np.zeros((48, 48), np.uint8)
+    label[6:30, 10:40] = 1
+    label[34:46, 4:20] = 2
+    image = np.where(label[..., None] > 0, 220, 30).astype(np.uint8).repeat(3, axis=-1)
+    processor = SamHFProcessor.from_model_config(tiny_model.config)
+    collator = SamTrainingCollator(processor, prompt_types=["box"], max_prompts=3)
+    batch = collator([{"image": image, "label": label, "example_index": 0}])
+    output = tiny_model(**batch)
+    following = add_correction_click(
+        batch, output.pred_masks, output.iou_scores, output.image_embeddings, np.random.default_rng(0), 128
+    )
+    assert "pixel_values" not in following and following["image_embeddings"].shape == (1, 32, 8, 8)
+    assert following["input_masks"].shape == (1, 2, 32, 32)  # two instances, so two prompts
+    best = output.iou_scores.argmax(-1)
+    assert torch.equal(following["input_masks"][0, 1], output.pred_masks[0, 1, best[0, 1]].detach())
+    assert following["input_points"].shape == (1, 2, 1, 2)  # box prompts had no points: the click is first
+    assert set(following["input_labels"].flatten().tolist()) <= {0, 1}
+    assert (following["input_points"] >= 0).all() and (following["input_points"] < 128).all()
+    second = tiny_model(**following, multimask_output=False)
+    assert second.pred_masks.shape == (1, 2, 1, 32, 32) and second.loss.isfinite()
+
+
+def test_loop_with_correction_clicks_trains(job, tmp_path):
+    summary = finetune(_config(job, tmp_path / "clicks", correction_clicks=1, max_steps=8))
+    assert summary["steps"] == 8
+    assert np.mean(summary["losses"][-3:]) < np.mean(summary["losses"][:3])

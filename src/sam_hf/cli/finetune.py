@@ -42,6 +42,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--mask-format", default="auto")
     parser.add_argument("--prompt", type=parse_prompt_types, default=["box", "point"], help="e.g. box,point")
     parser.add_argument("--max-prompts", type=int, default=8, help="instances per image and step")
+    parser.add_argument(
+        "--correction-clicks",
+        type=int,
+        default=0,
+        help="extra decoder passes per step, each adding a click in the previous prediction's error region "
+        "and feeding its mask back (SAM's interactive training; this loop only, not transformers.Trainer)",
+    )
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank; 0 = full decoder fine-tuning")
     parser.add_argument("--modules-to-save", nargs="*", default=None, help="e.g. iou_prediction_head")
     parser.add_argument("--epochs", type=int, default=10)
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         mask_format=args.mask_format,
         prompt_types=args.prompt,
         max_prompts=args.max_prompts,
+        correction_clicks=args.correction_clicks,
         lora_r=args.lora_r,
         modules_to_save=args.modules_to_save,
         epochs=args.epochs,

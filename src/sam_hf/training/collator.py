@@ -15,13 +15,14 @@ import torch
 
 from ..modeling.loss import IGNORE_INDEX
 from .data import to_instances
-from .prompts import sample_box, sample_points
+from .prompts import sample_box, sample_correction_click, sample_points
 
 __all__ = [
     "EMBEDDINGS_COLUMN",
     "INDEX_COLUMN",
     "PROMPT_TYPES",
     "SamTrainingCollator",
+    "add_correction_click",
     "add_example_index",
     "epoch_callback",
 ]
@@ -152,6 +153,55 @@ class SamTrainingCollator:
         else:
             batch["pixel_values"] = self.processor.preprocess_images([p["image"] for p in prepared])[0]
         return batch
+
+
+def add_correction_click(
+    batch: dict[str, torch.Tensor],
+    pred_masks: torch.Tensor,
+    iou_scores: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    rng: np.random.Generator,
+    image_size: int,
+) -> dict[str, torch.Tensor]:
+    """The next round of SAM's interactive training: one corrective click per prompt, previous mask fed back.
+
+    For each prompt the output with the highest predicted IoU is the previous prediction; a click is drawn
+    from its larger error region against `labels` (`prompts.sample_correction_click`, at mask resolution)
+    and appended to the prompt's points; its logits become `input_masks`. Padded prompts (labels all
+    `IGNORE_INDEX`) get a padding point.
+
+    Args:
+        batch: model inputs of the previous pass (`labels` `(B, P, ms, ms)` and the prompts).
+        pred_masks: `(B, P, M, ms, ms)` and iou_scores: `(B, P, M)` of the previous pass.
+        image_embeddings: `(B, C, g, g)` of the previous pass (used instead of `pixel_values`).
+        rng: source of the clicks.
+        image_size: model input size (clicks are scaled from mask to model coordinates).
+
+    Returns:
+        The inputs of the next pass (without gradients through the previous prediction).
+    """
+    labels = batch["labels"]
+    B, P, ms, _ = labels.shape
+    best = iou_scores.argmax(-1)[..., None, None, None].expand(B, P, 1, ms, ms)
+    previous = pred_masks.gather(2, best).squeeze(2).detach()  # (B, P, ms, ms)
+    predicted = (previous > 0).cpu().numpy()
+    targets = (labels > 0.5).cpu().numpy()
+    real = (labels != IGNORE_INDEX).flatten(2).any(-1).cpu().numpy()  # (B, P)
+    clicks = torch.zeros(B, P, 1, 2)
+    click_labels = torch.full((B, P, 1), _PAD_LABEL, dtype=torch.long)
+    for b, p in zip(*np.nonzero(real & targets.reshape(B, P, -1).any(-1)), strict=True):
+        coord, label = sample_correction_click(predicted[b, p], targets[b, p], rng)
+        clicks[b, p, 0] = torch.as_tensor(coord, dtype=torch.float32) * (image_size / ms)
+        click_labels[b, p, 0] = label
+    device = labels.device
+    points = batch.get("input_points", torch.zeros(B, P, 0, 2, device=device))
+    point_labels = batch.get("input_labels", torch.zeros(B, P, 0, dtype=torch.long, device=device))
+    following = {key: value for key, value in batch.items() if key != "pixel_values"}
+    following["image_embeddings"] = image_embeddings.detach()
+    following["input_points"] = torch.cat([points, clicks.to(device)], dim=2)
+    following["input_labels"] = torch.cat([point_labels, click_labels.to(device)], dim=2)
+    following["input_masks"] = previous
+    return following
 
 
 def epoch_callback(collator: SamTrainingCollator):

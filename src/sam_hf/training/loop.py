@@ -18,9 +18,10 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
-from .collator import PROMPT_TYPES, SamTrainingCollator, add_example_index
+from .collator import PROMPT_TYPES, SamTrainingCollator, add_correction_click, add_example_index
 from .lora import LORA_TARGET_MODULES, apply_lora, freeze_for_decoder_training
 
 __all__ = ["FinetuneConfig", "finetune", "latest_checkpoint"]
@@ -32,7 +33,9 @@ _CHECKPOINT = re.compile(r"^step-(\d+)$")
 class FinetuneConfig:
     """Everything a fine-tuning run needs (the YAML config and the CLI map onto these fields).
 
-    `lora_r=0` means full decoder fine-tuning instead of LoRA. `checkpoint_every=0` disables intermediate
+    `lora_r=0` means full decoder fine-tuning instead of LoRA. `correction_clicks=N` adds N decoder passes per
+    step as in SAM's interactive training (a click in the previous prediction's error, its logits fed back,
+    one output mask); the loss averages all passes. `checkpoint_every=0` disables intermediate
     checkpoints; `max_steps` (optimizer steps) overrides `epochs` when set.
     """
 
@@ -46,6 +49,7 @@ class FinetuneConfig:
     prompt_types: list[str] = field(default_factory=lambda: list(PROMPT_TYPES))
     max_prompts: int = 8
     num_points: int = 1
+    correction_clicks: int = 0
     lora_r: int = 8
     lora_alpha: int | None = None
     lora_dropout: float = 0.0
@@ -124,6 +128,7 @@ def finetune(
         if os.path.exists(os.path.join(config.model, "preprocessor_config.json"))
         else SamHFProcessor.from_model_config(model.config)
     )
+    image_size = processor.image_size
     with accelerator.main_process_first():
         dataset, stats = load_segmentation_dataset(
             config.dataset, config.split, config.image_column, config.mask_column, config.mask_format
@@ -193,7 +198,16 @@ def finetune(
             epoch_loader.set_epoch(epoch)
         for batch in epoch_loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                output = model(**batch)
+                loss = output.loss
+                for click in range(config.correction_clicks):
+                    rng = np.random.default_rng((config.seed, step, accelerator.process_index, click))
+                    batch = add_correction_click(
+                        batch, output.pred_masks, output.iou_scores, output.image_embeddings, rng, image_size
+                    )
+                    output = model(**batch, multimask_output=False)
+                    loss = loss + output.loss
+                loss = loss / (1 + config.correction_clicks)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
