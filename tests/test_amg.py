@@ -283,7 +283,7 @@ def test_reassociated_decoder_equals_model_forward(tiny_pair):
             input_points=points[None, :, None, :],
             input_labels=torch.ones(1, 10, 1, dtype=torch.long),
         )
-        masks, iou = _decode_point_prompts(model, embeddings, points)
+        masks, iou = _decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points)
     assert masks.shape == (10, 3, 32, 32) and iou.shape == (10, 3)
     scale = reference.pred_masks.abs().max()
     torch.testing.assert_close(masks / scale, reference.pred_masks[0] / scale, atol=1e-5, rtol=0)
