@@ -49,9 +49,10 @@ __all__ = ["SamAutomaticMaskGenerator"]
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MASK_THRESHOLD = 0.0
-# glibc mallopt parameters (malloc.h) and the threshold used for both: blocks up to 1 GiB are reused.
+# glibc mallopt parameters (malloc.h): blocks up to _MALLOC_THRESHOLD come from the heap, and up to
+# _MALLOC_KEEP bytes of freed heap are kept for reuse.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MALLOC_THRESHOLD = 1 << 30
+_MALLOC_THRESHOLD, _MALLOC_KEEP = 64 << 20, 512 << 20
 
 
 class SamAutomaticMaskGenerator:
@@ -276,9 +277,18 @@ class SamAutomaticMaskGenerator:
             model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
             upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
         """
-        low_res, iou_preds = _decode_point_prompts(
-            self.model.prompt_encoder, decoder, embeddings, model_points
-        )
+        # Decoded in sub-batches whose largest activation stays below the malloc threshold (see
+        # `_keep_freed_memory_in_process`), so its memory is reused rather than page-faulted in again.
+        grid_h, grid_w = embeddings.shape[-2:]
+        dim = decoder.iou_token.weight.shape[1]
+        # bytes per prompt of the largest activation, the (16 h w, C / 8) upscaled map
+        per_prompt = 2 * grid_h * grid_w * dim * decoder.iou_token.weight.element_size()
+        step = max(1, _MALLOC_THRESHOLD // 2 // per_prompt)
+        decoded = [
+            _decode_point_prompts(self.model.prompt_encoder, decoder, embeddings, model_points[i : i + step])
+            for i in range(0, len(model_points), step)
+        ]
+        low_res, iou_preds = torch.cat([d[0] for d in decoded]), torch.cat([d[1] for d in decoded])
         num_masks = low_res.shape[1]
         # Upsampled in the decoder's dtype: fp32 for parity, bf16/fp16 for speed.
         low_res = low_res.flatten(0, 1)  # (P * 3, mask_size, mask_size)
@@ -295,12 +305,17 @@ class SamAutomaticMaskGenerator:
         chunk = max(1, self.max_chunk_pixels // (crop_h * crop_w))
         parts = []
         for start in range(0, low_res.shape[0], chunk):
-            logits = upsample_h @ low_res[start : start + chunk] @ upsample_w.T  # (n, crop_h, crop_w)
+            # Computed transposed, (n, crop_w, crop_h), so the column-major RLE reads memory in order;
+            # `logits` is the (n, crop_h, crop_w) view of it.
+            logits = (upsample_w @ low_res[start : start + chunk].transpose(1, 2) @ upsample_h.T).transpose(
+                1, 2
+            )
             stability = calculate_stability_score(logits, _MASK_THRESHOLD, self.stability_score_offset)
             keep = torch.ones_like(stability, dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 keep = stability >= self.stability_score_thresh
-            masks = logits[keep] > _MASK_THRESHOLD
+                logits = logits[keep]
+            masks = logits > _MASK_THRESHOLD
             del logits
             boxes = batched_mask_to_box(masks)
             not_at_edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
@@ -556,7 +571,7 @@ def _keep_freed_memory_in_process() -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, _MALLOC_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP)
 
 
 def _release_freed_memory() -> None:
