@@ -130,6 +130,26 @@ def test_matches_official_tiny(tiny_pair, photo, kwargs):
         assert len(ours) == 3 * 64
 
 
+def test_predictor_attribute_like_official(tiny_pair, photo):
+    """`mask_generator.predictor` is a SamPredictor on the same model, usable the official way."""
+    from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    from sam_hf import SamPredictor
+
+    official = OfficialGenerator(tiny_pair[0], points_per_side=2)
+    generator = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2)
+    assert isinstance(official.predictor, OfficialPredictor) and isinstance(generator.predictor, SamPredictor)
+    assert generator.predictor.model is tiny_pair[1] and generator.model is generator.predictor.model
+    for gen in (official, generator):
+        gen.predictor.set_image(photo)
+    point = {"point_coords": np.array([[40.0, 30.0]]), "point_labels": np.array([1])}
+    masks, scores, low_res = generator.predictor.predict(**point)
+    official_masks, official_scores, _ = official.predictor.predict(**point)
+    assert masks.shape == (3, 72, 96) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
+    np.testing.assert_allclose(scores, official_scores, atol=1e-4)
+
+
 def test_explicit_point_grids_match_official(tiny_pair, photo):
     grids = [np.random.default_rng(0).random((20, 2)), build_point_grid(3)]
     official, ours = _pair_generate(

@@ -42,6 +42,7 @@ from .amg_utils import (
 )
 from .modeling import SamHFModel
 from .modeling.mask_decoder import MaskDecoder
+from .predictor import SamPredictor
 from .processing_sam_hf import SamHFProcessor
 
 __all__ = ["SamAutomaticMaskGenerator"]
@@ -79,6 +80,10 @@ class SamAutomaticMaskGenerator:
         precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"` to run the
             image encoder and mask decoder under autocast (faster, masks may differ slightly).
         max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
+
+    Attributes:
+        predictor: a `SamPredictor` on the same model, as in the official generator (code written for it
+            reaches the model as `mask_generator.predictor.model`); `model` and `processor` are its own.
     """
 
     def __init__(
@@ -126,8 +131,7 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        self.model = model
-        self.processor = SamHFProcessor.from_model_config(model.config)
+        self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -141,6 +145,16 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.precision = precision
         self.max_chunk_pixels = max_chunk_pixels
+
+    @property
+    def model(self) -> SamHFModel:
+        """The model prompted, `self.predictor.model`."""
+        return self.predictor.model
+
+    @property
+    def processor(self) -> SamHFProcessor:
+        """The image and prompt processor, `self.predictor.processor`."""
+        return self.predictor.processor
 
     @torch.inference_mode()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
