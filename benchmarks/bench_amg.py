@@ -142,8 +142,8 @@ def _load_masks(path: Path):
     import numpy as np
 
     data = np.load(path)
-    shape = tuple(data["shape"])
-    return np.unpackbits(data["masks"], axis=1, count=int(np.prod(shape[1:]))).reshape(shape[0], -1)
+    count, pixels = int(data["shape"][0]), int(np.prod(data["shape"][1:]))
+    return np.unpackbits(data["masks"], axis=1, count=pixels).reshape(count, pixels)
 
 
 def _agreement(reference_path: Path, ours_path: Path) -> str:
