@@ -540,7 +540,8 @@ def _image_to_token(
     """Image tokens (queries `keys + key_pe`, `(1 or P, N, C)`) attend to prompt tokens `(P, T, C)`.
 
     Returns:
-        `keys + attention output`, `(P, N, C)` (the residual of the block, before its norm).
+        `keys + attention output`, `(P, N, C)` (the residual of the block, before its norm); per-prompt
+        `keys` are updated in place to save a pass over them.
     """
     heads = attn.num_heads
     k = _split_heads(attn.k_proj(k_in), heads)  # (P, H, T, d)
@@ -558,7 +559,9 @@ def _image_to_token(
     # sum to 1, so the output bias enters as bias / H on every head.
     w_o = attn.out_proj.weight.view(-1, H, d)  # (C, H, d)
     values = torch.einsum("phtd,chd->phtc", v, w_o) + attn.out_proj.bias / H
-    return torch.baddbmm(keys, probs.transpose(1, 2), values.flatten(1, 2))
+    if keys.shape[0] == 1:
+        return torch.baddbmm(keys, probs.transpose(1, 2), values.flatten(1, 2))
+    return keys.baddbmm_(probs.transpose(1, 2), values.flatten(1, 2))  # the caller's keys are not reused
 
 
 def _glibc() -> ctypes.CDLL | None:
