@@ -3,13 +3,17 @@
 A drop-in replacement for `segment_anything.SamAutomaticMaskGenerator` (same arguments, same output
 records) that does the expensive work once and only on what survives:
 
-- the image embedding is computed once per crop and the decoder runs on `points_per_batch` prompts per call;
+- the image embedding is computed once per crop and the decoder runs on many prompts per call, re-associated
+  for single-point prompts (`_decode_point_prompts`: image tokens are never projected per prompt), natively
+  in bf16 when `precision="bf16"`;
 - the predicted-IoU filter runs on the low-resolution logits (it does not depend on resolution);
 - only the survivors are brought to full resolution, in bounded chunks, with one matrix product per axis
   equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
   encoding are vectorised over the chunk;
 - masks are kept as compact run-length counts in the crop's frame and moved to the image frame only if
-  they survive box NMS.
+  they survive box NMS;
+- on CPU, glibc is asked to reuse freed blocks (see `_keep_freed_memory_in_process`): page faults on the
+  large per-batch activations otherwise cost more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class SamAutomaticMaskGenerator:
         model: the `SamHFModel` to prompt; the generator runs on its device.
         points_per_side: points sampled along each side of the image (`points_per_side**2` prompts);
             `None` when `point_grids` is given.
-        points_per_batch: prompts decoded per model call; larger is faster and uses more memory.
+        points_per_batch: prompts per step (decoded, then post-processed together); on CPU the decoder
+            runs them in sub-batches whose largest activation stays under 32 MiB.
         pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
         stability_score_thresh: keep masks whose stability score is at least this (0 disables).
         stability_score_offset: logit offset of the two thresholds the stability score compares.
@@ -77,8 +82,10 @@ class SamAutomaticMaskGenerator:
             remove new duplicates by box NMS (no OpenCV needed).
         output_mode: `"binary_mask"` (`(H, W)` bool arrays), `"uncompressed_rle"` or `"coco_rle"`
             (compressed COCO RLE that `pycocotools.mask.decode` reads).
-        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"` to run the
-            image encoder and mask decoder under autocast (faster, masks may differ slightly).
+        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"`: the image
+            encoder runs under autocast, and the mask decoder and the upsampling of its logits run natively
+            in that dtype on a cast copy of the decoder (about 2x faster on CPU; masks differ slightly,
+            see `benchmarks/bench_amg.py` for the agreement with fp32).
         max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
 
     Attributes:
@@ -297,7 +304,11 @@ class SamAutomaticMaskGenerator:
         dim = decoder.iou_token.weight.shape[1]
         # bytes per prompt of the largest activation, the (16 h w, C / 8) upscaled map
         per_prompt = 2 * grid_h * grid_w * dim * decoder.iou_token.weight.element_size()
-        step = max(1, _MALLOC_THRESHOLD // 2 // per_prompt)
+        step = (
+            max(1, _MALLOC_THRESHOLD // 2 // per_prompt)
+            if embeddings.device.type == "cpu"
+            else len(model_points)
+        )
         decoded = [
             _decode_point_prompts(self.model.prompt_encoder, decoder, embeddings, model_points[i : i + step])
             for i in range(0, len(model_points), step)
@@ -435,12 +446,14 @@ def _decode_point_prompts(
             q = queries + tokens
             queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
-        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, key_pe)
+        keys_pe = keys + key_pe  # (1 or P, N, C): image tokens with positions, used by both attentions
+        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = _image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + tokens, queries)
+        keys = _image_to_token(layer.cross_attn_image_to_token, keys_pe, keys, queries + tokens, queries)
+        del keys_pe
         keys = layer.norm4(keys)
-    attended = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, key_pe)
+    attended = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     queries = transformer.norm_final_attn(queries + attended)
 
     mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # the multimask outputs only
@@ -483,36 +496,26 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
-def _image_products(
-    rows: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor | None, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`rows @ (keys + key_pe)^T (+ bias)` without materialising `keys + key_pe` when keys are per prompt.
+def _image_products(rows: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`rows @ keys^T (+ bias)`: rows `(P, R, C)`, keys `(1 or P, N, C)`, bias `(P, R, 1)` -> `(P, R, N)`.
 
-    Args:
-        rows: `(P, R, C)` per-prompt row vectors; keys: `(1 or P, N, C)`; key_pe: `(1, N, C)` or None;
-            bias: `(P, R, 1)` or None.
-
-    Returns:
-        `(P, R, N)`.
+    Shared keys (batch 1) take one matrix product for all prompts.
     """
     num_prompts, num_rows, dim = rows.shape
-    flat = rows.reshape(num_prompts * num_rows, dim)
-    flat_bias = None if bias is None else bias.reshape(num_prompts * num_rows, 1)
-    if keys.shape[0] == 1:  # shared image tokens: one matrix product for all prompts
-        shared = keys[0] if key_pe is None else keys[0] + key_pe[0]
-        out = flat @ shared.T if flat_bias is None else torch.addmm(flat_bias, flat, shared.T)
-        return out.view(num_prompts, num_rows, -1)
-    if key_pe is None:
-        out = torch.bmm(rows, keys.transpose(1, 2))
-        return out if bias is None else out.add_(bias)
-    out = flat @ key_pe[0].T if flat_bias is None else torch.addmm(flat_bias, flat, key_pe[0].T)
-    return out.view(num_prompts, num_rows, -1).baddbmm_(rows, keys.transpose(1, 2))
+    if keys.shape[0] == 1:
+        flat = rows.reshape(num_prompts * num_rows, dim)
+        if bias is None:
+            return (flat @ keys[0].T).view(num_prompts, num_rows, -1)
+        return torch.addmm(bias.reshape(-1, 1), flat, keys[0].T).view(num_prompts, num_rows, -1)
+    if bias is None:
+        return torch.bmm(rows, keys.transpose(1, 2))
+    return torch.baddbmm(bias, rows, keys.transpose(1, 2))
 
 
 def _token_to_image(
-    attn: torch.nn.Module, q_in: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor
+    attn: torch.nn.Module, q_in: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
-    """Prompt tokens `(P, T, C)` attend to image tokens (keys `keys + key_pe`, values `keys`, `(1 or P, N, C)`).
+    """Prompt tokens `(P, T, C)` attend to image tokens: keys (with positions) and values `(1 or P, N, C)`.
 
     Returns:
         `(P, T, C)`.
@@ -523,11 +526,11 @@ def _token_to_image(
     # q . (x W_k^T + b_k) = (q W_k) . x + const: the constant cancels in the softmax.
     w_k = attn.k_proj.weight.view(H, d, -1)  # (H, d, C)
     qk = torch.einsum("phtd,hdc->phtc", q * d**-0.5, w_k).reshape(P, H * T, -1)  # (P, H*T, C)
-    probs = torch.softmax(_image_products(qk, keys, key_pe), dim=-1)  # (P, H*T, N)
-    if keys.shape[0] == 1:
-        mixed = (probs.view(P * H * T, -1) @ keys[0]).view(P, H, T, -1)
+    probs = torch.softmax(_image_products(qk, keys), dim=-1)  # (P, H*T, N)
+    if values.shape[0] == 1:
+        mixed = (probs.view(P * H * T, -1) @ values[0]).view(P, H, T, -1)
     else:
-        mixed = (probs @ keys).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
+        mixed = (probs @ values).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
     w_v = attn.v_proj.weight.view(H, d, -1)
     # Rows of probs sum to 1, so the value bias passes through unchanged.
     out = torch.einsum("phtc,hdc->phtd", mixed, w_v) + attn.v_proj.bias.view(H, 1, d)
@@ -535,9 +538,10 @@ def _token_to_image(
 
 
 def _image_to_token(
-    attn: torch.nn.Module, keys: torch.Tensor, key_pe: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
+    attn: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
 ) -> torch.Tensor:
-    """Image tokens (queries `keys + key_pe`, `(1 or P, N, C)`) attend to prompt tokens `(P, T, C)`.
+    """Image tokens attend to prompt tokens `(P, T, C)`: queries are the image tokens with positions and
+    `keys` the image tokens themselves (the residual), both `(1 or P, N, C)`.
 
     Returns:
         `keys + attention output`, `(P, N, C)` (the residual of the block, before its norm); per-prompt
@@ -552,7 +556,7 @@ def _image_to_token(
     w_q = attn.q_proj.weight.view(H, d, -1)  # (H, d, C)
     folded = torch.einsum("hdc,phtd->phtc", w_q, k).reshape(P, H * T, -1)  # (P, H*T, C)
     bias = torch.einsum("hd,phtd->pht", attn.q_proj.bias.view(H, d), k).reshape(P, H * T, 1)
-    scores = _image_products(folded, keys, key_pe, bias)  # (P, H*T, N)
+    scores = _image_products(folded, queries, bias)  # (P, H*T, N)
     # Softmax over each head's T tokens; the strided dimension keeps the long N axis contiguous.
     probs = torch.softmax(scores.view(P, H, T, -1), dim=2).view(P, H * T, -1)
     # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T). Each head's probabilities
