@@ -16,6 +16,10 @@ not model construction. Times: `generate()` end to end, of which the image encod
 `predictor.set_image`, ours `model.get_image_embeddings`); the rest is decoder + post-processing, so the
 ratio can be read with either encoder. Ratios are official / ours from the same invocation.
 
+Ours asks glibc, in its own process, to reuse freed blocks (see `automatic_mask_generator`); the official
+runs with the allocator's defaults. `--box-nms-thresh 1.0` keeps every candidate in the output, so the
+agreement covers all of them (the official's output conversion then takes minutes more).
+
 Agreement: ours' masks are matched one-to-one to the official ones (greedy by mask IoU); printed are the
 fraction of official masks matched at IoU >= 0.9 and the mean IoU of the matched pairs (fp32 is the
 parity path; bf16 shows what the speed costs).
