@@ -130,6 +130,26 @@ def test_matches_official_tiny(tiny_pair, photo, kwargs):
         assert len(ours) == 3 * 64
 
 
+def test_predictor_attribute_like_official(tiny_pair, photo):
+    """`mask_generator.predictor` is a SamPredictor on the same model, usable the official way."""
+    from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    from sam_hf import SamPredictor
+
+    official = OfficialGenerator(tiny_pair[0], points_per_side=2)
+    generator = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2)
+    assert isinstance(official.predictor, OfficialPredictor) and isinstance(generator.predictor, SamPredictor)
+    assert generator.predictor.model is tiny_pair[1] and generator.model is generator.predictor.model
+    for gen in (official, generator):
+        gen.predictor.set_image(photo)
+    point = {"point_coords": np.array([[40.0, 30.0]]), "point_labels": np.array([1])}
+    masks, scores, low_res = generator.predictor.predict(**point)
+    official_masks, official_scores, _ = official.predictor.predict(**point)
+    assert masks.shape == (3, 72, 96) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
+    np.testing.assert_allclose(scores, official_scores, atol=1e-4)
+
+
 def test_explicit_point_grids_match_official(tiny_pair, photo):
     grids = [np.random.default_rng(0).random((20, 2)), build_point_grid(3)]
     official, ours = _pair_generate(
@@ -210,11 +230,21 @@ def test_large_image_runs_with_bounded_memory(tiny_pair):
     assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"
 
 
-def test_bf16_precision_runs(tiny_pair, photo):
-    records = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=4, precision="bf16", **OPENED).generate(
-        photo
-    )
-    assert len(records) > 0 and records[0]["segmentation"].shape == (72, 96)
+def test_bf16_precision_agrees_with_fp32(tiny_pair, photo):
+    """bf16 (native decoder copy, bf16 upsampling) gives the fp32 masks up to boundary pixels: every fp32
+    mask has a bf16 mask from the same prompt with IoU >= 0.9, and scores agree to bf16 precision."""
+    kwargs = {"points_per_side": 4, **OPENED, "box_nms_thresh": 1.0}
+    fp32 = SamAutomaticMaskGenerator(tiny_pair[1], **kwargs).generate(photo)
+    bf16 = SamAutomaticMaskGenerator(tiny_pair[1], precision="bf16", **kwargs).generate(photo)
+    assert len(bf16) == len(fp32) == 3 * 16 and bf16[0]["segmentation"].shape == (72, 96)
+    assert tiny_pair[1].mask_decoder.iou_token.weight.dtype == torch.float32  # the model is not cast
+    for record in fp32:
+        same_prompt = [r for r in bf16 if r["point_coords"] == record["point_coords"]]
+        a = record["segmentation"]
+        ious = [(a & r["segmentation"]).sum() / max((a | r["segmentation"]).sum(), 1) for r in same_prompt]
+        best = same_prompt[int(np.argmax(ious))]
+        assert max(ious) >= 0.9
+        assert abs(best["predicted_iou"] - record["predicted_iou"]) <= 0.02
 
 
 @pytest.mark.parametrize(
@@ -283,7 +313,7 @@ def test_reassociated_decoder_equals_model_forward(tiny_pair):
             input_points=points[None, :, None, :],
             input_labels=torch.ones(1, 10, 1, dtype=torch.long),
         )
-        masks, iou = _decode_point_prompts(model, embeddings, points)
+        masks, iou = _decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points)
     assert masks.shape == (10, 3, 32, 32) and iou.shape == (10, 3)
     scale = reference.pred_masks.abs().max()
     torch.testing.assert_close(masks / scale, reference.pred_masks[0] / scale, atol=1e-5, rtol=0)

@@ -139,9 +139,16 @@ def calculate_stability_score(
 
     The high-threshold mask is contained in the low-threshold one, so the IoU is a ratio of areas.
     """
-    intersections = (masks > mask_threshold + threshold_offset).sum(dim=(-1, -2), dtype=torch.int64)
-    unions = (masks > mask_threshold - threshold_offset).sum(dim=(-1, -2), dtype=torch.int64)
-    return intersections / unions
+    return _count_true(masks > mask_threshold + threshold_offset) / _count_true(
+        masks > mask_threshold - threshold_offset
+    )
+
+
+def _count_true(masks: torch.Tensor) -> torch.Tensor:
+    """`(..., H, W)` bool -> `(...)` int64 count of True, without materialising a wide integer copy:
+    bytes are summed along the last axis into int16 (int32 beyond 32767 columns), then along the other."""
+    row_dtype = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
+    return masks.view(torch.uint8).sum(dim=-1, dtype=row_dtype).sum(dim=-1, dtype=torch.int64)
 
 
 def upsampling_matrix(low_res: int, padded: int, valid: int, out: int) -> torch.Tensor:

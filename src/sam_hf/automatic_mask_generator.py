@@ -3,17 +3,24 @@
 A drop-in replacement for `segment_anything.SamAutomaticMaskGenerator` (same arguments, same output
 records) that does the expensive work once and only on what survives:
 
-- the image embedding is computed once per crop and the decoder runs on `points_per_batch` prompts per call;
+- the image embedding is computed once per crop and the decoder runs on many prompts per call, re-associated
+  for single-point prompts (`_decode_point_prompts`: image tokens are never projected per prompt), natively
+  in bf16 when `precision="bf16"`;
 - the predicted-IoU filter runs on the low-resolution logits (it does not depend on resolution);
 - only the survivors are brought to full resolution, in bounded chunks, with one matrix product per axis
   equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
   encoding are vectorised over the chunk;
 - masks are kept as compact run-length counts in the crop's frame and moved to the image frame only if
-  they survive box NMS.
+  they survive box NMS;
+- on CPU, glibc is asked to reuse freed blocks (see `_keep_freed_memory_in_process`): page faults on the
+  large per-batch activations otherwise cost more than the arithmetic.
 """
 
 from __future__ import annotations
 
+import copy
+import ctypes
+import sys
 from typing import Any
 
 import numpy as np
@@ -38,6 +45,8 @@ from .amg_utils import (
     upsampling_matrix,
 )
 from .modeling import SamHFModel
+from .modeling.mask_decoder import MaskDecoder
+from .predictor import SamPredictor
 from .processing_sam_hf import SamHFProcessor
 
 __all__ = ["SamAutomaticMaskGenerator"]
@@ -45,6 +54,10 @@ __all__ = ["SamAutomaticMaskGenerator"]
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MASK_THRESHOLD = 0.0
+# glibc mallopt parameters (malloc.h): blocks up to _MALLOC_THRESHOLD come from the heap, and up to
+# _MALLOC_KEEP bytes of freed heap are kept for reuse.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_THRESHOLD, _MALLOC_KEEP = 64 << 20, 512 << 20
 
 
 class SamAutomaticMaskGenerator:
@@ -54,7 +67,8 @@ class SamAutomaticMaskGenerator:
         model: the `SamHFModel` to prompt; the generator runs on its device.
         points_per_side: points sampled along each side of the image (`points_per_side**2` prompts);
             `None` when `point_grids` is given.
-        points_per_batch: prompts decoded per model call; larger is faster and uses more memory.
+        points_per_batch: prompts per step (decoded, then post-processed together); on CPU the decoder
+            runs them in sub-batches whose largest activation stays under 32 MiB.
         pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
         stability_score_thresh: keep masks whose stability score is at least this (0 disables).
         stability_score_offset: logit offset of the two thresholds the stability score compares.
@@ -68,9 +82,15 @@ class SamAutomaticMaskGenerator:
             remove new duplicates by box NMS (no OpenCV needed).
         output_mode: `"binary_mask"` (`(H, W)` bool arrays), `"uncompressed_rle"` or `"coco_rle"`
             (compressed COCO RLE that `pycocotools.mask.decode` reads).
-        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"` to run the
-            image encoder and mask decoder under autocast (faster, masks may differ slightly).
+        precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"`: the image
+            encoder runs under autocast, and the mask decoder and the upsampling of its logits run natively
+            in that dtype on a cast copy of the decoder (about 2x faster on CPU; masks differ slightly,
+            see `benchmarks/bench_amg.py` for the agreement with fp32).
         max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
+
+    Attributes:
+        predictor: a `SamPredictor` on the same model, as in the official generator (code written for it
+            reaches the model as `mask_generator.predictor.model`); `model` and `processor` are its own.
     """
 
     def __init__(
@@ -118,8 +138,7 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        self.model = model
-        self.processor = SamHFProcessor.from_model_config(model.config)
+        self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -134,6 +153,16 @@ class SamAutomaticMaskGenerator:
         self.precision = precision
         self.max_chunk_pixels = max_chunk_pixels
 
+    @property
+    def model(self) -> SamHFModel:
+        """The model prompted, `self.predictor.model`."""
+        return self.predictor.model
+
+    @property
+    def processor(self) -> SamHFProcessor:
+        """The image and prompt processor, `self.predictor.processor`."""
+        return self.predictor.processor
+
     @torch.inference_mode()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Generate masks for `image`.
@@ -147,6 +176,7 @@ class SamAutomaticMaskGenerator:
             `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
         """
         image = _check_image(image)
+        _keep_freed_memory_in_process()
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
             data = self._postprocess_small_regions(
@@ -175,15 +205,17 @@ class SamAutomaticMaskGenerator:
                     "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
                 }
             )
+        _release_freed_memory()
         return records
 
     def _generate_masks(self, image: np.ndarray) -> dict[str, Any]:
         """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        decoder = self._compute_decoder()
         data = _concat(
             [
-                self._process_crop(image, box, layer, orig_size)
+                self._process_crop(image, box, layer, orig_size, decoder)
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
         )
@@ -201,7 +233,12 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        layer_idx: int,
+        orig_size: tuple[int, int],
+        decoder: MaskDecoder,
     ) -> dict[str, Any]:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
@@ -219,6 +256,7 @@ class SamAutomaticMaskGenerator:
         model_points = self.processor.transform_coords(torch.as_tensor(points), (crop_h, crop_w))
         batches = [
             self._process_batch(
+                decoder,
                 embeddings,
                 model_points[start : start + self.points_per_batch].to(device, torch.float32),
                 torch.as_tensor(points[start : start + self.points_per_batch]),
@@ -244,6 +282,7 @@ class SamAutomaticMaskGenerator:
 
     def _process_batch(
         self,
+        decoder: MaskDecoder,
         embeddings: torch.Tensor,
         model_points: torch.Tensor,
         points: torch.Tensor,
@@ -259,10 +298,26 @@ class SamAutomaticMaskGenerator:
             model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
             upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
         """
-        with self._autocast():
-            low_res, iou_preds = _decode_point_prompts(self.model, embeddings, model_points)
+        # Decoded in sub-batches whose largest activation stays below the malloc threshold (see
+        # `_keep_freed_memory_in_process`), so its memory is reused rather than page-faulted in again.
+        grid_h, grid_w = embeddings.shape[-2:]
+        dim = decoder.iou_token.weight.shape[1]
+        # bytes per prompt of the largest activation, the (16 h w, C / 8) upscaled map
+        per_prompt = 2 * grid_h * grid_w * dim * decoder.iou_token.weight.element_size()
+        step = (
+            max(1, _MALLOC_THRESHOLD // 2 // per_prompt)
+            if embeddings.device.type == "cpu"
+            else len(model_points)
+        )
+        decoded = [
+            _decode_point_prompts(self.model.prompt_encoder, decoder, embeddings, model_points[i : i + step])
+            for i in range(0, len(model_points), step)
+        ]
+        low_res, iou_preds = torch.cat([d[0] for d in decoded]), torch.cat([d[1] for d in decoded])
         num_masks = low_res.shape[1]
-        low_res = low_res.flatten(0, 1).float()  # (P * 3, mask_size, mask_size)
+        # Upsampled in the decoder's dtype: fp32 for parity, bf16/fp16 for speed.
+        low_res = low_res.flatten(0, 1)  # (P * 3, mask_size, mask_size)
+        upsample_h, upsample_w = upsample_h.to(low_res.dtype), upsample_w.to(low_res.dtype)
         iou_preds = iou_preds.flatten().float()  # (P * 3,)
         points = points.repeat_interleave(num_masks, dim=0)
         if self.pred_iou_thresh > 0.0:
@@ -275,12 +330,17 @@ class SamAutomaticMaskGenerator:
         chunk = max(1, self.max_chunk_pixels // (crop_h * crop_w))
         parts = []
         for start in range(0, low_res.shape[0], chunk):
-            logits = upsample_h @ low_res[start : start + chunk] @ upsample_w.T  # (n, crop_h, crop_w)
+            # Computed transposed, (n, crop_w, crop_h), so the column-major RLE reads memory in order;
+            # `logits` is the (n, crop_h, crop_w) view of it.
+            logits = (upsample_w @ low_res[start : start + chunk].transpose(1, 2) @ upsample_h.T).transpose(
+                1, 2
+            )
             stability = calculate_stability_score(logits, _MASK_THRESHOLD, self.stability_score_offset)
             keep = torch.ones_like(stability, dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 keep = stability >= self.stability_score_thresh
-            masks = logits[keep] > _MASK_THRESHOLD
+                logits = logits[keep]
+            masks = logits > _MASK_THRESHOLD
             del logits
             boxes = batched_mask_to_box(masks)
             not_at_edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
@@ -321,64 +381,79 @@ class SamAutomaticMaskGenerator:
                 data["boxes"][i] = boxes[i]
         return _filter(data, keep)
 
+    def _compute_decoder(self) -> MaskDecoder:
+        """The model's mask decoder in the compute dtype: a cast copy (a few MB) for bf16/fp16, so the
+        decoder runs natively in that dtype instead of casting weights and activations op by op."""
+        dtype = _PRECISIONS[self.precision]
+        decoder = self.model.mask_decoder
+        return (
+            decoder
+            if dtype is None or decoder.iou_token.weight.dtype == dtype
+            else copy.deepcopy(decoder).to(dtype)
+        )
+
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
         return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _decode_point_prompts(
-    model: SamHFModel, image_embeddings: torch.Tensor, points: torch.Tensor
+    prompt_encoder: torch.nn.Module,
+    decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    points: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask decoder for `P` single foreground points on one image, re-associated for this case.
 
     Mathematically equal to `model(image_embeddings=..., input_points=..., multimask_output=True)`
-    (float rounding aside), with about half the work: every prompt sees the same image tokens in the first
-    layer, so their projections are computed once; and since a prompt has only a handful of tokens
-    against thousands of image tokens, the projections of image tokens are folded into the token side
-    (`(x W_k^T) q = x (W_k^T q)`), so image tokens are never projected per prompt.
+    (float rounding aside), with about half the matrix work and few passes over the large `(P, N, C)`
+    image-token tensors (N = h * w image tokens, T prompt tokens, H heads):
+
+    - a prompt has a handful of tokens against thousands of image tokens, so the attention projections of
+      image tokens are folded into the token side (`(x W_k^T) q = x (W_k^T q)`) and image tokens are never
+      projected per prompt; the positional term `x + pe` is split into a per-prompt and a shared product;
+    - every prompt sees the same image tokens in the first layer, so those products are shared;
+    - residual additions and biases ride on the matrix products (`baddbmm`/`addmm`).
+
+    It runs in the dtype of `decoder`'s weights (a bf16 copy gives the fast path on CPU).
 
     Args:
+        prompt_encoder: the model's prompt encoder; decoder: its mask decoder (possibly a cast copy).
         image_embeddings: `(1, C, h, w)` embedding of the image.
         points: `(P, 2)` XY in the model frame.
 
     Returns:
-        mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`.
+        mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`, in the decoder's dtype.
     """
-    decoder, transformer = model.mask_decoder, model.mask_decoder.transformer
+    transformer = decoder.transformer
+    dtype = decoder.iou_token.weight.dtype
     num_prompts = points.shape[0]
     labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
-    sparse, token_mask, dense = model.prompt_encoder(points[:, None, :], labels, None, None, num_prompts)
-    dtype = image_embeddings.dtype
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
+    # A single point gets SAM's padding point, a real token: no token is masked out of attention.
+    sparse, _, dense = prompt_encoder(points[:, None, :], labels, None, None, num_prompts)
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
     tokens = torch.cat([output_tokens.expand(num_prompts, -1, -1), sparse.to(dtype)], dim=1)  # (P, T, C)
-    token_mask = torch.cat([token_mask.new_ones(num_prompts, output_tokens.shape[0]), token_mask], dim=1)
     h, w = image_embeddings.shape[-2:]
     # Without a mask prompt the dense embedding is the same for every prompt.
-    src = image_embeddings + dense[:1].to(dtype)
-    shared_keys = src.flatten(2).transpose(1, 2)  # (1, N, C)
-    key_pe = model.prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
+    src = (image_embeddings.float() + dense[:1]).to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
+    key_pe = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
 
-    queries, keys = tokens, shared_keys
-    for i, layer in enumerate(transformer.layers):
+    queries, keys = tokens, src  # keys: (1, N, C) in the first layer, (P, N, C) after it
+    for layer in transformer.layers:
         if layer.skip_first_layer_pe:
-            queries = layer.self_attn(queries, queries, queries, token_mask)
+            queries = layer.self_attn(queries, queries, queries)
         else:
             q = queries + tokens
-            queries = queries + layer.self_attn(q, q, queries, token_mask)
+            queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
-        shared = i == 0
-        keys_pe = keys + key_pe
-        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, shared)
+        keys_pe = keys + key_pe  # (1 or P, N, C): image tokens with positions, used by both attentions
+        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        attended = _image_to_token(
-            layer.cross_attn_image_to_token, keys_pe, queries + tokens, queries, token_mask, shared
-        )
+        keys = _image_to_token(layer.cross_attn_image_to_token, keys_pe, keys, queries + tokens, queries)
         del keys_pe
-        keys = layer.norm4(keys + attended)  # (P, N, C) from here on
-    attended = _token_to_image(
-        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys, False
-    )
+        keys = layer.norm4(keys)
+    attended = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     queries = transformer.norm_final_attn(queries + attended)
 
     mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # the multimask outputs only
@@ -421,60 +496,110 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
+def _image_products(rows: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`rows @ keys^T (+ bias)`: rows `(P, R, C)`, keys `(1 or P, N, C)`, bias `(P, R, 1)` -> `(P, R, N)`.
+
+    Shared keys (batch 1) take one matrix product for all prompts.
+    """
+    num_prompts, num_rows, dim = rows.shape
+    if keys.shape[0] == 1:
+        flat = rows.reshape(num_prompts * num_rows, dim)
+        if bias is None:
+            return (flat @ keys[0].T).view(num_prompts, num_rows, -1)
+        return torch.addmm(bias.reshape(-1, 1), flat, keys[0].T).view(num_prompts, num_rows, -1)
+    if bias is None:
+        return torch.bmm(rows, keys.transpose(1, 2))
+    return torch.baddbmm(bias, rows, keys.transpose(1, 2))
+
+
 def _token_to_image(
-    attn: torch.nn.Module, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, shared: bool
+    attn: torch.nn.Module, q_in: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
-    """Prompt tokens `(P, T, C)` attend to image tokens `(1 or P, N, C)`; returns `(P, T, C)`."""
+    """Prompt tokens `(P, T, C)` attend to image tokens: keys (with positions) and values `(1 or P, N, C)`.
+
+    Returns:
+        `(P, T, C)`.
+    """
     heads = attn.num_heads
     q = _split_heads(attn.q_proj(q_in), heads)  # (P, H, T, d)
-    scale = q.shape[-1] ** -0.5
-    if shared:  # one set of image tokens: project them once for all prompts
-        k = _split_heads(attn.k_proj(k_in), heads)  # (1, H, N, d)
-        v = _split_heads(attn.v_proj(v_in), heads)
-        out = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v  # (P, H, T, d)
+    P, H, T, d = q.shape
+    # q . (x W_k^T + b_k) = (q W_k) . x + const: the constant cancels in the softmax.
+    w_k = attn.k_proj.weight.view(H, d, -1)  # (H, d, C)
+    qk = torch.einsum("phtd,hdc->phtc", q * d**-0.5, w_k).reshape(P, H * T, -1)  # (P, H*T, C)
+    probs = torch.softmax(_image_products(qk, keys), dim=-1)  # (P, H*T, N)
+    if values.shape[0] == 1:
+        mixed = (probs.view(P * H * T, -1) @ values[0]).view(P, H, T, -1)
     else:
-        # q . (x W_k^T + b_k) = (q W_k) . x + const: the constant cancels in the softmax.
-        P, H, T, d = q.shape
-        w_k = attn.k_proj.weight.view(H, d, -1)  # (H, d, C)
-        qk = torch.einsum("phtd,hdc->phtc", q, w_k).reshape(P, H * T, -1)
-        probs = torch.softmax(qk @ k_in.transpose(1, 2) * scale, dim=-1)  # (P, H*T, N)
-        mixed = (probs @ v_in).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
-        w_v = attn.v_proj.weight.view(H, d, -1)
-        # Rows of probs sum to 1, so the value bias passes through unchanged.
-        out = torch.einsum("phtc,hdc->phtd", mixed, w_v) + attn.v_proj.bias.view(H, 1, d)
+        mixed = (probs @ values).view(P, H, T, -1)  # (P, H, T, C): attention-weighted image tokens
+    w_v = attn.v_proj.weight.view(H, d, -1)
+    # Rows of probs sum to 1, so the value bias passes through unchanged.
+    out = torch.einsum("phtc,hdc->phtd", mixed, w_v) + attn.v_proj.bias.view(H, 1, d)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
 def _image_to_token(
-    attn: torch.nn.Module,
-    q_in: torch.Tensor,
-    k_in: torch.Tensor,
-    v_in: torch.Tensor,
-    token_mask: torch.Tensor,
-    shared: bool,
+    attn: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
 ) -> torch.Tensor:
-    """Image tokens `(1 or P, N, C)` attend to prompt tokens `(P, T, C)`; returns `(P, N, C)`."""
+    """Image tokens attend to prompt tokens `(P, T, C)`: queries are the image tokens with positions and
+    `keys` the image tokens themselves (the residual), both `(1 or P, N, C)`.
+
+    Returns:
+        `keys + attention output`, `(P, N, C)` (the residual of the block, before its norm); per-prompt
+        `keys` are updated in place to save a pass over them.
+    """
     heads = attn.num_heads
     k = _split_heads(attn.k_proj(k_in), heads)  # (P, H, T, d)
     v = _split_heads(attn.v_proj(v_in), heads)
     P, H, T, d = k.shape
-    scale = d**-0.5
-    if shared:
-        q = _split_heads(attn.q_proj(q_in), heads)  # (1, H, N, d)
-        scores = (q @ k.transpose(-1, -2)).transpose(1, 2)  # (P, N, H, T)
-    else:
-        # (x W_q^T + b_q) . k = x . (W_q^T k) + b_q . k: fold the query projection into the few tokens.
-        w_q = attn.q_proj.weight.view(H, d, -1)  # (H, d, C)
-        folded = torch.einsum("hdc,phtd->pcht", w_q, k).flatten(2)  # (P, C, H*T)
-        bias = torch.einsum("hd,phtd->pht", attn.q_proj.bias.view(H, d), k).flatten(1)  # (P, H*T)
-        scores = (q_in @ folded + bias[:, None]).unflatten(-1, (H, T))  # (P, N, H, T)
-    scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores * scale, dim=-1).flatten(2)  # (P, N, H*T)
-    # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T).
+    # (x W_q^T + b_q) . k = x . (W_q^T k) + b_q . k: fold the query projection into the few tokens.
+    k = k * d**-0.5
+    w_q = attn.q_proj.weight.view(H, d, -1)  # (H, d, C)
+    folded = torch.einsum("hdc,phtd->phtc", w_q, k).reshape(P, H * T, -1)  # (P, H*T, C)
+    bias = torch.einsum("hd,phtd->pht", attn.q_proj.bias.view(H, d), k).reshape(P, H * T, 1)
+    scores = _image_products(folded, queries, bias)  # (P, H*T, N)
+    # Softmax over each head's T tokens; the strided dimension keeps the long N axis contiguous.
+    probs = torch.softmax(scores.view(P, H, T, -1), dim=2).view(P, H * T, -1)
+    # Fold the output projection into the values: sum_h probs_h (v_h W_o,h^T). Each head's probabilities
+    # sum to 1, so the output bias enters as bias / H on every head.
     w_o = attn.out_proj.weight.view(-1, H, d)  # (C, H, d)
-    values = torch.einsum("phtd,chd->phtc", v, w_o).flatten(1, 2)  # (P, H*T, C)
-    bias = attn.out_proj.bias.expand(probs.shape[0], probs.shape[1], -1)
-    return torch.baddbmm(bias, probs, values)
+    values = torch.einsum("phtd,chd->phtc", v, w_o) + attn.out_proj.bias / H
+    if keys.shape[0] == 1:
+        return torch.baddbmm(keys, probs.transpose(1, 2), values.flatten(1, 2))
+    return keys.baddbmm_(probs.transpose(1, 2), values.flatten(1, 2))  # the caller's keys are not reused
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has `mallopt` and `malloc_trim`), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _keep_freed_memory_in_process() -> None:
+    """Let glibc reuse freed blocks instead of handing them back to the kernel at once.
+
+    Mask generation allocates and frees the same large activations (tens of MB) hundreds of times.
+    glibc serves blocks above its mmap threshold with fresh mappings and returns freed memory at the top
+    of the heap to the kernel, so every such tensor is page-faulted in again; on CPU that costs more than
+    the arithmetic (the decoder runs ~1.7x faster without it). Raising the mmap and trim thresholds keeps
+    freed blocks for reuse; `_release_freed_memory` returns them after `generate`. The setting is
+    process-wide and persists (a no-op off glibc).
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MALLOC_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP)
+
+
+def _release_freed_memory() -> None:
+    """Return the freed heap memory that `_keep_freed_memory_in_process` kept to the kernel."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _check_point_grid(grid: Any, index: int) -> np.ndarray:

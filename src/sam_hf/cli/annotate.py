@@ -18,8 +18,11 @@ def add_parser(subparsers: Any) -> None:
         help="automatic masks for many images -> a datasets dataset (+ COCO JSON)",
         description="Run automatic mask generation over IMAGES and write a dataset to --out "
         "(datasets.load_from_disk(OUT); parquet in OUT/data; COCO JSON in OUT/annotations.json). "
-        "Rerun the same command to resume an interrupted run. Run under `accelerate launch` to split "
-        "the images across processes/GPUs.",
+        "Rerun the same command to resume an interrupted run. To split the images across processes, "
+        "launch it with accelerate: `accelerate launch --multi_gpu --num_machines 1 --num_processes N "
+        "--no_python sam-hf annotate ...` (N GPUs, or N CPU processes on a machine without GPUs; add "
+        "ACCELERATE_USE_CPU=true to use CPU processes on a GPU machine). `accelerate launch --cpu "
+        "--num_processes N` starts only one process: accelerate's CPU launcher needs mpirun for more.",
     )
     parser.add_argument(
         "images",
