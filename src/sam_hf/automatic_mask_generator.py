@@ -83,9 +83,10 @@ class SamAutomaticMaskGenerator:
         output_mode: `"binary_mask"` (`(H, W)` bool arrays), `"uncompressed_rle"` or `"coco_rle"`
             (compressed COCO RLE that `pycocotools.mask.decode` reads).
         precision: `"fp32"` (default; matches the official generator) or `"bf16"`/`"fp16"`: the image
-            encoder runs under autocast, and the mask decoder and the upsampling of its logits run natively
-            in that dtype on a cast copy of the decoder (about 2x faster on CPU; masks differ slightly,
-            see `benchmarks/bench_amg.py` for the agreement with fp32).
+            encoder's weights are converted to that dtype in place (as `SamPredictor(encoder_dtype=...)`
+            does), and the mask decoder and the upsampling of its logits run natively in that dtype on a
+            cast copy of the decoder (several times faster on CPU; masks differ slightly, see
+            `benchmarks/bench_amg.py` for the agreement with fp32).
         max_chunk_pixels: full-resolution logits held at once (bounds memory on large images).
 
     Attributes:
@@ -138,7 +139,7 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, encoder_dtype=_PRECISIONS[precision])
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -245,8 +246,7 @@ class SamAutomaticMaskGenerator:
         crop_h, crop_w = crop.shape[:2]
         device = self.model.device
         pixel_values, _, reshaped_sizes = self.processor.preprocess_images([crop])
-        with self._autocast():
-            embeddings = self.model.get_image_embeddings(pixel_values.to(device, self.model.dtype))
+        embeddings = self.model.get_image_embeddings(pixel_values.to(device))  # in the encoder's dtype
         valid_h, valid_w = (int(s) for s in reshaped_sizes[0])
         mask_size, image_size = self.model.config.mask_size, self.model.config.vision_config.image_size
         upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
@@ -391,10 +391,6 @@ class SamAutomaticMaskGenerator:
             if dtype is None or decoder.iou_token.weight.dtype == dtype
             else copy.deepcopy(decoder).to(dtype)
         )
-
-    def _autocast(self):
-        dtype = _PRECISIONS[self.precision]
-        return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _decode_point_prompts(
