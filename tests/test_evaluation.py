@@ -8,7 +8,15 @@ import pytest
 import torch
 from transformers.utils import ModelOutput
 
-from sam_hf.evaluation import PROMPT_TYPES, EvaluationProtocol, evaluate_model, flat_metrics, results_table
+from sam_hf.evaluation import (
+    PROMPT_TYPES,
+    EvaluationProtocol,
+    evaluate_model,
+    flat_metrics,
+    results_table,
+    timed_run,
+    write_eval_results,
+)
 from sam_hf.metrics import SamSegmentation
 from sam_hf.metrics import sam_segmentation as metric_module
 from sam_hf.processing_sam_hf import SamHFProcessor
@@ -191,6 +199,27 @@ def test_peft_wrapped_model_evaluates_like_its_base(tiny_model, tiny_config):
     peft_model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     wrapped = evaluate_model(peft_model, processor, _shapes_dataset(1), protocol, progress=False)
     assert wrapped == base  # adding exact zeros changes no bit
+
+
+def test_timed_run_is_written_with_its_protocol_and_reported(tiny_model, tiny_config, tmp_path):
+    import json
+
+    processor = SamHFProcessor.from_model_config(tiny_config)
+    protocol = EvaluationProtocol(prompts=("box",))
+    run = timed_run("my-model", tiny_model, processor, _shapes_dataset(1), protocol, num_samples=1)
+    assert run["model"] == "my-model" and run["eval_runtime_s"] >= 0
+    assert run["results"] == evaluate_model(
+        tiny_model, processor, _shapes_dataset(1), protocol, progress=False
+    )
+    path = tmp_path / "out" / "eval_results.json"
+    report = write_eval_results(path, protocol, "shapes", "test", 1, {"model": run})
+    saved = json.loads(path.read_text())
+    assert saved["protocol"] == protocol.to_dict() and saved["runs"]["model"] == run
+    assert (saved["dataset"], saved["split"], saved["num_images"]) == ("shapes", "test", 1)
+    lines = report.splitlines()
+    assert lines[0] == f"{protocol.name} on shapes [test], 1 images"
+    assert lines[1].split() == ["prompt", "metric", "model"] and set(lines[2]) == {"-", " "}
+    assert f"{run['results']['box']['mean_iou']:.4f}" in lines[3]
 
 
 def test_results_table_marks_unmeasured():

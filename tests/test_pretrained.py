@@ -134,3 +134,40 @@ def test_pretraining_script_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert recipe["recipe"]["steps"] == 2 and recipe["device"]
     sys.modules.pop("pretrain_tiny", None)
+
+
+def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path, monkeypatch):
+    """The CPU recipe's own keys: `image_size` overrides the preset's input side, `autocast: bf16` trains."""
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import pretrain_tiny
+
+    config = _ROOT / "training" / "configs" / "pretrain_tiny_cpu.yaml"
+    overrides = [
+        "preset=tiny",
+        "image_size=96",
+        "steps=1",
+        "batch_size=2",
+        "prompts_per_image=2",
+        "warmup_steps=1",
+    ]
+    pretrain_tiny.main(
+        [
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--set",
+            *overrides,
+        ]
+    )
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[0]["loss"])
+    model = SamHFModel.from_pretrained(tmp_path / "model")
+    assert model.config.vision_config.image_size == 96 and model.config.mask_size == 48
+    recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
+    assert recipe["autocast"] == "bf16" and recipe["image_size"] == 96
+    sys.modules.pop("pretrain_tiny", None)

@@ -25,8 +25,11 @@ with run names "base" and "finetuned" for an adapter (the base is the adapter di
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,8 @@ __all__ = [
     "flat_metrics",
     "metric_label",
     "results_table",
+    "timed_run",
+    "write_eval_results",
 ]
 
 EVAL_RESULTS_NAME = "eval_results.json"
@@ -299,3 +304,47 @@ def results_table(runs: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             values = [fmt.format(flat[key]) if key in flat else NOT_MEASURED for flat in per_run]
             rows.append([f"{prompt} ({objects} objects)", metric_label(key), *values])
     return ["prompt", "metric", *names], rows
+
+
+def timed_run(
+    source: str,
+    model: torch.nn.Module,
+    processor,
+    samples: Iterable[tuple[np.ndarray, np.ndarray]],
+    protocol: EvaluationProtocol,
+    num_samples: int | None = None,
+) -> dict[str, Any]:
+    """One entry of `eval_results.json`'s `runs`: `evaluate_model`'s results, the model's name, the time taken."""
+    start = time.perf_counter()
+    results = evaluate_model(model, processor, samples, protocol, num_samples=num_samples)
+    return {"model": source, "eval_runtime_s": round(time.perf_counter() - start, 3), "results": results}
+
+
+def write_eval_results(
+    path: str | Path,
+    protocol: EvaluationProtocol,
+    dataset: str,
+    split: str | None,
+    num_images: int,
+    runs: dict[str, Any],
+) -> str:
+    """Write `eval_results.json` (protocol, data, `runs` of `timed_run`) to `path`; return a report to print.
+
+    The report is a title line (protocol, dataset, split, image count) and the aligned `results_table`.
+    """
+    output = {
+        "protocol": protocol.to_dict(),
+        "dataset": dataset,
+        "split": split,
+        "num_images": num_images,
+        "runs": runs,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
+    header, rows = results_table(runs)
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = f"{protocol.name} on {dataset}" + (f" [{split}]" if split else "") + f", {num_images} images"
+    return "\n".join([title, *lines])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import time
 from pathlib import Path
 
 from . import add_model_arguments, resolve_device, resolve_model
@@ -49,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, evaluate_model, results_table
+    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
     from ..hub import adapter_base_model, load_pretrained, load_processor
 
     protocol = EvaluationProtocol(
@@ -66,33 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
     runs = {}
     for name in ("base", "finetuned") if is_adapter else ("model",):
-        start = time.perf_counter()
         # The base run is the same PeftModel with its adapter switched off: no second copy of the weights.
         with model.disable_adapter() if name == "base" else contextlib.nullcontext():
-            results = evaluate_model(model, processor, _samples(dataset), protocol, num_samples=len(dataset))
-        runs[name] = {
-            "model": args.model if name != "base" else adapter_base_model(args.model),
-            "eval_runtime_s": round(time.perf_counter() - start, 3),
-            "results": results,
-        }
-    output = {
-        "protocol": protocol.to_dict(),
-        "dataset": args.dataset,
-        "split": split,
-        "num_images": len(dataset),
-        "runs": runs,
-    }
+            source = args.model if name != "base" else adapter_base_model(args.model)
+            runs[name] = timed_run(source, model, processor, _samples(dataset), protocol, len(dataset))
     if args.output:
         path = Path(args.output)
     else:  # inside a local model folder; for Hub ids and shipped names, in the working directory
         path = (Path(args.model) if Path(args.model).is_dir() else Path()) / EVAL_RESULTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
-    header, rows = results_table(runs)
-    print(
-        f"{protocol.name} on {args.dataset}" + (f" [{split}]" if split else "") + f", {len(dataset)} images"
-    )
-    print(_format_table(header, rows))
+    print(write_eval_results(path, protocol, args.dataset, split, len(dataset), runs))
     print(f"wrote {path}")
     return 0
 
@@ -131,12 +111,3 @@ def _samples(dataset):
         )
         masks = example["masks"] if "masks" in example else [example["mask"]]
         yield image, np.stack([np.asarray(mask) > 0 for mask in masks])
-
-
-def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -171,7 +171,7 @@ def _default_eval_split(dataset: str) -> str | None:
 
 def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None:
     """Measure the base model and the fine-tuned one on `split`; write `eval_results.json` in the output."""
-    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, evaluate_model, results_table
+    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
     from ..hub import load_pretrained, load_processor
     from ..training.data import load_segmentation_dataset, to_instances
 
@@ -192,7 +192,6 @@ def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None
 
     runs = {}
     for name in ("base", "finetuned"):
-        start = time.perf_counter()
         adapter_off = (
             model.disable_adapter() if name == "base" and config.lora_r > 0 else contextlib.nullcontext()
         )
@@ -200,23 +199,8 @@ def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None
             candidate = (
                 model if name == "finetuned" or config.lora_r > 0 else load_pretrained(config.model).eval()
             )
-            results = evaluate_model(candidate, processor, samples(), protocol, num_samples=len(dataset))
-        runs[name] = {
-            "model": config.model if name == "base" else config.output_dir,
-            "eval_runtime_s": round(time.perf_counter() - start, 3),
-            "results": results,
-        }
-    output = {
-        "protocol": protocol.to_dict(),
-        "dataset": config.dataset,
-        "split": split,
-        "num_images": len(dataset),
-        "runs": runs,
-    }
+            source = config.model if name == "base" else config.output_dir
+            runs[name] = timed_run(source, candidate, processor, samples(), protocol, len(dataset))
     path = os.path.join(config.output_dir, EVAL_RESULTS_NAME)
-    with open(path, "w") as f:
-        json.dump(output, f, indent=2)
-    header, rows = results_table(runs)
-    print(f"{protocol.name} on {config.dataset} [{split}], {len(dataset)} images")
-    print("\n".join(" | ".join(row) for row in [header, *rows]))
+    print(write_eval_results(path, protocol, config.dataset, split, len(dataset), runs))
     print(f"wrote {path}")
