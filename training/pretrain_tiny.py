@@ -206,6 +206,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe["seed"])
     config = SamHFConfig.from_preset(recipe["preset"])
+    if recipe.get("image_size"):  # a lower input resolution than the preset's (a cheaper CPU recipe)
+        config.vision_config.image_size = recipe["image_size"]
     model = SamHFModel(config).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"]
@@ -237,7 +239,8 @@ def train(
     progress = tqdm(total=stop - start, desc="pretrain", mininterval=5)
     for step, batch in zip(range(start, stop), loader, strict=False):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = _training_loss(model, batch, recipe, step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.get("autocast") == "bf16"):
+            loss = _training_loss(model, batch, recipe, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
