@@ -167,7 +167,8 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[0]["loss"])
     model = SamHFModel.from_pretrained(tmp_path / "model")
-    assert model.config.vision_config.image_size == 96 and model.config.mask_size == 48
+    vision = model.config.vision_config
+    assert vision.image_size == 96 and model.config.mask_size == 4 * 96 // vision.patch_size
     recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
     assert recipe["autocast"] == "bf16" and recipe["image_size"] == 96
     sys.modules.pop("pretrain_tiny", None)
