@@ -142,6 +142,14 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     import pretrain_tiny
 
     config = _ROOT / "training" / "configs" / "pretrain_tiny_cpu.yaml"
+    autocast_seen = []
+    training_loss = pretrain_tiny._training_loss
+
+    def recording_loss(*args, **kwargs):
+        autocast_seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return training_loss(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_tiny, "_training_loss", recording_loss)
     overrides = [
         "preset=tiny",
         "image_size=96",
@@ -164,6 +172,7 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
             *overrides,
         ]
     )
+    assert autocast_seen == [(True, torch.bfloat16)]
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[0]["loss"])
     model = SamHFModel.from_pretrained(tmp_path / "model")
@@ -171,4 +180,8 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     assert vision.image_size == 96 and model.config.mask_size == 4 * 96 // vision.patch_size
     recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
     assert recipe["autocast"] == "bf16" and recipe["image_size"] == 96
+    with pytest.raises(ValueError, match="autocast must be null or 'bf16', got 'fp16'"):
+        pretrain_tiny.main(
+            ["--config", str(config), "--out", str(tmp_path / "bad"), "--set", "autocast=fp16"]
+        )
     sys.modules.pop("pretrain_tiny", None)

@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         if key not in recipe:
             raise ValueError(f"--set key must be one of {sorted(recipe)}, got {key!r}")
         recipe[key] = yaml.safe_load(value)
+    if recipe.get("autocast") not in (None, "bf16"):
+        raise ValueError(f"recipe autocast must be null or 'bf16', got {recipe['autocast']!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     start = time.perf_counter()
