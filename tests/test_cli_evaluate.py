@@ -105,6 +105,19 @@ def test_evaluate_plain_model_one_prompt(base_folder, shapes_dataset, tmp_path, 
     assert "box (2 objects)" in capsys.readouterr().out
 
 
+def test_evaluate_shipped_model_by_name_and_offline_default(shapes_dataset, tmp_path, monkeypatch):
+    """`--model sam-hf-tiny` from any directory, and no `--model` with the Hub unreachable (the shipped model):
+    both used to fail with "folder must be a SamHF folder" outside a folder of that name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for extra in (["--model", "sam-hf-tiny"], []):
+        main(["evaluate", *extra, "--dataset", shapes_dataset, "--prompt", "box", "--max-images", "1"])
+        results = json.loads((tmp_path / "eval_results.json").read_text())  # the working directory
+        assert results["runs"]["model"]["model"] == "sam-hf-tiny"
+        assert results["runs"]["model"]["results"]["box"]["num_objects"] == 2
+        (tmp_path / "eval_results.json").unlink()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

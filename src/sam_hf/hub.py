@@ -251,37 +251,40 @@ def push_to_hub(
     return result
 
 
-def load_pretrained(folder: str | Path) -> torch.nn.Module:
-    """Load a `SamHFModel` folder, or a PEFT adapter folder on top of its base model (a `PeftModel`).
+def load_pretrained(name_or_path: str | Path) -> torch.nn.Module:
+    """Load a `SamHFModel`, or a PEFT adapter folder on top of its base model (a `PeftModel`).
 
     Args:
-        folder: `save_pretrained` output of a `SamHFModel`, or of a `PeftModel` (`adapter_config.json`, whose
-            `base_model_name_or_path` names the base model folder or Hub id).
+        name_or_path: a `save_pretrained` folder of a `SamHFModel` or of a `PeftModel` (`adapter_config.json`,
+            whose `base_model_name_or_path` names the base model), or anything else `SamHFModel.from_pretrained`
+            takes: a shipped model name (`sam-hf-tiny`), a Hub id, a Meta `.pth` file.
     """
     from . import SamHFModel
+    from .modeling.modeling_sam_hf import shipped_model_folder
 
-    folder = Path(folder)
-    base = adapter_base_model(folder)
+    path = Path(shipped_model_folder(str(name_or_path)))
+    base = adapter_base_model(path)
     if base is not None:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(SamHFModel.from_pretrained(base), str(folder))
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"folder must be a SamHF folder (config.json) or an adapter folder, got {folder}")
-    return SamHFModel.from_pretrained(str(folder))
+        return PeftModel.from_pretrained(SamHFModel.from_pretrained(base), str(path))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"folder must be a SamHF folder (config.json) or an adapter folder, got {path}")
+    return SamHFModel.from_pretrained(str(path))
 
 
-def load_processor(folder: str | Path) -> SamHFProcessor:
-    """The processor of a model or adapter folder: its `preprocessor_config.json`, else its base model's,
-    else the one matching the model config."""
+def load_processor(name_or_path: str | Path, config: Any = None) -> SamHFProcessor:
+    """The processor of a model or adapter: the folder's `preprocessor_config.json`, else its base model's,
+    else the one matching the model config (`config`, when given, else the folder's or the base's)."""
     from . import SamHFConfig
+    from .modeling.modeling_sam_hf import shipped_model_folder
 
-    folder = Path(folder)
+    folder = Path(shipped_model_folder(str(name_or_path)))
     base = adapter_base_model(folder)
     for candidate in (folder, Path(base) if base else None):
         if candidate is not None and (candidate / PROCESSOR_CONFIG_NAME).is_file():
             return SamHFProcessor.from_pretrained(candidate)
-    return SamHFProcessor.from_model_config(SamHFConfig.from_pretrained(base or folder))
+    return SamHFProcessor.from_model_config(config or SamHFConfig.from_pretrained(base or str(folder)))
 
 
 def adapter_base_model(folder: str | Path) -> str | None:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(resolve_device(args.device))
     model = load_pretrained(args.model).to(device).eval()
     is_adapter = adapter_base_model(args.model) is not None
-    processor = load_processor(args.model)
+    processor = load_processor(args.model, config=model.config)
     dataset, split = _load_split(args.dataset, args.split, args.max_images)
 
     runs = {}
