@@ -27,11 +27,11 @@ def tiny_pair():
     torch.manual_seed(0)
     ours = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
     randomize_positional_terms(ours)
-    # Random decoder heads give logits ~1e-4 and IoU ~0; scale them so both thresholds bite.
+    # Random decoder heads give logits of ~0.3 (stability ~0) and IoU 0 +- 0.16: scale the masks and centre the
+    # IoU at 0.5 so that both thresholds bite.
     with torch.no_grad():
         for mlp in ours.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(1e6)
-        ours.mask_decoder.iou_prediction_head.layers[-1].weight.mul_(100)
+            mlp.layers[-1].weight.mul_(300)
         ours.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(0.5)
     official = Sam(
         image_encoder=ImageEncoderViT(

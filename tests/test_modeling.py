@@ -68,6 +68,34 @@ def test_loss_backpropagates_to_decoder(tiny_model):
     assert tiny_model.mask_decoder.iou_token.weight.grad is not None
 
 
+def test_from_scratch_init_lets_prompts_reach_the_mask_logits():
+    """Heads without residuals get fan-in init: with 0.02 everywhere a fresh model's logits were constant to
+    ~1e-5 and training from scratch stalled for hundreds of steps on a single constant prediction."""
+    from sam_hf.modeling.common import FanInLinear
+
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
+    decoder = model.mask_decoder
+    head = decoder.output_hypernetworks_mlps[0].layers[0]
+    assert isinstance(head, FanInLinear)
+    assert head.weight.std().item() == pytest.approx(head.in_features**-0.5, rel=0.15)
+    upscale = decoder.output_upscaling[0]
+    assert upscale.weight.std().item() == pytest.approx(upscale.in_channels**-0.5, rel=0.15)
+    assert decoder.transformer.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    side = model.config.vision_config.image_size
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.randn(1, 3, side, side))
+        points = torch.tensor([[[[side * 0.25, side * 0.25]], [[side * 0.75, side * 0.75]]]])
+        logits = model(
+            image_embeddings=embeddings,
+            input_points=points,
+            input_labels=torch.ones(1, 2, 1, dtype=torch.long),
+            multimask_output=False,
+        ).pred_masks[0, :, 0]
+    assert logits.std().item() > 0.05  # was 6e-6
+    assert (logits[0] - logits[1]).abs().mean().item() > 1e-3  # the prompt moves the mask; was 5e-6
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -37,6 +37,11 @@ class MLPBlock(nn.Module):
         return self.lin2(self.act(self.lin1(x)))
 
 
+class FanInLinear(nn.Linear):
+    """`nn.Linear` that a from-scratch init scales by fan-in (std `in_features ** -0.5`) instead of the small
+    transformer std: for layers with no residual connection around them (`MLP`)."""
+
+
 class MLP(nn.Module):
     """`num_layers` linear layers with ReLU between them (the decoder's hypernetwork and IoU heads)."""
 
@@ -44,7 +49,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
         outs = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs, strict=True))
+        self.layers = nn.ModuleList(FanInLinear(i, o) for i, o in zip(dims, outs, strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .checkpoint_io import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
-from .common import LayerNorm2d
+from .common import FanInLinear, LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
 from .image_encoder import Attention as EncoderAttention
 from .image_encoder import ImageEncoderViT
@@ -60,8 +60,21 @@ class SamHFPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
+        # Transformer projections get the small ViT init; the layers on the path from tokens to mask logits that
+        # have no residual around them (convolutions, `FanInLinear` in the hypernetwork and IoU MLPs) get fan-in scaling instead.
+        # With 0.02 everywhere that path shrinks the signal ~100x (three 128-wide MLP layers alone: 0.23^3), and
+        # a model trained from scratch sits for hundreds of steps predicting one constant logit everywhere.
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, FanInLinear):
+                std = module.in_features**-0.5
+            elif isinstance(module, nn.Conv2d):
+                std = module.weight[0].numel() ** -0.5
+            elif isinstance(
+                module, nn.ConvTranspose2d
+            ):  # kernel == stride here: in_channels inputs per pixel
+                std = module.in_channels**-0.5
+            else:
+                std = self.config.initializer_range
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
