@@ -67,7 +67,7 @@ def test_config_is_the_preset(shipped):
         strict=True,
     ):
         assert {key: getattr(section, key) for key in expected} == expected
-    assert (processor.image_size, processor.mask_size) == (192, 96)
+    assert (processor.image_size, processor.mask_size) == (128, 64)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,6 +115,7 @@ def test_pretraining_script_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
 
     overrides = [
         "preset=tiny",
+        "image_size=null",
         "steps=2",
         "batch_size=2",
         "prompts_per_image=2",
@@ -145,9 +146,12 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     autocast_seen = []
     training_loss = pretrain_tiny._training_loss
 
-    def recording_loss(*args, **kwargs):
+    labels_side = []
+
+    def recording_loss(model, batch, *args, **kwargs):
         autocast_seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return training_loss(*args, **kwargs)
+        labels_side.append(batch["labels"].shape[-1])
+        return training_loss(model, batch, *args, **kwargs)
 
     monkeypatch.setattr(pretrain_tiny, "_training_loss", recording_loss)
     overrides = [
@@ -173,6 +177,7 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
         ]
     )
     assert autocast_seen == [(True, torch.bfloat16)]
+    assert labels_side == [96]  # loss_at_image_size: labels at the input side, not the mask side (24)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[0]["loss"])
     model = SamHFModel.from_pretrained(tmp_path / "model")
@@ -184,4 +189,29 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
         pretrain_tiny.main(
             ["--config", str(config), "--out", str(tmp_path / "bad"), "--set", "autocast=fp16"]
         )
+    sys.modules.pop("pretrain_tiny", None)
+
+
+def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypatch):
+    """`_loss` at the input size equals `sam_loss` of the processor's bilinear upsampling of the logits."""
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import pretrain_tiny
+
+    from sam_hf.modeling.loss import sam_loss
+    from sam_hf.modeling.modeling_sam_hf import SamHFOutput
+
+    torch.manual_seed(0)
+    output = SamHFOutput(pred_masks=torch.randn(2, 3, 1, 8, 8), iou_scores=torch.rand(2, 3, 1))
+    labels = (torch.rand(2, 3, 16, 16) > 0.5).float()
+    weights = {"focal_weight": 20.0, "dice_weight": 1.0}
+    upsampled = torch.nn.functional.interpolate(
+        output.pred_masks[:, :, 0], (16, 16), mode="bilinear", align_corners=False
+    )[:, :, None]
+    expected = sam_loss(upsampled, output.iou_scores, labels)
+    assert pretrain_tiny._loss(output, labels, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    small = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    assert pretrain_tiny._loss(output, small, {"focal_weight": 1.0, "dice_weight": 2.0}).item() == (
+        pytest.approx(sam_loss(output.pred_masks, output.iou_scores, small, 1.0, 2.0).item(), rel=1e-6)
+    )
+    assert pretrain_tiny._attention_backends(torch.device("cpu")) == [torch.nn.attention.SDPBackend.MATH]
     sys.modules.pop("pretrain_tiny", None)

@@ -11,7 +11,9 @@ image. Half the prompts are one positive point with three output masks, half a b
 output mask (as `sam-hf evaluate` prompts them); then `correction_iterations` decoder passes add a correction
 click in the larger error region (`sam_hf.training.prompts`) and feed back the previous low-resolution
 logits, as in SAM's interactive training. The loss of every pass is `sam_hf.modeling.loss.sam_loss`
-against labels at `config.mask_size`; the image is encoded once per step.
+(recipe weights `focal_weight`, `dice_weight`) against the full-size masks, on logits upsampled as at
+inference (`loss_at_image_size: true`), or against labels at `config.mask_size`; the image is encoded once
+per step.
 
 Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every `checkpoint_every` steps
 (temp file + rename) and picked up by rerunning the same command. At the end the model is saved with
@@ -30,12 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sam_hf import SamHFConfig, SamHFModel
+from sam_hf.modeling.loss import sam_loss
 from sam_hf.training.prompts import sample_box, sample_correction_click, sample_points
 from sam_hf.training.synthetic import generate_sample
 
@@ -46,11 +51,11 @@ _MAX_POINTS = 3  # points of a single-mask prompt (box prompts use none)
 
 
 class _PromptedShapes(Dataset):
-    """Sample `index` -> image tensor, `P` prompts and their low-resolution target masks.
+    """Sample `index` -> image tensor, `P` prompts and their target masks.
 
-    Returns a dict of `pixel_values (3, S, S)`, `labels (P, ms, ms)` in {0, 1}, `masks (P, ms, ms)` bool
-    (for correction clicks), `point_coords_a (Pa, 1, 2)` / `point_labels_a (Pa, 1)` for the multimask half,
-    and `point_coords_b (Pb, 3, 2)`, `point_labels_b (Pb, 3)`, `boxes_b (Pb, 4)` (NaN rows: no box) for the
+    Returns a dict of `pixel_values (3, S, S)`, `labels (P, L, L)` in {0, 1} (L = S with the recipe's
+    `loss_at_image_size`, else ms), `masks (P, ms, ms)` bool (for correction clicks), `point_coords_a
+    (Pa, 1, 2)` / `point_labels_a (Pa, 1)` for the multimask half, and `point_coords_b (Pb, 3, 2)`, `point_labels_b (Pb, 3)`, `boxes_b (Pb, 4)` (NaN rows: no box) for the
     single-mask half; coordinates XY in the model frame (the image is generated at the model's size).
     """
 
@@ -86,9 +91,10 @@ class _PromptedShapes(Dataset):
                 labels_b[row, : len(labels)] = labels
         pixels = (sample.image.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
         low_res = np.stack([_downsample(m, self.mask_size) for m in masks])
+        labels = masks if recipe["loss_at_image_size"] else low_res
         return {
             "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1),
-            "labels": torch.from_numpy(low_res.astype(np.float32)),
+            "labels": torch.from_numpy(labels.astype(np.float32)),
             "masks": torch.from_numpy(low_res),
             "point_coords_a": torch.from_numpy(coords_a),
             "point_labels_a": torch.ones(half, 1, dtype=torch.long),
@@ -110,14 +116,13 @@ def _training_loss(
 ) -> torch.Tensor:
     """Sum over the first pass and the correction passes of the mean `sam_loss` of both prompt halves."""
     embeddings = model.get_image_embeddings(batch["pixel_values"])  # (B, C, g, g)
-    labels = batch["labels"]  # (B, P, ms, ms)
+    labels = batch["labels"]  # (B, P, L, L)
     half = batch["point_coords_a"].shape[1]
     out_a = model(
         image_embeddings=embeddings,
         input_points=batch["point_coords_a"],
         input_labels=batch["point_labels_a"],
         multimask_output=True,
-        labels=labels[:, :half],
     )
     out_b = model(
         image_embeddings=embeddings,
@@ -125,9 +130,9 @@ def _training_loss(
         input_labels=batch["point_labels_b"],
         input_boxes=batch["boxes_b"],
         multimask_output=False,
-        labels=labels[:, half:],
     )
-    loss = (out_a.loss + out_b.loss) / 2
+    weights = {"focal_weight": recipe["focal_weight"], "dice_weight": recipe["dice_weight"]}
+    loss = (_loss(out_a, labels[:, :half], weights) + _loss(out_b, labels[:, half:], weights)) / 2
     # Previous prediction of every prompt: the best-scored of the three masks for the multimask half.
     best = out_a.iou_scores.argmax(-1)[..., None, None, None].expand(-1, -1, 1, *out_a.pred_masks.shape[-2:])
     logits = torch.cat([out_a.pred_masks.gather(2, best)[:, :, 0], out_b.pred_masks[:, :, 0]], dim=1)
@@ -151,11 +156,24 @@ def _training_loss(
             input_boxes=boxes,
             input_masks=logits.detach(),
             multimask_output=False,
-            labels=labels,
         )
-        loss = loss + out.loss
+        loss = loss + _loss(out, labels, weights)
         logits = out.pred_masks[:, :, 0]
     return loss
+
+
+def _loss(output, labels: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
+    """`sam_loss` of `pred_masks (B, P, M, ms, ms)` against `labels (B, P, L, L)`, logits resized to L.
+
+    At L = image size (recipe `loss_at_image_size`) the bilinear upsampling is the one the processor applies
+    at inference, so the loss scores the masks as they are evaluated, boundaries between mask cells included.
+    """
+    logits = output.pred_masks.float()
+    if logits.shape[-1] != labels.shape[-1]:
+        size = labels.shape[-2:]
+        logits = F.interpolate(logits.flatten(0, 1), size, mode="bilinear", align_corners=False)
+        logits = logits.reshape(*output.pred_masks.shape[:3], *size)
+    return sam_loss(logits, output.iou_scores.float(), labels, **weights)
 
 
 def _pad_to(tensor: torch.Tensor, length: int, value: float) -> torch.Tensor:
@@ -179,6 +197,20 @@ def _correction_clicks(logits, masks, indices, seed, step, iteration):
                 coords[b, p, 0], labels[b, p, 0] = coord, label
     device = logits.device
     return torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device)
+
+
+def _attention_backends(device: torch.device) -> list[SDPBackend]:
+    """SDPA kernels for training. On CPU the flash kernel's backward is slow at the decoder's head width of
+    8 (256 image tokens x ~12 prompt tokens): the plain math kernel makes a `sam_hf_tiny` step at 128 px
+    ~20 % faster there. Elsewhere torch picks."""
+    if device.type == "cpu":
+        return [SDPBackend.MATH]
+    return [
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.MATH,
+    ]
 
 
 def _lr_factor(step: int, recipe: dict) -> float:
@@ -242,7 +274,10 @@ def train(
     progress = tqdm(total=stop - start, desc="pretrain", mininterval=5)
     for step, batch in zip(range(start, stop), loader, strict=False):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.get("autocast") == "bf16"):
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.get("autocast") == "bf16"),
+            sdpa_kernel(_attention_backends(device)),
+        ):
             loss = _training_loss(model, batch, recipe, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
