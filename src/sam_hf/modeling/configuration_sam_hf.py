@@ -192,11 +192,11 @@ SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
         {"hidden_size": 32, "mask_input_channels": 4},
         {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
     ),
-    # The shipped sam-hf-tiny (trained on procedural shapes by training/pretrain_tiny.py): a 192 px input,
-    # 8 px patches (a 24x24 grid, 96x96 low-resolution masks), a 6-block ViT and a 128-wide decoder.
+    # The shipped sam-hf-tiny (trained on procedural shapes by training/pretrain_tiny.py): a 128 px input,
+    # 8 px patches (a 16x16 grid, 64x64 low-resolution masks), a 6-block ViT and a 128-wide decoder.
     "sam_hf_tiny": (
         {
-            "image_size": 192,
+            "image_size": 128,
             "patch_size": 8,
             "hidden_size": 160,
             "num_hidden_layers": 6,
