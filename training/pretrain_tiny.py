@@ -2,8 +2,9 @@
 
     python training/pretrain_tiny.py --config training/configs/pretrain_tiny_cpu.yaml --out runs/tiny
 
-Two recipes: `configs/pretrain_tiny_cpu.yaml` (128 px input, bf16 autocast; about 77 minutes on a 2-core
-CPU) and `configs/pretrain_tiny.yaml` (the preset's 192 px in float32; ~6 hours on that CPU, minutes on a GPU).
+Two recipes: `configs/pretrain_tiny_cpu.yaml` (the shipped weights: the preset's 128 px input, bf16 autocast;
+about 62 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
+minutes on a GPU).
 
 Each step draws `batch_size` fresh images of `sam_hf.training.synthetic` (split "train"; sample indices are
 `step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects per
