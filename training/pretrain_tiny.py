@@ -56,8 +56,9 @@ class _PromptedShapes(Dataset):
 
     Returns a dict of `pixel_values (3, S, S)`, `labels (P, L, L)` in {0, 1} (L = S with the recipe's
     `loss_at_image_size`, else ms), `masks (P, ms, ms)` bool (for correction clicks), `point_coords_a
-    (Pa, 1, 2)` / `point_labels_a (Pa, 1)` for the multimask half, and `point_coords_b (Pb, 3, 2)`, `point_labels_b (Pb, 3)`, `boxes_b (Pb, 4)` (NaN rows: no box) for the
-    single-mask half; coordinates XY in the model frame (the image is generated at the model's size).
+    (Pa, 1, 2)` / `point_labels_a (Pa, 1)` for the multimask half, and `point_coords_b (Pb, 3, 2)`,
+    `point_labels_b (Pb, 3)`, `boxes_b (Pb, 4)` (NaN rows: no box) for the single-mask half; coordinates XY
+    in the model frame (the image is generated at the model's size).
     """
 
     def __init__(self, recipe: dict, image_size: int, mask_size: int):

@@ -60,10 +60,10 @@ class SamHFPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Transformer projections get the small ViT init; the layers on the path from tokens to mask logits that
-        # have no residual around them (convolutions, `FanInLinear` in the hypernetwork and IoU MLPs) get fan-in scaling instead.
-        # With 0.02 everywhere that path shrinks the signal ~100x (three 128-wide MLP layers alone: 0.23^3), and
-        # a model trained from scratch sits for hundreds of steps predicting one constant logit everywhere.
+        # Transformer projections get the small ViT init; layers with no residual around them (convolutions,
+        # `FanInLinear` in the hypernetwork and IoU MLPs) get fan-in scaling. With 0.02 everywhere the path to
+        # the mask logits shrinks the signal ~1e5x (a fresh model's logits were constant to 1e-5) and a model
+        # trained from scratch sat for ~400 steps predicting one constant logit everywhere.
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             if isinstance(module, FanInLinear):
                 std = module.in_features**-0.5
