@@ -147,9 +147,11 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     training_loss = pretrain_tiny._training_loss
 
     labels_side = []
+    flash_enabled = []
 
     def recording_loss(model, batch, *args, **kwargs):
         autocast_seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        flash_enabled.append(torch.backends.cuda.flash_sdp_enabled())
         labels_side.append(batch["labels"].shape[-1])
         return training_loss(model, batch, *args, **kwargs)
 
@@ -177,6 +179,8 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
         ]
     )
     assert autocast_seen == [(True, torch.bfloat16)]
+    assert flash_enabled == [False]  # the math SDPA kernel on CPU
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the loop
     assert labels_side == [96]  # loss_at_image_size: labels at the input side, not the mask side (24)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[0]["loss"])
@@ -193,7 +197,7 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
 
 
 def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypatch):
-    """`_loss` at the input size equals `sam_loss` of the processor's bilinear upsampling of the logits."""
+    """`_loss` at the input size equals `sam_loss` of the bilinear upsampling the processor applies at inference."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
     import pretrain_tiny
 
@@ -208,10 +212,14 @@ def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypa
         output.pred_masks[:, :, 0], (16, 16), mode="bilinear", align_corners=False
     )[:, :, None]
     expected = sam_loss(upsampled, output.iou_scores, labels)
-    assert pretrain_tiny._loss(output, labels, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    processor = SamHFProcessor(image_size=16, mask_size=8)
+    assert pretrain_tiny._loss(output, labels, weights, processor).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
     small = (torch.rand(2, 3, 8, 8) > 0.5).float()
-    assert pretrain_tiny._loss(output, small, {"focal_weight": 1.0, "dice_weight": 2.0}).item() == (
+    assert pretrain_tiny._loss(
+        output, small, {"focal_weight": 1.0, "dice_weight": 2.0}, processor
+    ).item() == (
         pytest.approx(sam_loss(output.pred_masks, output.iou_scores, small, 1.0, 2.0).item(), rel=1e-6)
     )
-    assert pretrain_tiny._attention_backends(torch.device("cpu")) == [torch.nn.attention.SDPBackend.MATH]
     sys.modules.pop("pretrain_tiny", None)

@@ -24,6 +24,7 @@ Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from sam_hf import SamHFConfig, SamHFModel
 from sam_hf.modeling.loss import sam_loss
+from sam_hf.processing_sam_hf import SamHFProcessor
 from sam_hf.training.prompts import sample_box, sample_correction_click, sample_points
 from sam_hf.training.synthetic import generate_sample
 
@@ -134,7 +135,11 @@ def _training_loss(
         multimask_output=False,
     )
     weights = {"focal_weight": recipe["focal_weight"], "dice_weight": recipe["dice_weight"]}
-    loss = (_loss(out_a, labels[:, :half], weights) + _loss(out_b, labels[:, half:], weights)) / 2
+    processor = SamHFProcessor.from_model_config(model.config)  # its upsampling of the logits, for L = S
+    loss = (
+        _loss(out_a, labels[:, :half], weights, processor)
+        + _loss(out_b, labels[:, half:], weights, processor)
+    ) / 2
     # Previous prediction of every prompt: the best-scored of the three masks for the multimask half.
     best = out_a.iou_scores.argmax(-1)[..., None, None, None].expand(-1, -1, 1, *out_a.pred_masks.shape[-2:])
     logits = torch.cat([out_a.pred_masks.gather(2, best)[:, :, 0], out_b.pred_masks[:, :, 0]], dim=1)
@@ -159,22 +164,22 @@ def _training_loss(
             input_masks=logits.detach(),
             multimask_output=False,
         )
-        loss = loss + _loss(out, labels, weights)
+        loss = loss + _loss(out, labels, weights, processor)
         logits = out.pred_masks[:, :, 0]
     return loss
 
 
-def _loss(output, labels: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
-    """`sam_loss` of `pred_masks (B, P, M, ms, ms)` against `labels (B, P, L, L)`, logits resized to L.
+def _loss(output, labels: torch.Tensor, weights: dict[str, float], processor: SamHFProcessor) -> torch.Tensor:
+    """`sam_loss` of `pred_masks (B, P, M, ms, ms)` against `labels (B, P, L, L)`.
 
-    At L = image size (recipe `loss_at_image_size`) the bilinear upsampling is the one the processor applies
-    at inference, so the loss scores the masks as they are evaluated, boundaries between mask cells included.
+    At L = image size (recipe `loss_at_image_size`) the logits go through the processor's `upscale_masks`,
+    as at inference, so the loss scores the masks as they are evaluated, boundaries between mask cells
+    included.
     """
     logits = output.pred_masks.float()
     if logits.shape[-1] != labels.shape[-1]:
-        size = labels.shape[-2:]
-        logits = F.interpolate(logits.flatten(0, 1), size, mode="bilinear", align_corners=False)
-        logits = logits.reshape(*output.pred_masks.shape[:3], *size)
+        side = labels.shape[-2:]
+        logits = processor.upscale_masks(logits.flatten(0, 1), side, side).reshape(*logits.shape[:3], *side)
     return sam_loss(logits, output.iou_scores.float(), labels, **weights)
 
 
@@ -201,18 +206,11 @@ def _correction_clicks(logits, masks, indices, seed, step, iteration):
     return torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device)
 
 
-def _attention_backends(device: torch.device) -> list[SDPBackend]:
-    """SDPA kernels for training. On CPU the flash kernel's backward is slow at the decoder's head width of
-    8 (256 image tokens x ~12 prompt tokens): the plain math kernel makes a `sam_hf_tiny` step at 128 px
-    ~20 % faster there. Elsewhere torch picks."""
-    if device.type == "cpu":
-        return [SDPBackend.MATH]
-    return [
-        SDPBackend.FLASH_ATTENTION,
-        SDPBackend.EFFICIENT_ATTENTION,
-        SDPBackend.CUDNN_ATTENTION,
-        SDPBackend.MATH,
-    ]
+def _attention_kernels(device: torch.device):
+    """Context choosing the SDPA kernels for training. On CPU the flash kernel's backward is slow at the
+    decoder's head width of 8 (256 image tokens x ~12 prompt tokens): the plain math kernel makes a
+    `sam_hf_tiny` step at 128 px ~20 % faster there. Elsewhere torch picks."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 
 def _lr_factor(step: int, recipe: dict) -> float:
@@ -278,7 +276,7 @@ def train(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with (
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.get("autocast") == "bf16"),
-            sdpa_kernel(_attention_backends(device)),
+            _attention_kernels(device),
         ):
             loss = _training_loss(model, batch, recipe, step)
         optimizer.zero_grad(set_to_none=True)

@@ -69,10 +69,8 @@ class SamHFPreTrainedModel(PreTrainedModel):
                 std = module.in_features**-0.5
             elif isinstance(module, nn.Conv2d):
                 std = module.weight[0].numel() ** -0.5
-            elif isinstance(
-                module, nn.ConvTranspose2d
-            ):  # kernel == stride here: in_channels inputs per pixel
-                std = module.in_channels**-0.5
+            elif isinstance(module, nn.ConvTranspose2d):
+                std = module.in_channels**-0.5  # kernel == stride here: in_channels inputs per output pixel
             else:
                 std = self.config.initializer_range
             init.trunc_normal_(module.weight, std=std)
