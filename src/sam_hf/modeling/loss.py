@@ -1,6 +1,7 @@
 """SAM's training loss: focal + dice on mask logits (20:1) and MSE between predicted and actual IoU.
 
-With several masks per prompt only the lowest-loss one is backpropagated, as in the SAM paper.
+With several masks per prompt only the lowest-loss mask's focal + dice is backpropagated, as in the SAM
+paper; the IoU head is scored on every mask, since choosing among them is what its prediction is for.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def sam_loss(
 
     Returns:
         The mean over real prompts of the best mask's `focal_weight * focal + dice_weight * dice` plus
-        `iou_weight` times the MSE of its predicted IoU against its actual IoU.
+        `iou_weight` times the MSE of the predicted IoU against the actual IoU, averaged over all masks.
     """
     if labels.shape != pred_masks.shape[:2] + pred_masks.shape[3:]:
         raise ValueError(
@@ -73,9 +74,7 @@ def sam_loss(
         inter = (binary & target_flat).sum(-1).float()
         union = (binary | target_flat).sum(-1).float()
         actual_iou = inter / union.clamp(min=1)
-    iou_loss = (
-        iou_scores.gather(-1, best).squeeze(-1) - actual_iou.gather(-1, best).squeeze(-1).to(iou_scores.dtype)
-    ) ** 2
+    iou_loss = ((iou_scores - actual_iou.to(iou_scores.dtype)) ** 2).mean(-1)  # (B, P)
 
     total = mask_loss + iou_weight * iou_loss
     # where, not multiply: a padded prompt's non-finite loss must not leak into the mean as NaN
