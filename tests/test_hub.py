@@ -122,26 +122,6 @@ def test_template_ships_in_package():
         card_template_path("nope")
 
 
-def test_tiny_template_renders_and_loads_back(tmp_path):
-    from huggingface_hub import ModelCardData
-
-    card = ModelCard.from_template(
-        ModelCardData(library_name="sam_hf", tags=["segment-anything"]),
-        template_path=str(card_template_path("sam_hf_tiny")),
-        marker=CARD_MARKER,
-        model_name="sam_hf-tiny",
-        repo_id="user/sam_hf-tiny",
-        weights_text="seeded random initialisation (seed 0)",
-        num_parameters_text="1,234",
-        config_rows=[("image_size", 128), ("mask_size", 32)],
-    )
-    card.save(tmp_path / "README.md")
-    loaded = ModelCard.load(tmp_path / "README.md")
-    assert loaded.data.library_name == "sam_hf" and CARD_MARKER in loaded.text
-    assert "| Parameters | 1,234 |\n| image_size | 128 |\n| mask_size | 32 |" in loaded.text
-    assert "## Evaluation" not in loaded.text and "Variables:" not in loaded.text
-
-
 def test_card_renders_loads_back_and_parses_model_index(adapter_folder, tmp_path):
     card = build_model_card(adapter_folder, repo_id="user/sam-lora")
     card.save(tmp_path / "README.md")

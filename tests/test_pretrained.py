@@ -138,7 +138,8 @@ def test_pretraining_script_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
 
 
 def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path, monkeypatch):
-    """The CPU recipe's own keys: `image_size` overrides the preset's input side, `autocast: bf16` trains."""
+    """The CPU recipe's own keys: `image_size` overrides the preset's input side, `autocast: bf16` trains,
+    `correction_every` spaces the correction passes."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
     import pretrain_tiny
 
@@ -155,11 +156,20 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
         labels_side.append(batch["labels"].shape[-1])
         return training_loss(model, batch, *args, **kwargs)
 
+    correction_steps = []
+    correction_clicks = pretrain_tiny._correction_clicks
+
+    def recording_clicks(logits, masks, indices, seed, step, iteration):
+        correction_steps.append(step)
+        return correction_clicks(logits, masks, indices, seed, step, iteration)
+
     monkeypatch.setattr(pretrain_tiny, "_training_loss", recording_loss)
+    monkeypatch.setattr(pretrain_tiny, "_correction_clicks", recording_clicks)
     overrides = [
         "preset=tiny",
         "image_size=96",
-        "steps=1",
+        "steps=3",
+        "correction_every=2",
         "batch_size=2",
         "prompts_per_image=2",
         "warmup_steps=1",
@@ -178,10 +188,11 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
             *overrides,
         ]
     )
-    assert autocast_seen == [(True, torch.bfloat16)]
-    assert flash_enabled == [False]  # the math SDPA kernel on CPU
+    assert autocast_seen == [(True, torch.bfloat16)] * 3
+    assert flash_enabled == [False] * 3  # the math SDPA kernel on CPU
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the loop
-    assert labels_side == [96]  # loss_at_image_size: labels at the input side, not the mask side (24)
+    assert labels_side == [96] * 3  # loss_at_image_size: labels at the input side, not the mask side (24)
+    assert correction_steps == [0, 2]  # correction_every=2: a correction pass on every other step
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[0]["loss"])
     model = SamHFModel.from_pretrained(tmp_path / "model")
@@ -223,3 +234,66 @@ def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypa
         pytest.approx(sam_loss(output.pred_masks, output.iou_scores, small, 1.0, 2.0).item(), rel=1e-6)
     )
     sys.modules.pop("pretrain_tiny", None)
+
+
+def test_shipped_card_is_the_template_rendered_from_the_run_record(monkeypatch):
+    """Every number in the shipped card comes from `training/runs/` (re-render: `ship_tiny.py --card-only`)."""
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import ship_tiny
+
+    from huggingface_hub import ModelCard
+
+    from sam_hf.hub import CARD_MARKER
+
+    shipped = shipped_model_path("sam-hf-tiny")
+    card = ship_tiny.render_card(shipped, ship_tiny.RECORDS, ship_tiny.NAME)
+    assert card == (shipped / "README.md").read_text()
+    evaluation = json.loads((ship_tiny.RECORDS / f"{ship_tiny.NAME}_eval.json").read_text())
+    held_out = evaluation["shapes128"]
+    row = " | ".join(f"{held_out[prompt]['mean_iou']:.3f}" for prompt in ship_tiny.PROMPTS)
+    assert f"| {held_out['box']['num_objects']} | {row} |" in card
+    recipe = json.loads((ship_tiny.RECORDS / f"{ship_tiny.NAME}_recipe.json").read_text())
+    assert f"{recipe['recipe']['steps']} steps" in card and f"{recipe['train_time_s']:.0f} s" in card
+    loaded = ModelCard(card)
+    assert loaded.data.library_name == "sam_hf" and CARD_MARKER in loaded.text
+    assert "Variables:" not in card and "{{" not in card
+    sys.modules.pop("ship_tiny", None)
+
+
+def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatch):
+    """A one-step run of the tiny preset through `ship_tiny.py --run`: weights and processor config land in
+    the model folder, the record and the `sam-hf evaluate` results in the records folder, the card says them."""
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import pretrain_tiny
+    import ship_tiny
+
+    run, model_dir, records = tmp_path / "run", tmp_path / "sam-hf-tiny", tmp_path / "runs"
+    overrides = ["preset=tiny", "image_size=null", "steps=1", "batch_size=2", "prompts_per_image=2"]
+    pretrain_tiny.main(
+        ["--out", str(run), "--device", "cpu", "--num-workers", "0", "--set", *overrides, "warmup_steps=1"]
+    )
+    with pytest.raises(ValueError, match="--run must be a finished pretrain_tiny.py run"):
+        ship_tiny.main(["--run", str(tmp_path), "--model-dir", str(model_dir)])
+    args = ["--model-dir", str(model_dir), "--records", str(records), "--name", "tiny_run"]
+    ship_tiny.main(["--run", str(run), *args, "--num-images", "2"])
+    assert sorted(path.name for path in model_dir.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert "auto_map" not in json.loads((model_dir / "config.json").read_text())
+    model = SamHFModel.from_pretrained(model_dir)
+    assert model.config.mask_size == 32
+    assert SamHFProcessor.from_pretrained(model_dir).image_size == model.config.vision_config.image_size
+    evaluation = json.loads((records / "tiny_run_eval.json").read_text())
+    assert sorted(evaluation) == ["cells128", "cells192", "shapes128", "shapes192"]
+    assert all(entry["num_images"] == 2 and set(ship_tiny.PROMPTS) <= set(entry) for entry in evaluation.values())
+    assert (records / "tiny_run_train_log.jsonl").read_text() == (run / "train_log.jsonl").read_text()
+    card = (model_dir / "README.md").read_text()
+    assert f"| {evaluation['cells192']['box']['num_objects']} | " in card and "1 steps" in card
+    (model_dir / "README.md").unlink()
+    ship_tiny.main(["--card-only", *args])
+    assert (model_dir / "README.md").read_text() == card
+    sys.modules.pop("pretrain_tiny", None)
+    sys.modules.pop("ship_tiny", None)

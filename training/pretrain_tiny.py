@@ -3,22 +3,24 @@
     python training/pretrain_tiny.py --config training/configs/pretrain_tiny_cpu.yaml --out runs/tiny
 
 Two recipes: `configs/pretrain_tiny_cpu.yaml` (the shipped weights: the preset's 128 px input, bf16 autocast;
-about 62 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
+about 84 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
 minutes on a GPU).
 
 Each step draws `batch_size` fresh images of `sam_hf.training.synthetic` (split "train"; sample indices are
 `step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects per
 image. Half the prompts are one positive point with three output masks, half a box or 2-3 points with one
-output mask (as `sam-hf evaluate` prompts them); then `correction_iterations` decoder passes add a correction
-click in the larger error region (`sam_hf.training.prompts`) and feed back the previous low-resolution
-logits, as in SAM's interactive training. The loss of every pass is `sam_hf.modeling.loss.sam_loss`
+output mask (as `sam-hf evaluate` prompts them); then, every `correction_every` steps,
+`correction_iterations` decoder passes add a correction click in the larger error region
+(`sam_hf.training.prompts`) and feed back the previous low-resolution logits, as in SAM's interactive
+training. The loss of every pass is `sam_hf.modeling.loss.sam_loss`
 (recipe weights `focal_weight`, `dice_weight`) against the full-size masks, on logits upsampled as at
 inference (`loss_at_image_size: true`), or against labels at `config.mask_size`; the image is encoded once
 per step.
 
 Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every `checkpoint_every` steps
 (temp file + rename) and picked up by rerunning the same command. At the end the model is saved with
-`save_pretrained` to `<out>/model` and `<out>/recipe.json` records the recipe, the device and the timing.
+`save_pretrained` to `<out>/model` and `<out>/recipe.json` records the recipe, the device and the timing;
+`training/ship_tiny.py --run <out>` makes it the package's `sam-hf-tiny`.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def _training_loss(
     )
     boxes = torch.cat([torch.full_like(batch["boxes_b"][:, :half], float("nan")), batch["boxes_b"]], dim=1)
     image_size = model.config.vision_config.image_size
-    for iteration in range(recipe["correction_iterations"]):
+    iterations = recipe["correction_iterations"] if step % recipe["correction_every"] == 0 else 0
+    for iteration in range(iterations):
         click, click_label = _correction_clicks(
             logits, batch["masks"], batch["index"], recipe["seed"], step, iteration
         )

@@ -1,0 +1,164 @@
+"""Ship a `pretrain_tiny.py` run as the package's `sam-hf-tiny`: weights, run record, evaluation, model card.
+
+    python training/ship_tiny.py --run RUN          # after `pretrain_tiny.py --out RUN` has finished
+    python training/ship_tiny.py --card-only        # re-render the card from the committed record
+
+With `--run`: the run's model (weights, config) and a processor config for its input size go to
+`src/sam_hf/pretrained/sam-hf-tiny/`; `RUN/recipe.json` and `RUN/train_log.jsonl` to
+`training/runs/<name>_recipe.json` / `<name>_train_log.jsonl`; the shipped model is measured with
+`sam-hf evaluate --prompt point,3point,box` on 100 held-out images of each of `EVAL_DATA` into
+`training/runs/<name>_eval.json`. Then (and with `--card-only`) the template `sam_hf/model_cards/sam_hf_tiny.md`
+is rendered from those three files into the model folder's README.md: every number in the card is one the
+record holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors.torch import load_file
+
+from sam_hf import SamHFModel
+from sam_hf.cli import main as sam_hf_cli
+from sam_hf.hub import CARD_MARKER, card_template_path
+from sam_hf.pretrained import shipped_model_path
+from sam_hf.processing_sam_hf import SamHFProcessor
+from sam_hf.training.synthetic import synthetic_dataset
+
+_ROOT = Path(__file__).resolve().parent
+RECORDS = _ROOT / "runs"
+NAME = "pretrain_tiny_cpu"  # record prefix of the shipped run
+PROMPTS = ("point", "3point", "box")
+# (domain, image side, card label) of the held-out evaluation sets, split "test".
+EVAL_DATA = (
+    ("shapes", 128, "`shapes`, 128 px (training domain, held out)"),
+    ("shapes", 192, "`shapes`, 192 px"),
+    ("cells", 128, "`cells`, 128 px (a domain it was not trained on)"),
+    ("cells", 192, "`cells`, 192 px"),
+)
+TARGETS = {"box": 0.85, "point": 0.70}  # issue 5's accuracy targets, quoted in the card
+
+
+def ship_weights(run: Path, model_dir: Path) -> None:
+    """`run/model` (a `save_pretrained` folder) -> `model_dir`: weights, config and the matching processor config.
+
+    Not the modeling code `save_pretrained` copies beside the weights for `trust_remote_code` (nor the config's
+    `auto_map` pointing at it): inside the package the classes are the package's own.
+    """
+    model = SamHFModel.from_pretrained(run / "model")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shutil.copyfile(Path(tmp) / "model.safetensors", model_dir / "model.safetensors")
+        config = json.loads((Path(tmp) / "config.json").read_text())
+    config.pop("auto_map")
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    SamHFProcessor.from_model_config(model.config).save_pretrained(model_dir)
+
+
+def copy_record(run: Path, records: Path, name: str) -> None:
+    records.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "recipe.json", records / f"{name}_recipe.json")
+    shutil.copyfile(run / "train_log.jsonl", records / f"{name}_train_log.jsonl")
+
+
+def evaluate(model_dir: Path, records: Path, name: str, num_images: int = 100) -> dict:
+    """`sam-hf evaluate` of `model_dir` on each of `EVAL_DATA`; written to `<records>/<name>_eval.json`.
+
+    Returns `{"<domain><side>": {"protocol", "num_images", <prompt>: {"num_objects", "mean_iou", ...}}}`.
+    """
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for domain, side, _ in EVAL_DATA:
+            key = f"{domain}{side}"
+            data, output = Path(tmp) / key, Path(tmp) / f"{key}.json"
+            synthetic_dataset(num_images, "test", domain, side).save_to_disk(data)
+            arguments = ["--model", str(model_dir), "--dataset", str(data), "--output", str(output)]
+            sam_hf_cli(["evaluate", *arguments, "--prompt", ",".join(PROMPTS), "--device", "cpu"])
+            measured = json.loads(output.read_text())
+            run = measured["runs"]["model"]["results"]
+            results[key] = {
+                "protocol": measured["protocol"]["name"],
+                "num_images": measured["num_images"],
+                **{prompt: run[prompt] for prompt in PROMPTS},
+            }
+    (records / f"{name}_eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def render_card(model_dir: Path, records: Path, name: str) -> str:
+    """The card text of the model in `model_dir`, from the template and the run's three record files."""
+    config = SamHFModel.config_class.from_pretrained(model_dir)
+    run = json.loads((records / f"{name}_recipe.json").read_text())
+    log = [json.loads(line) for line in (records / f"{name}_train_log.jsonl").read_text().splitlines()]
+    evaluation = json.loads((records / f"{name}_eval.json").read_text())
+    steps = [entry["step"] for entry in log]
+    resumed = sorted({step for i, step in enumerate(steps) if step in steps[:i]})
+    weights = model_dir / "model.safetensors"
+    num_parameters = sum(tensor.numel() for tensor in load_file(weights).values())
+    seconds = run["train_time_s"]
+    device = run["device"]
+    card = ModelCard.from_template(
+        ModelCardData(
+            library_name="sam_hf",
+            license="apache-2.0",
+            pipeline_tag="mask-generation",
+            tags=["sam_hf", "segment-anything", "synthetic-data"],
+        ),
+        template_path=str(card_template_path("sam_hf_tiny")),
+        marker=CARD_MARKER,
+        model_name=model_dir.name,
+        num_parameters_text=f"{num_parameters / 1e6:.2f} M",
+        weights_size_text=f"{weights.stat().st_size / 1e6:.1f} MB",
+        vision=config.vision_config.to_dict(),
+        decoder_hidden_size=config.mask_decoder_config.hidden_size,
+        mask_size=config.mask_size,
+        recipe=run["recipe"],
+        recipe_file=f"training/configs/{name}.yaml",
+        device_text="a CPU (the project's 2-core machine)" if device == "cpu" else device,
+        train_time_text=f"{seconds:.0f} s ({seconds / 60:.0f} minutes)",
+        torch_version=run["torch"],
+        resumed_steps=resumed,
+        records=[f"{name}_{suffix}" for suffix in ("recipe.json", "train_log.jsonl", "eval.json")],
+        eval_rows=[
+            {
+                "label": label,
+                "objects": evaluation[f"{domain}{side}"]["box"]["num_objects"],
+                **{prompt: evaluation[f"{domain}{side}"][prompt]["mean_iou"] for prompt in PROMPTS},
+            }
+            for domain, side, label in EVAL_DATA
+        ],
+        targets=TARGETS,
+    )
+    return str(card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="finished pretrain_tiny.py run folder")
+    source.add_argument("--card-only", action="store_true", help="only re-render the card from the record")
+    parser.add_argument("--model-dir", type=Path, default=shipped_model_path("sam-hf-tiny"))
+    parser.add_argument("--records", type=Path, default=RECORDS, help="folder of the run records")
+    parser.add_argument("--name", default=NAME, help="record file prefix (the recipe's file name)")
+    parser.add_argument("--num-images", type=int, default=100, help="held-out images per evaluation set")
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        if not (args.run / "recipe.json").exists():
+            raise ValueError(f"--run must be a finished pretrain_tiny.py run (with recipe.json), got {args.run}")
+        ship_weights(args.run, args.model_dir)
+        copy_record(args.run, args.records, args.name)
+        evaluate(args.model_dir, args.records, args.name, args.num_images)
+    (args.model_dir / "README.md").write_text(render_card(args.model_dir, args.records, args.name))
+    print(f"wrote {args.model_dir / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
