@@ -240,7 +240,6 @@ def test_shipped_card_is_the_template_rendered_from_the_run_record(monkeypatch):
     """Every number in the shipped card comes from `training/runs/` (re-render: `ship_tiny.py --card-only`)."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
     import ship_tiny
-
     from huggingface_hub import ModelCard
 
     from sam_hf.hub import CARD_MARKER
@@ -288,7 +287,9 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     assert SamHFProcessor.from_pretrained(model_dir).image_size == model.config.vision_config.image_size
     evaluation = json.loads((records / "tiny_run_eval.json").read_text())
     assert sorted(evaluation) == ["cells128", "cells192", "shapes128", "shapes192"]
-    assert all(entry["num_images"] == 2 and set(ship_tiny.PROMPTS) <= set(entry) for entry in evaluation.values())
+    assert all(
+        entry["num_images"] == 2 and set(ship_tiny.PROMPTS) <= set(entry) for entry in evaluation.values()
+    )
     assert (records / "tiny_run_train_log.jsonl").read_text() == (run / "train_log.jsonl").read_text()
     card = (model_dir / "README.md").read_text()
     assert f"| {evaluation['cells192']['box']['num_objects']} | " in card and "1 steps" in card

@@ -12,10 +12,9 @@ image. Half the prompts are one positive point with three output masks, half a b
 output mask (as `sam-hf evaluate` prompts them); then, every `correction_every` steps,
 `correction_iterations` decoder passes add a correction click in the larger error region
 (`sam_hf.training.prompts`) and feed back the previous low-resolution logits, as in SAM's interactive
-training. The loss of every pass is `sam_hf.modeling.loss.sam_loss`
-(recipe weights `focal_weight`, `dice_weight`) against the full-size masks, on logits upsampled as at
-inference (`loss_at_image_size: true`), or against labels at `config.mask_size`; the image is encoded once
-per step.
+training. The loss of every pass is `sam_hf.modeling.loss.sam_loss` (recipe weights `focal_weight`,
+`dice_weight`) against the full-size masks, on logits upsampled as at inference (`loss_at_image_size:
+true`), or against labels at `config.mask_size`; the image is encoded once per step.
 
 Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every `checkpoint_every` steps
 (temp file + rename) and picked up by rerunning the same command. At the end the model is saved with

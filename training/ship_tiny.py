@@ -47,18 +47,17 @@ TARGETS = {"box": 0.85, "point": 0.70}  # issue 5's accuracy targets, quoted in 
 def ship_weights(run: Path, model_dir: Path) -> None:
     """`run/model` (a `save_pretrained` folder) -> `model_dir`: weights, config and the matching processor config.
 
-    Not the modeling code `save_pretrained` copies beside the weights for `trust_remote_code` (nor the config's
+    Not the modeling code `save_pretrained` copied beside the weights for `trust_remote_code` (nor the config's
     `auto_map` pointing at it): inside the package the classes are the package's own.
     """
-    model = SamHFModel.from_pretrained(run / "model")
     model_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        shutil.copyfile(Path(tmp) / "model.safetensors", model_dir / "model.safetensors")
-        config = json.loads((Path(tmp) / "config.json").read_text())
+    shutil.copyfile(run / "model" / "model.safetensors", model_dir / "model.safetensors")
+    config = json.loads((run / "model" / "config.json").read_text())
     config.pop("auto_map")
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    SamHFProcessor.from_model_config(model.config).save_pretrained(model_dir)
+    SamHFProcessor.from_model_config(SamHFModel.config_class.from_pretrained(model_dir)).save_pretrained(
+        model_dir
+    )
 
 
 def copy_record(run: Path, records: Path, name: str) -> None:
@@ -152,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.run is not None:
         if not (args.run / "recipe.json").exists():
-            raise ValueError(f"--run must be a finished pretrain_tiny.py run (with recipe.json), got {args.run}")
+            raise ValueError(
+                f"--run must be a finished pretrain_tiny.py run (with recipe.json), got {args.run}"
+            )
         ship_weights(args.run, args.model_dir)
         copy_record(args.run, args.records, args.name)
         evaluate(args.model_dir, args.records, args.name, args.num_images)
