@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
-from sam_hf.amg_utils import build_point_grid, generate_crop_boxes
+from sam_hf.inference.amg_utils import build_point_grid, generate_crop_boxes
 
 RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 
@@ -301,7 +301,7 @@ def test_matches_official_vit_b_on_a_photo(official_vit_b, photos, kwargs):
 
 def test_reassociated_decoder_equals_model_forward(tiny_pair):
     """The generator's decoder path (projections shared / folded) equals SamHFModel.forward to 1e-5 relative."""
-    from sam_hf.automatic_mask_generator import _decode_point_prompts
+    from sam_hf.inference.automatic_mask_generator import _decode_point_prompts
 
     model = tiny_pair[1]
     torch.manual_seed(1)

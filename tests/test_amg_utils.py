@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils import amg as official
 
-from sam_hf import amg_utils
+from sam_hf.inference import amg_utils
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
-from sam_hf.annotate import annotate
+from sam_hf.inference.annotate import annotate
 from sam_hf.cli import main
 
 GENERATOR = {

@@ -17,8 +17,8 @@ from sam_hf.evaluation import (
     timed_run,
     write_eval_results,
 )
-from sam_hf.metrics import SamSegmentation
-from sam_hf.metrics import sam_segmentation as metric_module
+from sam_hf.evaluation import SamSegmentation
+from sam_hf.evaluation import metric as metric_module
 from sam_hf.processing_sam_hf import SamHFProcessor
 
 
@@ -180,12 +180,12 @@ def test_protocol_on_tiny_model_is_seeded(tiny_model, tiny_config):
 
 
 def test_chunked_upsampling_changes_nothing(tiny_model, tiny_config, monkeypatch):
-    import sam_hf.evaluation
+    import sam_hf.evaluation.protocol
 
     processor = SamHFProcessor.from_model_config(tiny_config)
     protocol = EvaluationProtocol(prompts=("box", "clicks"), max_clicks=2)
     whole = evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False)
-    monkeypatch.setattr(sam_hf.evaluation, "_UPSAMPLE_CHUNK", 1)
+    monkeypatch.setattr(sam_hf.evaluation.protocol, "_UPSAMPLE_CHUNK", 1)
     assert evaluate_model(tiny_model, processor, _shapes_dataset(1), protocol, progress=False) == whole
 
 

@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import CommitOperationAdd, ModelCard
 from safetensors.torch import save_file
 
-import sam_hf.hub
+import sam_hf.hub.cards
 from sam_hf.cli import main
 from sam_hf.evaluation import EvaluationProtocol
 from sam_hf.hub import (
@@ -395,7 +395,7 @@ def test_push_takes_token_from_environment_and_never_shows_it(adapter_folder, mo
         created.append(api)
         return api
 
-    monkeypatch.setattr(sam_hf.hub, "HfApi", fake_hf_api)
+    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", fake_hf_api)
     assert main(["push", str(adapter_folder), "--repo-id", "sam-lora", "--private"]) == 0
     api = created[0]
     assert api.token == TOKEN  # the environment's token reaches the client...
@@ -407,7 +407,7 @@ def test_push_takes_token_from_environment_and_never_shows_it(adapter_folder, mo
 
 
 def test_push_failure_exits_nonzero_with_retry_hint(adapter_folder, monkeypatch, capsys):
-    monkeypatch.setattr(sam_hf.hub, "HfApi", lambda **kwargs: FakeApi(fail_on="create_commit"))
+    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", lambda **kwargs: FakeApi(fail_on="create_commit"))
     assert main(["push", str(adapter_folder), "--repo-id", "sam-lora"]) == 1
     err = capsys.readouterr().err
     assert "ConnectionError: create_commit exploded" in err and "Retry with: sam-hf push" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam_hf.training.synthetic import DOMAINS, generate_sample, synthetic_dataset, synthetic_samples
+from sam_hf.data.synthetic import DOMAINS, generate_sample, synthetic_dataset, synthetic_samples
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

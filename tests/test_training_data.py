@@ -1,4 +1,4 @@
-"""Tests for sam_hf.training.data: sources, mask formats and counting of unusable rows."""
+"""Tests for sam_hf.data.reader: sources, mask formats and counting of unusable rows."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.training.data import decode_rle, load_segmentation_dataset, to_instances
+from sam_hf.data.reader import decode_rle, load_segmentation_dataset, to_instances
 
 
 def _label_map(height=24, width=32):

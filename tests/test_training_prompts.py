@@ -1,9 +1,9 @@
-"""Tests for sam_hf.training.prompts: seeded prompt simulation from binary masks."""
+"""Tests for sam_hf.prompting.simulation: seeded prompt simulation from binary masks."""
 
 import numpy as np
 import pytest
 
-from sam_hf.training.prompts import distance_transform, sample_box, sample_correction_click, sample_points
+from sam_hf.prompting.simulation import distance_transform, sample_box, sample_correction_click, sample_points
 
 
 def _disk(height=40, width=50, cy=20, cx=25, r=8):

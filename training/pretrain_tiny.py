@@ -6,12 +6,12 @@ Two recipes: `configs/pretrain_tiny_cpu.yaml` (the shipped weights: the preset's
 about 84 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
 minutes on a GPU).
 
-Each step draws `batch_size` fresh images of `sam_hf.training.synthetic` (split "train"; sample indices are
+Each step draws `batch_size` fresh images of `sam_hf.data.synthetic` (split "train"; sample indices are
 `step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects per
 image. Half the prompts are one positive point with three output masks, half a box or 2-3 points with one
 output mask (as `sam-hf evaluate` prompts them); then, every `correction_every` steps,
 `correction_iterations` decoder passes add a correction click in the larger error region
-(`sam_hf.training.prompts`) and feed back the previous low-resolution logits, as in SAM's interactive
+(`sam_hf.prompting.simulation`) and feed back the previous low-resolution logits, as in SAM's interactive
 training. The loss of every pass is `sam_hf.modeling.loss.sam_loss` (recipe weights `focal_weight`,
 `dice_weight`) against the full-size masks, on logits upsampled as at inference (`loss_at_image_size:
 true`), or against labels at `config.mask_size`; the image is encoded once per step.
@@ -44,8 +44,8 @@ from tqdm import tqdm
 from sam_hf import SamHFConfig, SamHFModel
 from sam_hf.modeling.loss import sam_loss
 from sam_hf.processing_sam_hf import SamHFProcessor
-from sam_hf.training.prompts import sample_box, sample_correction_click, sample_points
-from sam_hf.training.synthetic import generate_sample
+from sam_hf.prompting.simulation import sample_box, sample_correction_click, sample_points
+from sam_hf.data.synthetic import generate_sample
 
 _PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 _PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)

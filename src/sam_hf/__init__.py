@@ -2,9 +2,9 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .automatic_mask_generator import SamAutomaticMaskGenerator
+from .inference import SamAutomaticMaskGenerator
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
-from .predictor import SamPredictor
+from .inference import SamPredictor
 from .processing_sam_hf import SamHFProcessor
 
 AutoConfig.register("sam_hf", SamHFConfig)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sam_hf import SamHFModel
-    from sam_hf.annotate import annotate
+    from sam_hf.inference.annotate import annotate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     images: Any = args.images

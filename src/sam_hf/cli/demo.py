@@ -1,6 +1,6 @@
 """`sam-hf demo`: the whole loop offline in under a minute with the shipped `sam-hf-tiny` model.
 
-Segments a procedural sample image (`sam_hf.training.synthetic`, held-out split) with a point and a box,
+Segments a procedural sample image (`sam_hf.data.synthetic`, held-out split) with a point and a box,
 runs automatic mask generation on it and prints the IoU of each against the known masks; then fine-tunes a
 LoRA adapter on the decoder for a few steps on a second procedural domain (`cells`, which the model never
 saw) with the package's fine-tuning loop, and prints 1-point and box mean IoU on held-out `cells` images
@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..inference import SamAutomaticMaskGenerator
     from ..modeling import SamHFModel
-    from ..predictor import SamPredictor
-    from ..training.synthetic import generate_sample
+    from ..inference import SamPredictor
+    from ..data.synthetic import generate_sample
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def _adapt_to_cells(model_name: str, model, out: Path):
     from ..modeling.modeling_sam_hf import shipped_model_folder
     from ..processing_sam_hf import SamHFProcessor
     from ..training.loop import FinetuneConfig, finetune
-    from ..training.synthetic import synthetic_dataset, synthetic_samples
+    from ..data.synthetic import synthetic_dataset, synthetic_samples
 
     size = model.config.vision_config.image_size
     train_dir = out / "cells-train"

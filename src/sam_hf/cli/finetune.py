@@ -173,7 +173,7 @@ def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None
     """Measure the base model and the fine-tuned one on `split`; write `eval_results.json` in the output."""
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
     from ..hub import load_pretrained, load_processor
-    from ..training.data import load_segmentation_dataset, to_instances
+    from ..data.reader import load_segmentation_dataset, to_instances
 
     dataset, stats = load_segmentation_dataset(
         config.dataset, split, config.image_column, config.mask_column, config.mask_format

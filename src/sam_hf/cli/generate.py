@@ -93,7 +93,7 @@ def _overlay(image: Any, records: list[dict[str, Any]], alpha: float = 0.5) -> A
     import numpy as np
     from PIL import Image
 
-    from sam_hf.amg_utils import coco_decode_rle
+    from sam_hf.inference.amg_utils import coco_decode_rle
 
     canvas = np.asarray(image, dtype=np.float32).copy()
     colours = np.random.default_rng(0).integers(40, 256, (max(len(records), 1), 3))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..modeling.loss import IGNORE_INDEX
-from .data import to_instances
-from .prompts import sample_box, sample_correction_click, sample_points
+from ..data.reader import to_instances
+from ..prompting.simulation import sample_box, sample_correction_click, sample_points
 
 __all__ = [
     "EMBEDDINGS_COLUMN",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .collator import EMBEDDINGS_COLUMN
-from .data import to_rgb_image
+from ..data.reader import to_rgb_image
 
 __all__ = ["cache_image_embeddings", "embedding_cache_key"]
 

@@ -112,7 +112,7 @@ def finetune(
 
     from ..modeling import SamHFModel
     from ..processing_sam_hf import SamHFProcessor
-    from .data import load_segmentation_dataset
+    from ..data.reader import load_segmentation_dataset
     from .embeddings import cache_image_embeddings
 
     accelerator = Accelerator(

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
-from .evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
-from .processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
+from ..evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
+from ..processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
 
 __all__ = [
     "CARD_MARKER",
@@ -259,8 +259,8 @@ def load_pretrained(name_or_path: str | Path) -> torch.nn.Module:
             whose `base_model_name_or_path` names the base model), or anything else `SamHFModel.from_pretrained`
             takes: a shipped model name (`sam-hf-tiny`), a Hub id, a Meta `.pth` file.
     """
-    from . import SamHFModel
-    from .modeling.modeling_sam_hf import shipped_model_folder
+    from .. import SamHFModel
+    from ..modeling.modeling_sam_hf import shipped_model_folder
 
     path = Path(shipped_model_folder(str(name_or_path)))
     base = adapter_base_model(path)
@@ -276,8 +276,8 @@ def load_pretrained(name_or_path: str | Path) -> torch.nn.Module:
 def load_processor(name_or_path: str | Path, config: Any = None) -> SamHFProcessor:
     """The processor of a model or adapter: the folder's `preprocessor_config.json`, else its base model's,
     else the one matching the model config (`config`, when given, else the folder's or the base's)."""
-    from . import SamHFConfig
-    from .modeling.modeling_sam_hf import shipped_model_folder
+    from .. import SamHFConfig
+    from ..modeling.modeling_sam_hf import shipped_model_folder
 
     folder = Path(shipped_model_folder(str(name_or_path)))
     base = adapter_base_model(folder)

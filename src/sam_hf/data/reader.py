@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..amg_utils import decompress_rle_counts
+from ..inference.amg_utils import decompress_rle_counts
 
 __all__ = ["DatasetStats", "MASK_FORMATS", "decode_rle", "load_segmentation_dataset", "to_instances"]
 

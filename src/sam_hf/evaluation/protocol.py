@@ -2,7 +2,7 @@
 
 The protocol, `sam_hf-interactive-v1`, is defined here and only here (`EvaluationProtocol`):
     - Objects: every non-empty ground-truth mask of every image; IoU/Dice at the original image resolution.
-    - Prompts, simulated from the ground-truth mask with `sam_hf.training.prompts` and a generator seeded with
+    - Prompts, simulated from the ground-truth mask with `sam_hf.prompting.simulation` and a generator seeded with
       `(seed, image index, prompt type index)`, so every model sees the same one-shot prompts:
         point         1 positive point; 3 masks (multimask), the one with the highest predicted IoU is kept.
         3point        3 positive points; single-mask output.
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .metrics.sam_segmentation import SamSegmentation
+from .metric import SamSegmentation
 
 __all__ = [
     "EVAL_RESULTS_NAME",
@@ -220,7 +220,7 @@ def _run_prompt(
     frame: _ImageFrame, prompt: str, masks: np.ndarray, rng: np.random.Generator, protocol: EvaluationProtocol
 ):
     """Yield `(click, predicted masks (P, H, W))`: once for one-shot prompts, once per click for `clicks`."""
-    from .training.prompts import sample_box, sample_correction_click, sample_points
+    from ..prompting.simulation import sample_box, sample_correction_click, sample_points
 
     if prompt in ("box", "jittered_box"):
         jitter = protocol.box_jitter if prompt == "jittered_box" else 0.0

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .modeling import SamHFModel
-from .processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
+from ..modeling import SamHFModel
+from ..processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
 
 __all__ = ["SamPredictor"]
 

@@ -44,10 +44,10 @@ from .amg_utils import (
     uncrop_points,
     upsampling_matrix,
 )
-from .modeling import SamHFModel
-from .modeling.mask_decoder import MaskDecoder
+from ..modeling import SamHFModel
+from ..modeling.mask_decoder import MaskDecoder
 from .predictor import SamPredictor
-from .processing_sam_hf import SamHFProcessor
+from ..processing_sam_hf import SamHFProcessor
 
 __all__ = ["SamAutomaticMaskGenerator"]
 

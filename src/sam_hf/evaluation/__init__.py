@@ -1,0 +1,29 @@
+"""Evaluation: the prompting protocol, the `evaluate` metric and the results file."""
+
+from .metric import SamSegmentation
+from .protocol import (
+    EVAL_RESULTS_NAME,
+    NOT_MEASURED,
+    PROMPT_TYPES,
+    EvaluationProtocol,
+    evaluate_model,
+    flat_metrics,
+    metric_label,
+    results_table,
+    timed_run,
+    write_eval_results,
+)
+
+__all__ = [
+    "EVAL_RESULTS_NAME",
+    "NOT_MEASURED",
+    "PROMPT_TYPES",
+    "EvaluationProtocol",
+    "SamSegmentation",
+    "evaluate_model",
+    "flat_metrics",
+    "metric_label",
+    "results_table",
+    "timed_run",
+    "write_eval_results",
+]

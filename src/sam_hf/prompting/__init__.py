@@ -1,0 +1,1 @@
+"""Prompts simulated from ground-truth masks (points, boxes, correction clicks), shared by training and evaluation."""
