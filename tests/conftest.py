@@ -56,3 +56,8 @@ def photos() -> dict[str, np.ndarray]:
     from skimage import data
 
     return {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Quick tests first: a broken basic behaviour fails in minutes, before the full-size and multi-process runs."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
