@@ -88,25 +88,116 @@ def test_segment_parse_errors_name_the_flag(extra, message, tmp_path, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_segment_needs_a_prompt(tiny_model_dir, image_file, tmp_path):
-    with pytest.raises(SystemExit, match="at least one --point"):
-        main(["segment", str(image_file), "--model", str(tiny_model_dir), "--out", str(tmp_path / "out")])
+def _one_line_error(capsys, command: str) -> str:
+    """The command's stderr, checked to be exactly one `sam-hf COMMAND: error: ...` line."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"sam-hf {command}: error: ")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    return errors[0]
 
 
-def test_segment_rejects_a_point_outside_the_image(tiny_model_dir, image_file, tmp_path):
-    with pytest.raises(SystemExit, match="point_coords must be XY pixels inside the image"):
-        main(
-            [
-                "segment",
-                str(image_file),
-                "--model",
-                str(tiny_model_dir),
-                "--point",
-                "900,10",
-                "--out",
-                str(tmp_path),
-            ]
-        )
+def test_segment_needs_a_prompt(tiny_model_dir, image_file, tmp_path, capsys):
+    assert main(["segment", str(image_file), "--model", str(tiny_model_dir), "--out", str(tmp_path)]) == 2
+    assert "give at least one --point" in _one_line_error(capsys, "segment")
+
+
+def test_segment_rejects_a_point_outside_the_image(tiny_model_dir, image_file, tmp_path, capsys):
+    argv = ["segment", str(image_file), "--model", str(tiny_model_dir), "--point", "900,10"]
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    assert "point_coords must be XY pixels inside the image" in _one_line_error(capsys, "segment")
+
+
+def _write_bad_images(folder) -> dict[str, str]:
+    """name -> path of a missing, a non-image and a truncated image file."""
+    folder.mkdir()
+    (folder / "notes.png").write_text("not an image")
+    full = folder / "full.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full)
+    (folder / "truncated.png").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    return {
+        "missing": str(folder / "missing.png"),
+        "not an image": str(folder / "notes.png"),
+        "truncated": str(folder / "truncated.png"),
+    }
+
+
+@pytest.mark.parametrize("command", ["segment", "generate"])
+def test_unreadable_images_are_one_line_errors(command, tmp_path, capsys):
+    reasons = {
+        "missing": "No such file or directory",
+        "not an image": "cannot identify image file",
+        "truncated": "image file is truncated",
+    }
+    extra = ["--point", "10,10"] if command == "segment" else []
+    for kind, path in _write_bad_images(tmp_path / "images").items():
+        argv = [command, path, "--model", "sam-hf-tiny", "--out", str(tmp_path / "out"), *extra]
+        assert main(argv) == 2, kind
+        line = _one_line_error(capsys, command)
+        assert f"cannot read IMAGE {path}: " in line and reasons[kind] in line, line
+
+
+@pytest.mark.parametrize("command", ["segment", "generate", "evaluate"])
+def test_device_without_gpu_is_refused_before_loading_the_model(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    inputs = {
+        "segment": [str(image), "--point", "5,5", "--out", str(tmp_path / "out")],
+        "generate": [str(image), "--out", str(tmp_path / "out")],
+        "evaluate": ["--dataset", str(tmp_path / "missing")],
+    }
+    # The model does not exist either: the device is checked first.
+    argv = [command, *inputs[command], "--model", str(tmp_path / "no-model"), "--device", "cuda"]
+    assert main(argv) == 2
+    line = _one_line_error(capsys, command)
+    assert "--device cuda: no CUDA GPU is available" in line and "use --device cpu" in line
+
+
+def test_bad_device_names_are_refused(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert cli.resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(cli.SamHFUserError, match="has 1 CUDA device"):
+        cli.resolve_device("cuda:1")
+    with pytest.raises(cli.SamHFUserError, match="--device must be a torch device .* got 'gpu'"):
+        cli.resolve_device("gpu")
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
+    missing = str(tmp_path / "no-dataset")
+    assert main(["evaluate", "--dataset", missing, "--model", "sam-hf-tiny"]) == 2
+    assert f"cannot read --dataset {missing}" in _one_line_error(capsys, "evaluate")
+    assert main(["annotate", missing, "--model", "sam-hf-tiny", "--out", str(tmp_path / "out")]) == 2
+    assert f"cannot read IMAGES {missing}" in _one_line_error(capsys, "annotate")
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    argv = ["generate", str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")]
+    with pytest.raises(cli.SamHFUserError, match="No such file"):
+        main([*argv, "--debug"])
+    with pytest.raises(cli.SamHFUserError):
+        main(["--debug", *argv])
+    monkeypatch.setenv("SAM_HF_DEBUG", "1")
+    with pytest.raises(cli.SamHFUserError):
+        main(argv)
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(args):
+        raise KeyError("crop_boxes")
+
+    monkeypatch.setattr("sam_hf.cli.generate.run", broken)
+    with pytest.raises(KeyError, match="crop_boxes"):
+        main(["generate", "image.png", "--out", str(tmp_path)])
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sam_hf.cli.generate.run", interrupted)
+    assert main(["generate", "image.png", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "sam-hf generate: interrupted\n"
 
 
 def test_default_model_is_the_shipped_one_when_offline(tmp_path, monkeypatch, capsys):
@@ -152,3 +243,57 @@ def test_segment_without_model_runs_the_shipped_model_offline(image_file, tmp_pa
     scores = json.loads((out / "scores.json").read_text())
     assert scores["model"] == "sam-hf-tiny"
     assert (out / "overlay.png").exists()
+
+
+@pytest.fixture
+def small_astronaut(photos, tmp_path):
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(photos["astronaut"]).resize((128, 128)).save(path)
+    return path
+
+
+def test_generate_explains_zero_masks(small_astronaut, tmp_path, capsys):
+    """The shipped model at the default thresholds keeps no mask on a real photo: the hint names the
+    thresholds, what each removes and thresholds that keep masks, and those do."""
+    out = tmp_path / "out"
+    argv = ["generate", str(small_astronaut), "--model", "sam-hf-tiny", "--points-per-side", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("0 masks")
+    hint = [line for line in captured.err.splitlines() if line.startswith("hint: ")]
+    assert len(hint) == 1, captured.err
+    assert (
+        "no mask passed the quality filters --pred-iou-thresh 0.88 --stability-score-thresh 0.95" in hint[0]
+    )
+    found = re.search(
+        r"a prompt grid of 4x4 gives (\d+) candidate masks: --pred-iou-thresh 0.88 alone removes (\d+) .*"
+        r"--stability-score-thresh 0.95 alone removes (\d+) .*"
+        r"--pred-iou-thresh ([\d.]+) --stability-score-thresh ([\d.]+) keeps (\d+) of them",
+        hint[0],
+    )
+    assert found, hint[0]
+    candidates, by_iou, by_stability, iou, stability, kept = found.groups()
+    assert int(candidates) > 0 and int(by_iou) <= int(candidates) and int(by_stability) <= int(candidates)
+    assert int(kept) > 0
+    suggested = ["--pred-iou-thresh", iou, "--stability-score-thresh", stability]
+    assert main([*argv, *suggested, "--out", str(out)]) == 0
+    assert not capsys.readouterr().out.startswith("0 masks")
+    assert len(json.loads((out / "masks.json").read_text())) > 0
+
+
+def test_generate_shows_progress_on_a_terminal(small_astronaut, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    argv = ["generate", str(small_astronaut), "--model", "sam-hf-tiny", "--out", str(tmp_path / "out")]
+    argv += ["--points-per-side", "6", "--points-per-batch", "16", "--crop-n-layers", "1"]
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(argv + extra) == 0
+        # 36 prompts on the image and on each of its 4 crops.
+        assert ("generate: 100%" in terminal.getvalue() and "180/180" in terminal.getvalue()) is shown

@@ -1,20 +1,30 @@
 """`sam-hf` command line. Each subcommand is a module here with `add_parser(subparsers)`, which registers
-its arguments and sets `func`; heavy imports happen inside `func` so `sam-hf --help` stays fast."""
+its arguments and sets `func`; heavy imports happen inside `func` so `sam-hf --help` stays fast.
+
+Errors the user can act on are reported by `main` in one line, `sam-hf COMMAND: error: ...`, with exit code 2
+for bad input (a missing or unreadable file, a bad value, an unavailable device) and 1 for other failures of
+the environment (permissions, disk, network); Ctrl-C exits with 130. Any other exception is a bug and keeps
+its traceback, as do all of them with `--debug` or `SAM_HF_DEBUG=1`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 __all__ = [
     "DEFAULT_HUB_MODEL",
     "OFFLINE_FALLBACK_MODEL",
+    "SamHFUserError",
     "add_model_arguments",
     "main",
     "resolve_device",
     "resolve_model",
+    "user_input",
 ]
 
 # The model a command uses without --model: SAM ViT-B when it can be had, else the model shipped in the package.
@@ -73,23 +83,111 @@ def resolve_model(model: str | None) -> str:
     return OFFLINE_FALLBACK_MODEL
 
 
+class SamHFUserError(Exception):
+    """A failure the user can fix, reported by `main` as one line with `exit_code` (2: bad input)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def user_input(what: str) -> Iterator[None]:
+    """Report an `OSError` or `ValueError` raised in the block as bad input naming `what` (e.g. "IMAGE
+    photo.jpg"), for errors that do not name it themselves (PIL's "image file is truncated")."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        # A system error's own message would repeat the file name that `what` gives.
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else _describe(error)
+        raise SamHFUserError(f"cannot read {what}: {reason}") from error
+
+
 def resolve_device(device: str | None) -> str:
-    """`--device` as given, or cuda when available, else cpu."""
-    if device is not None:
-        return device
+    """`--device` as given, or cuda when available, else cpu; a device this machine lacks is refused here,
+    before any model is loaded."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise SamHFUserError(f"--device must be a torch device such as cpu or cuda, got {device!r}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SamHFUserError(
+                f"--device {device}: no CUDA GPU is available to torch (torch.cuda.is_available() is False); "
+                "use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise SamHFUserError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise SamHFUserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sam-hf", description="Segment Anything as a Hugging Face model.")
+    parser = argparse.ArgumentParser(
+        prog="sam-hf",
+        description="Segment Anything as a Hugging Face model.",
+        epilog="Errors are reported in one line; --debug (or SAM_HF_DEBUG=1) shows the traceback instead.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        # SUPPRESS: a subcommand's default must not overwrite `sam-hf --debug COMMAND`.
+        subparser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (see the module docstring for errors)."""
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    debug = args.debug or os.environ.get("SAM_HF_DEBUG", "0").lower() in ("1", "true", "yes", "on")
+    prefix = f"sam-hf {args.command}"
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"{prefix}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except Exception as error:
+        exit_code = _exit_code(error)
+        if debug or exit_code is None:
+            raise
+        message = _describe(error)
+        if isinstance(error, TypeError):  # in Python most often a bug rather than bad input
+            message += " (rerun with --debug for the traceback)"
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return exit_code
+
+
+def _exit_code(error: Exception) -> int | None:
+    """2 for bad input, 1 for another failure the user can act on, None for a bug (keep the traceback)."""
+    if isinstance(error, SamHFUserError):
+        return error.exit_code
+    if isinstance(error, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return 2
+    if isinstance(error, OSError):
+        from PIL import UnidentifiedImageError
+
+        return 2 if isinstance(error, UnidentifiedImageError) else 1
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    """The error's message on one line; `strerror: filename` for a system error on a file."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

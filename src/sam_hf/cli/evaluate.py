@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from . import add_model_arguments, resolve_device, resolve_model
+from . import add_model_arguments, resolve_device, resolve_model, user_input
 
 __all__ = ["add_parser", "run"]
 
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_pretrained(args.model).to(device).eval()
     is_adapter = adapter_base_model(args.model) is not None
     processor = load_processor(args.model, config=model.config)
-    dataset, split = _load_split(args.dataset, args.split, args.max_images)
+    with user_input(f"--dataset {args.dataset}"):
+        dataset, split = _load_split(args.dataset, args.split, args.max_images)
 
     runs = {}
     for name in ("base", "finetuned") if is_adapter else ("model",):

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-from . import add_model_arguments, resolve_device, resolve_model
+from . import add_model_arguments, resolve_device, resolve_model, user_input
 
-__all__ = ["add_generator_arguments", "add_parser", "generator_kwargs"]
+__all__ = ["add_generator_arguments", "add_parser", "generator_kwargs", "thresholds_text"]
+
+# The prompt grid side of the diagnostic run behind the zero-mask hint: 1/16 of the default grid's work.
+_HINT_POINTS_PER_SIDE = 8
 
 
 def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +56,11 @@ def generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def thresholds_text(args: argparse.Namespace) -> str:
+    """The quality thresholds in force, as the flags that set them."""
+    return f"--pred-iou-thresh {args.pred_iou_thresh} --stability-score-thresh {args.stability_score_thresh}"
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "generate",
@@ -60,6 +72,9 @@ def add_parser(subparsers: Any) -> None:
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     add_generator_arguments(parser)
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (shown on a terminal by default)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,20 +87,89 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_hf import SamAutomaticMaskGenerator, SamHFModel
 
-    with Image.open(args.image) as image:
+    device = resolve_device(args.device)
+    with user_input(f"IMAGE {args.image}"), Image.open(args.image) as image:
         rgb = np.asarray(image.convert("RGB"))
-    model = SamHFModel.from_pretrained(resolve_model(args.model)).to(resolve_device(args.device)).eval()
-    try:
-        generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
-    except ValueError as error:
-        raise SystemExit(f"sam-hf generate: {error}") from error
-    records = generator.generate(rgb)
+    model = SamHFModel.from_pretrained(resolve_model(args.model)).to(device).eval()
+    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
+    with _prompt_progress(generator, rgb.shape[:2], disable=True if args.no_progress else None):
+        records = generator.generate(rgb)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks.json").write_text(json.dumps(records) + "\n")
     _overlay(rgb, records).save(out / "overlay.png")
     print(f"{len(records)} masks; wrote masks.json and overlay.png to {out}")
+    if not records:
+        print(_zero_masks_hint(model, rgb, args), file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _prompt_progress(generator: Any, image_size: tuple[int, int], disable: bool | None) -> Iterator[None]:
+    """A progress bar over the point prompts `generator` decodes on all crops of an `(H, W)` image.
+
+    It advances from a forward hook on the prompt encoder, which the generator calls once per decoded batch
+    with that batch's prompts first in its output. `disable=None`: shown only when stderr is a terminal.
+    """
+    from tqdm.auto import tqdm
+
+    from sam_hf.inference.amg_utils import generate_crop_boxes
+
+    _, layers = generate_crop_boxes(image_size, generator.crop_n_layers, generator.crop_overlap_ratio)
+    total = sum(len(generator.point_grids[layer]) for layer in layers)
+    with tqdm(total=total, desc="generate", unit="prompt", disable=disable) as bar:
+
+        def advance(module: Any, inputs: Any, output: Any) -> None:  # None: the output is left as it is
+            bar.update(output[0].shape[0])
+
+        handle = generator.model.prompt_encoder.register_forward_hook(advance)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def _zero_masks_hint(model: Any, image: Any, args: argparse.Namespace) -> str:
+    """Why no mask came out: what each quality filter removes on a small prompt grid run with the filters
+    off, and thresholds that would keep some of those candidates."""
+    import numpy as np
+
+    from sam_hf import SamAutomaticMaskGenerator
+
+    hint = f"hint: no mask passed the quality filters {thresholds_text(args)}"
+    if args.pred_iou_thresh <= 0 and args.stability_score_thresh <= 0:
+        return hint + "; the model found no mask away from the crop edges in this image"
+    side = min(_HINT_POINTS_PER_SIDE, args.points_per_side)
+    kwargs = {
+        **generator_kwargs(args),
+        "points_per_side": side,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 1.0,  # keep every candidate: the counts are per prompt
+        "min_mask_region_area": 0,
+    }
+    records = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **kwargs).generate(image)
+    if not records:
+        return hint + "; the model found no mask away from the crop edges in this image"
+    iou = np.array([r["predicted_iou"] for r in records])
+    stability = np.nan_to_num(np.array([r["stability_score"] for r in records]), nan=0.0)
+    suggest_iou = _round_down(np.quantile(iou, 0.9))
+    passing = stability[iou > suggest_iou]
+    suggest_stability = _round_down(np.quantile(passing if passing.size else stability, 0.9))
+    kept = int(((iou > suggest_iou) & (stability >= suggest_stability)).sum())
+    return (
+        f"{hint}. With the filters off, a prompt grid of {side}x{side} gives {len(records)} candidate masks: "
+        f"--pred-iou-thresh {args.pred_iou_thresh} alone removes {int((iou <= args.pred_iou_thresh).sum())} "
+        f"(best predicted IoU {iou.max():.3f}), --stability-score-thresh {args.stability_score_thresh} "
+        f"alone removes {int((stability < args.stability_score_thresh).sum())} (best stability score "
+        f"{stability.max():.3f}). --pred-iou-thresh {suggest_iou} --stability-score-thresh "
+        f"{suggest_stability} keeps {kept} of them; lower thresholds keep more, and less certain, masks."
+    )
+
+
+def _round_down(value: float) -> float:
+    """`value` rounded down to a multiple of 0.05, as a threshold to suggest."""
+    return math.floor(float(value) * 20) / 20
 
 
 def _overlay(image: Any, records: list[dict[str, Any]], alpha: float = 0.5) -> Any:

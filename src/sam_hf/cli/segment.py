@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_model_arguments, resolve_device, resolve_model
+from . import SamHFUserError, add_model_arguments, resolve_device, resolve_model, user_input
 
 __all__ = ["add_parser", "parse_box", "parse_point"]
 
@@ -83,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from sam_hf import SamHFModel, SamPredictor
 
     if not args.point and args.box is None:
-        raise SystemExit("sam-hf segment: give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
-    image = Image.open(args.image)
-    image.load()
+        raise SamHFUserError("give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
+    device = resolve_device(args.device)
+    with user_input(f"IMAGE {args.image}"):
+        image = Image.open(args.image)
+        image.load()
     args.model = resolve_model(args.model)
-    model = SamHFModel.from_pretrained(args.model).to(resolve_device(args.device)).eval()
+    model = SamHFModel.from_pretrained(args.model).to(device).eval()
     predictor = SamPredictor(model)
     predictor.set_image(image)
 
@@ -95,10 +97,7 @@ def run(args: argparse.Namespace) -> int:
     labels = np.array([p[2] for p in args.point]) if args.point else None
     box = np.array(args.box) if args.box is not None else None
     multimask = args.multimask if args.multimask is not None else (len(args.point) == 1 and box is None)
-    try:
-        masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=multimask)
-    except ValueError as error:  # a prompt that does not fit the image: a usage error, not a crash
-        raise SystemExit(f"sam-hf segment: {error}") from error
+    masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=multimask)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
