@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ import torch
 from PIL import Image
 
 from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
-from sam_hf.inference.annotate import annotate
 from sam_hf.cli import main
+from sam_hf.inference.annotate import annotate, assign_splits
 
 GENERATOR = {
     "points_per_side": 4,
@@ -55,14 +57,23 @@ def image_folder(tmp_path, photos) -> Path:
     return folder
 
 
-def _rows(dataset) -> list[dict]:
-    """Rows with decoded images as arrays, comparable with ==."""
-    rows = []
-    for row in dataset:
-        row = dict(row)
-        row["image"] = np.asarray(row["image"]).tolist()
-        rows.append(row)
+def _rows(dataset) -> dict[str, list[dict]]:
+    """Rows of each split with decoded images as arrays, comparable with ==."""
+    rows = {}
+    for name, split in dataset.items():
+        rows[name] = []
+        for row in split:
+            row = dict(row)
+            row["image"] = np.asarray(row["image"]).tolist()
+            rows[name].append(row)
     return rows
+
+
+def _all(dataset):
+    """Every split's rows in one `Dataset`, in image order."""
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets(list(dataset.values())).sort("image_id")
 
 
 def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
@@ -77,14 +88,20 @@ def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
     skipped = json.loads((out / "work" / "skipped.json").read_text())
     assert [s["file_name"] for s in skipped] == ["broken.png"]
 
-    assert dataset["file_name"] == ["astronaut.png", "chelsea.jpg", "more/coffee.png", "more/crop.bmp"]
+    names = ["astronaut.png", "chelsea.jpg", "more/coffee.png", "more/crop.bmp"]
+    splits = assign_splits(names, 0.2)
+    assert sorted(dataset) == ["test", "train"] and splits.count("test") == 1
+    for name in ("train", "test"):
+        assert dataset[name]["file_name"] == [n for n, s in zip(names, splits, strict=True) if s == name]
     assert _rows(load_from_disk(str(out))) == _rows(dataset)
-    parquet = load_dataset("parquet", data_dir=str(out / "data"), split="train")
-    assert parquet["file_name"] == dataset["file_name"] and parquet["masks"] == dataset["masks"]
+    parquet = load_dataset("parquet", data_dir=str(out / "data"))
+    for name in ("train", "test"):
+        assert parquet[name]["file_name"] == dataset[name]["file_name"]
+        assert parquet[name]["masks"] == dataset[name]["masks"]
 
     # Each row equals the generator's output on that image.
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **GENERATOR)
-    for row in dataset:
+    for row in _all(dataset):
         image = np.asarray(Image.open(image_folder / row["file_name"]).convert("RGB"))
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), image)
         assert (row["height"], row["width"]) == image.shape[:2]
@@ -99,24 +116,90 @@ def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
 
     coco = COCO(str(out / "annotations.json"))
     assert len(coco.getImgIds()) == 4
-    assert len(coco.getAnnIds()) == sum(len(m) for m in dataset["masks"])
-    ann = coco.loadAnns(coco.getAnnIds(imgIds=[dataset[0]["image_id"]]))[0]
+    assert len(coco.getAnnIds()) == sum(len(m) for m in _all(dataset)["masks"])
+    assert [image["split"] for image in coco.loadImgs(coco.getImgIds())] == splits
+    ann = coco.loadAnns(coco.getAnnIds(imgIds=[dataset["test"][0]["image_id"]]))[0]
     assert coco.annToMask(ann).sum() == ann["area"]
 
 
+def test_assign_splits_is_a_stable_hash_split():
+    names = [f"photos/img_{i:04d}.jpg" for i in range(2000)]
+    splits = assign_splits(names, 0.2)
+    assert abs(splits.count("test") / len(names) - 0.2) < 0.03
+    assert assign_splits(list(reversed(names)), 0.2) == list(reversed(splits))
+    # Adding images leaves every earlier image in its split.
+    assert assign_splits(names + [f"new_{i}.jpg" for i in range(500)], 0.2)[: len(names)] == splits
+    assert assign_splits(names, 0.0) == ["train"] * len(names)
+    assert assign_splits(["only.png"], 0.2) == ["train"]
+    for fraction in (0.01, 0.99):  # each split gets at least one image
+        assert sorted(assign_splits(["a.png", "b.png"], fraction)) == ["test", "train"]
+    for fraction in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"test_fraction must be in \[0, 1\), got"):
+            assign_splits(names, fraction)
+
+
+def test_output_has_a_test_split_the_readers_find(model, image_folder, tmp_path):
+    from datasets import load_from_disk
+
+    from sam_hf.data.reader import load_segmentation_dataset
+
+    out = tmp_path / "out"
+    annotate(image_folder, model, out, generator_kwargs=GENERATOR, show_progress=False)
+    test, stats = load_segmentation_dataset(str(out), split="test", mask_column="masks")
+    assert len(test) == stats.num_rows == 1 and test["file_name"] == ["chelsea.jpg"]
+    train, _ = load_segmentation_dataset(str(out), mask_column="masks")  # the default split
+    assert train["file_name"] == ["astronaut.png", "more/coffee.png", "more/crop.bmp"]
+    # Another fraction on the finished records only merges again; 0 writes no test split.
+    dataset = annotate(image_folder, model, out, generator_kwargs=GENERATOR, test_fraction=0.0)
+    assert list(dataset) == ["train"] and list(load_from_disk(str(out))) == ["train"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train.parquet"]
+    with pytest.raises(ValueError, match="test_fraction must be in"):
+        annotate(image_folder, model, tmp_path / "other", generator_kwargs=GENERATOR, test_fraction=1.0)
+    assert not (tmp_path / "other").exists()
+
+
+def test_cli_annotate_ctrl_c_says_how_to_resume(model, photos, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.roll(photos["astronaut"][::8, ::8], 5 * i, axis=1)).save(folder / f"{i:02d}.png")
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "sam_hf.cli", "annotate", str(folder), "--model", str(tmp_path / "model")]
+    argv += ["--out", str(out), "--points-per-side", "8", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = out / "work" / "records"
+    deadline = time.monotonic() + 300
+    while not (records.is_dir() and any(records.glob("*.json"))) and process.poll() is None:
+        assert time.monotonic() < deadline, "no image was annotated in 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "sam-hf annotate: interrupted; rerun the same command to resume where it stopped"
+    assert "Traceback" not in stderr
+    assert 0 < len(list(records.glob("*.json"))) < 12
+
+
 def test_quality_filters(model, image_folder, tmp_path):
-    full = annotate(image_folder, model, tmp_path / "full", generator_kwargs=GENERATOR, show_progress=False)
+    full = _all(
+        annotate(image_folder, model, tmp_path / "full", generator_kwargs=GENERATOR, show_progress=False)
+    )
     iou_cut = float(np.median([v for values in full["predicted_iou"] for v in values]))
     area_cut = int(np.median([v for values in full["area"] for v in values]))
-    filtered = annotate(
-        image_folder,
-        model,
-        tmp_path / "filtered",
-        generator_kwargs=GENERATOR,
-        min_predicted_iou=iou_cut,
-        min_area=area_cut,
-        min_stability_score=0.5,
-        show_progress=False,
+    filtered = _all(
+        annotate(
+            image_folder,
+            model,
+            tmp_path / "filtered",
+            generator_kwargs=GENERATOR,
+            min_predicted_iou=iou_cut,
+            min_area=area_cut,
+            min_stability_score=0.5,
+            show_progress=False,
+        )
     )
     kept = sum(len(m) for m in filtered["masks"])
     assert 0 < kept < sum(len(m) for m in full["masks"])
@@ -171,7 +254,7 @@ def test_resume_with_other_settings_is_refused(model, image_folder, tmp_path):
 
 
 def test_dataset_input_and_push_to_hub(model, photos, tmp_path, monkeypatch):
-    from datasets import Dataset, Features, Value
+    from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as ImageFeature
 
     source = Dataset.from_dict(
@@ -179,7 +262,13 @@ def test_dataset_input_and_push_to_hub(model, photos, tmp_path, monkeypatch):
         features=Features({"picture": ImageFeature(), "file_name": Value("string")}),
     )
     pushed = []
-    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw, len(self))))
+    monkeypatch.setattr(
+        DatasetDict,
+        "push_to_hub",
+        lambda self, repo, **kw: pushed.append(
+            (repo, kw, {name: len(split) for name, split in self.items()})
+        ),
+    )
     dataset = annotate(
         source,
         model,
@@ -190,10 +279,11 @@ def test_dataset_input_and_push_to_hub(model, photos, tmp_path, monkeypatch):
         private=True,
         show_progress=False,
     )
-    assert dataset["file_name"] == ["cat", "cup"]
-    assert np.array_equal(np.asarray(dataset[0]["image"]), photos["chelsea"][::6, ::6])
-    assert all(len(m) > 0 for m in dataset["masks"])
-    assert pushed == [("me/sam-masks", {"private": True}, 2)]
+    assert assign_splits(["cat", "cup"], 0.2) == ["test", "train"]
+    assert dataset["test"]["file_name"] == ["cat"] and dataset["train"]["file_name"] == ["cup"]
+    assert np.array_equal(np.asarray(dataset["test"][0]["image"]), photos["chelsea"][::6, ::6])
+    assert all(len(m) > 0 for m in _all(dataset)["masks"])
+    assert pushed == [("me/sam-masks", {"private": True}, {"train": 1, "test": 1})]
     with pytest.raises(ValueError, match="image_column 'image' is not a column"):
         annotate(source, model, tmp_path / "other", generator_kwargs=GENERATOR)
 
@@ -239,7 +329,7 @@ def test_cli_annotate_folder(model, image_folder, tmp_path):
     args += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
     args += ["--min-area", "10"]
     assert main(args) == 0
-    dataset = load_from_disk(str(out))
+    dataset = _all(load_from_disk(str(out)))
     assert len(dataset) == 4 and all(a >= 10 for areas in dataset["area"] for a in areas)
 
 

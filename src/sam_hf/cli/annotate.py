@@ -4,10 +4,11 @@ dataset with COCO RLE masks plus COCO JSON; resumable, and sharded across proces
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from . import add_model_arguments, resolve_model
-from .generate import add_generator_arguments, generator_kwargs
+from . import add_model_arguments, resolve_model, user_input
+from .generate import add_generator_arguments, generator_kwargs, thresholds_text
 
 __all__ = ["add_parser"]
 
@@ -17,7 +18,8 @@ def add_parser(subparsers: Any) -> None:
         "annotate",
         help="automatic masks for many images -> a datasets dataset (+ COCO JSON)",
         description="Run automatic mask generation over IMAGES and write a dataset to --out "
-        "(datasets.load_from_disk(OUT); parquet in OUT/data; COCO JSON in OUT/annotations.json). "
+        "with train and test splits (datasets.load_from_disk(OUT); parquet in OUT/data; COCO JSON in "
+        "OUT/annotations.json). "
         "Rerun the same command to resume an interrupted run. To split the images across processes, "
         "launch it with accelerate: `accelerate launch --multi_gpu --num_machines 1 --num_processes N "
         "--no_python sam-hf annotate ...` (N GPUs, or N CPU processes on a machine without GPUs; add "
@@ -32,7 +34,14 @@ def add_parser(subparsers: Any) -> None:
     add_model_arguments(parser, device=False)
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder")
     parser.add_argument("--image-column", default="image", help="image column of a dataset input")
-    parser.add_argument("--split", default="train", help="split of a Hub dataset input")
+    parser.add_argument("--split", default="train", help="split of a dataset input that has splits")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of the images held out in the test split, chosen by a hash of the file name "
+        "(default 0.2; at least one image when there are two or more; 0: no test split)",
+    )
     filters = parser.add_argument_group("quality filters (pseudo-labels)")
     filters.add_argument(
         "--min-predicted-iou", type=float, default=0.0, help="drop masks below this predicted IoU"
@@ -47,45 +56,61 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupt_hint="rerun the same command to resume where it stopped")
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    from pathlib import Path
 
     from sam_hf import SamHFModel
     from sam_hf.inference.annotate import annotate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    images: Any = args.images
-    path = Path(args.images)
-    if (path / "state.json").exists() and (path / "dataset_info.json").exists():
-        from datasets import load_from_disk
-
-        images = load_from_disk(str(path))
-    elif not path.exists():
-        from datasets import load_dataset
-
-        images = load_dataset(args.images, split=args.split)
+    with user_input(f"IMAGES {args.images}"):
+        images = _images(args.images, args.split)
     model = SamHFModel.from_pretrained(resolve_model(args.model))
-    try:
-        dataset = annotate(
-            images,
-            model,
-            args.out,
-            generator_kwargs=generator_kwargs(args),
-            min_predicted_iou=args.min_predicted_iou,
-            min_stability_score=args.min_stability_score,
-            min_area=args.min_area,
-            image_column=args.image_column,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-            show_progress=not args.no_progress,
-        )
-    except ValueError as error:
-        raise SystemExit(f"sam-hf annotate: {error}") from error
+    dataset = annotate(
+        images,
+        model,
+        args.out,
+        generator_kwargs=generator_kwargs(args),
+        min_predicted_iou=args.min_predicted_iou,
+        min_stability_score=args.min_stability_score,
+        min_area=args.min_area,
+        image_column=args.image_column,
+        test_fraction=args.test_fraction,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        show_progress=not args.no_progress,
+    )
     if dataset is not None:
-        masks = sum(len(m) for m in dataset["masks"])
-        print(f"{len(dataset)} images, {masks} masks; dataset in {args.out}")
+        masks = sum(len(m) for split in dataset.values() for m in split["masks"])
+        sizes = ", ".join(f"{len(split)} {name}" for name, split in dataset.items())
+        print(f"{masks} masks on {sizes} images; dataset in {args.out}")
+        if masks == 0:
+            print(
+                f"hint: no mask passed the quality filters {thresholds_text(args)}; `sam-hf generate IMAGE` "
+                "with the same options shows what each filter removes and thresholds that keep masks",
+                file=sys.stderr,
+            )
     return 0
+
+
+def _images(images: str, split: str) -> Any:
+    """IMAGES as `annotate` takes it: a folder of image files, or a dataset (saved here or on the Hub)."""
+    from pathlib import Path
+
+    path = Path(images)
+    saved = (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+    if path.exists() and not saved:
+        return images
+    import datasets
+
+    if not saved:
+        return datasets.load_dataset(images, split=split)
+    loaded = datasets.load_from_disk(images)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"--split must be one of {sorted(loaded)}, got {split!r}")
+        loaded = loaded[split]
+    return loaded

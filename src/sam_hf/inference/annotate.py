@@ -2,24 +2,28 @@
 
 Layout of the output folder `out`:
 
-- `out/` itself is a `Dataset.save_to_disk` folder (`datasets.load_from_disk(out)`), one row per image:
+- `out/` itself is a `DatasetDict.save_to_disk` folder (`datasets.load_from_disk(out)`) with a `train` and,
+  unless `test_fraction` is 0, a `test` split (see `assign_splits`), one row per readable image:
   `image`, `image_id`, `file_name`, `width`, `height` and per-mask lists `masks` (COCO RLE
   `{"size": [H, W], "counts": str}`), `bbox` (XYWH), `area`, `predicted_iou`, `stability_score`,
   `point_coords` (XY prompt), `crop_box` (XYWH);
-- `out/data/train.parquet`: the same rows for `datasets.load_dataset("parquet", data_dir=out/"data")`;
-- `out/annotations.json`: COCO instances (one category, `"object"`), plus `predicted_iou` and
-  `stability_score` per annotation;
+- `out/data/train.parquet`, `out/data/test.parquet`: the same splits for
+  `datasets.load_dataset("parquet", data_dir=out/"data")`;
+- `out/annotations.json`: COCO instances of all splits (one category, `"object"`), plus `predicted_iou` and
+  `stability_score` per annotation and the `split` of each image;
 - `out/work/`: `manifest.json` (the image list and settings) and one record per image, written atomically
   (temp file + rename) as each image finishes. A rerun skips images that have a record, so an interrupted
   run resumes without doing any image twice or losing one. Unreadable images get a record with the
   reason (logged, and listed in `out/work/skipped.json`) and no row.
 
 With `accelerate launch`, process i handles images i, i + n, i + 2n, ...; the main process merges the
-records once all processes are done.
+records once all processes are done. The split is made at the merge, from the file names alone, so the
+records do not depend on it and a rerun with another `test_fraction` only merges again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +36,7 @@ import numpy as np
 
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 
-__all__ = ["IMAGE_EXTENSIONS", "annotate", "dataset_features", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "annotate", "assign_splits", "dataset_features", "list_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,37 @@ def list_images(folder: str | os.PathLike) -> list[str]:
         for p in folder.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
+
+
+def assign_splits(names: list[str], test_fraction: float) -> list[str]:
+    """`"train"` or `"test"` for each image name, deterministically from a hash of the name.
+
+    An image is in `test` when the SHA-256 of its name, read as a number in [0, 1), is below
+    `test_fraction`, so an image keeps its split when others are added to the folder. With two or more
+    images and `test_fraction > 0`, each split gets at least one: the image with the lowest hash moves to
+    `test`, or the one with the highest to `train`.
+
+    Args:
+        names: image names (file paths relative to the input folder, or a dataset's `file_name`s).
+        test_fraction: expected share of `test`, in [0, 1).
+
+    Returns:
+        One split name per entry of `names`, in order.
+    """
+    _check_test_fraction(test_fraction)
+    position = [int.from_bytes(hashlib.sha256(n.encode("utf-8")).digest()[:8], "big") / 2**64 for n in names]
+    splits = ["test" if p < test_fraction else "train" for p in position]
+    if len(names) >= 2 and test_fraction > 0.0:
+        if "test" not in splits:
+            splits[min(range(len(names)), key=position.__getitem__)] = "test"
+        if "train" not in splits:
+            splits[max(range(len(names)), key=position.__getitem__)] = "train"
+    return splits
+
+
+def _check_test_fraction(test_fraction: float) -> None:
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
 
 
 def dataset_features() -> Any:
@@ -82,6 +117,7 @@ def annotate(
     min_stability_score: float = 0.0,
     min_area: int = 0,
     image_column: str = "image",
+    test_fraction: float = 0.2,
     push_to_hub: str | None = None,
     private: bool = False,
     show_progress: bool = True,
@@ -96,12 +132,14 @@ def annotate(
         min_predicted_iou, min_stability_score, min_area: quality filters applied to the generated masks,
             e.g. to keep only confident pseudo-labels.
         image_column: the image column when `images` is a dataset.
+        test_fraction: share of the images held out in the `test` split (see `assign_splits`); 0 writes
+            only `train`.
         push_to_hub: a Hub dataset repo id to push the merged dataset to.
         private: create the Hub repo as private.
         show_progress: show a progress bar per process.
 
     Returns:
-        The merged `datasets.Dataset` on the main process, `None` on the others.
+        The merged `datasets.DatasetDict` on the main process, `None` on the others.
     """
     import torch
     from accelerate import PartialState
@@ -109,6 +147,7 @@ def annotate(
     from tqdm.auto import tqdm
 
     # Without this flag PartialState ignores a torchrun/accelerate multi-process launch on CPU-only machines.
+    _check_test_fraction(test_fraction)  # before any image is annotated
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     source = _ImageSource(images, image_column)
     out = Path(out)
@@ -157,7 +196,7 @@ def annotate(
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    dataset = _merge(source, records_dir, out)
+    dataset = _merge(source, records_dir, out, test_fraction)
     if push_to_hub:
         dataset.push_to_hub(push_to_hub, private=private)
     return dataset
@@ -274,42 +313,52 @@ def _rows(source: _ImageSource, records_dir: str) -> Iterator[dict[str, Any]]:
         }
 
 
-def _merge(source: _ImageSource, records_dir: Path, out: Path) -> Any:
-    """Records -> the dataset on disk (arrow + parquet), COCO JSON and the skipped list."""
-    from datasets import Dataset
+def _merge(source: _ImageSource, records_dir: Path, out: Path, test_fraction: float) -> Any:
+    """Records -> the split dataset on disk (arrow + parquet), COCO JSON and the skipped list."""
+    from datasets import Dataset, DatasetDict, load_from_disk
 
     records = list(_records(records_dir, len(source)))
     skipped = [{"file_name": r["file_name"], "error": r["error"]} for r in records if "error" in r]
+    readable = [r for r in records if "error" not in r]
+    splits = assign_splits([r["file_name"] for r in readable], test_fraction)
     _write_atomic(records_dir.parent / "skipped.json", json.dumps(skipped, indent=2))
-    _write_atomic(out / "annotations.json", json.dumps(_coco(records)))
+    _write_atomic(out / "annotations.json", json.dumps(_coco(readable, splits)))
     with tempfile.TemporaryDirectory(dir=records_dir.parent) as cache:
         # A fresh cache folder: from_generator must not reuse rows cached from an earlier, partial merge.
-        dataset = Dataset.from_generator(
+        rows = Dataset.from_generator(
             _rows,
             features=dataset_features(),
             gen_kwargs={"source": source, "records_dir": str(records_dir)},
             cache_dir=cache,
         )
+        dataset = DatasetDict(
+            {
+                name: rows.select([i for i, split in enumerate(splits) if split == name])
+                for name in ("train", "test")
+                if name == "train" or name in splits
+            }
+        )
         dataset.save_to_disk(str(out))
-        (out / "data").mkdir(exist_ok=True)
-        dataset.to_parquet(str(out / "data" / "train.parquet"))
-    from datasets import load_from_disk
-
+        parquet = out / "data"
+        parquet.mkdir(exist_ok=True)
+        for stale in parquet.glob("*.parquet"):  # a split an earlier merge wrote and this one does not
+            stale.unlink()
+        for name, split in dataset.items():
+            split.to_parquet(str(parquet / f"{name}.parquet"))
     return load_from_disk(str(out))
 
 
-def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """COCO instances JSON of the readable images."""
+def _coco(records: list[dict[str, Any]], splits: list[str]) -> dict[str, Any]:
+    """COCO instances JSON of the readable images' records, each image with its split."""
     images, annotations = [], []
-    for record in records:
-        if "error" in record:
-            continue
+    for record, split in zip(records, splits, strict=True):
         images.append(
             {
                 "id": record["image_id"],
                 "file_name": record["file_name"],
                 "width": record["width"],
                 "height": record["height"],
+                "split": split,
             }
         )
         for a in record["annotations"]:
