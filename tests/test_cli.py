@@ -191,6 +191,15 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         main(["generate", "image.png", "--out", str(tmp_path)])
 
 
+def test_other_environment_failures_exit_1(tmp_path, monkeypatch, capsys):
+    def offline(args):
+        raise ConnectionError("Couldn't reach 'me/data' on the Hub")
+
+    monkeypatch.setattr("sam_hf.cli.generate.run", offline)
+    assert main(["generate", "image.png", "--out", str(tmp_path)]) == 1
+    assert _one_line_error(capsys, "generate").endswith("Couldn't reach 'me/data' on the Hub")
+
+
 def test_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt

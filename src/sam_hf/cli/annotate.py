@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if masks == 0:
             print(
                 f"hint: no mask passed the quality filters {thresholds_text(args)}; `sam-hf generate IMAGE` "
-                "with the same options shows what each filter removes and thresholds that keep masks",
+                "with the same generator options shows what each filter removes and thresholds that keep masks",
                 file=sys.stderr,
             )
     return 0
