@@ -145,7 +145,7 @@ def _zero_masks_hint(model: Any, image: Any, args: argparse.Namespace) -> str:
         "points_per_side": side,
         "pred_iou_thresh": 0.0,
         "stability_score_thresh": 0.0,
-        "box_nms_thresh": 1.0,  # keep every candidate: the counts are per prompt
+        "box_nms_thresh": 1.0,  # keep every candidate, duplicates included: the counts are per mask
         "min_mask_region_area": 0,
     }
     records = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **kwargs).generate(image)

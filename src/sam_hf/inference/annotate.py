@@ -146,8 +146,8 @@ def annotate(
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    # Without this flag PartialState ignores a torchrun/accelerate multi-process launch on CPU-only machines.
     _check_test_fraction(test_fraction)  # before any image is annotated
+    # Without this flag PartialState ignores a torchrun/accelerate multi-process launch on CPU-only machines.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     source = _ImageSource(images, image_column)
     out = Path(out)
