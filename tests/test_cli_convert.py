@@ -79,10 +79,10 @@ def test_half_precision_is_kept(tiny_model, tmp_path):
 def test_output_kind_is_checked(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "ours")
     with pytest.raises(ValueError, match="OUT must be a file path for --to meta, got the existing folder"):
-        _convert(tmp_path / "ours", tmp_path, "--to", "meta")
+        _convert(tmp_path / "ours", tmp_path, "--to", "meta", "--debug")
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="OUT must be a folder for --to transformers, got the existing file"):
-        _convert(tmp_path / "ours", tmp_path / "file", "--to", "transformers")
+        _convert(tmp_path / "ours", tmp_path / "file", "--to", "transformers", "--debug")
 
 
 def test_unknown_format_is_a_usage_error(tmp_path):

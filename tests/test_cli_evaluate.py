@@ -127,12 +127,12 @@ def test_evaluate_shipped_model_by_name_and_offline_default(shapes_dataset, tmp_
 )
 def test_evaluate_rejects_bad_arguments(base_folder, shapes_dataset, extra, message):
     with pytest.raises(ValueError, match=message):
-        main(["evaluate", "--model", base_folder, "--dataset", shapes_dataset, *extra])
+        main(["evaluate", "--debug", "--model", base_folder, "--dataset", shapes_dataset, *extra])
 
 
 def test_evaluate_rejects_folder_without_model(tmp_path, shapes_dataset):
     with pytest.raises(ValueError, match="folder must be a SamHF folder"):
-        main(["evaluate", "--model", str(tmp_path), "--dataset", shapes_dataset])
+        main(["evaluate", "--debug", "--model", str(tmp_path), "--dataset", shapes_dataset])
 
 
 def test_evaluate_single_dataset_with_mask_column(base_folder, tmp_path):

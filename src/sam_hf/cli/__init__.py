@@ -83,12 +83,9 @@ def resolve_model(model: str | None) -> str:
     return OFFLINE_FALLBACK_MODEL
 
 
-class SamHFUserError(Exception):
-    """A failure the user can fix, reported by `main` as one line with `exit_code` (2: bad input)."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
+class SamHFUserError(ValueError):
+    """Bad input found by a command (a missing prompt, a device this machine lacks, a file it cannot read),
+    reported by `main` as one line with exit code 2."""
 
 
 @contextlib.contextmanager
@@ -174,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(error: Exception) -> int | None:
     """2 for bad input, 1 for another failure the user can act on, None for a bug (keep the traceback)."""
-    if isinstance(error, SamHFUserError):
-        return error.exit_code
     if isinstance(error, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return 2
     if isinstance(error, OSError):
