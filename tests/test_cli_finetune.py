@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 import sam_hf.hub.cards
-from sam_hf.cli import main
+from sam_hf.cli import build_parser, main
 from sam_hf.cli.finetune import parse_prompt_types
 
 
@@ -39,6 +39,12 @@ def test_prompt_types_are_validated():
     assert parse_prompt_types("box, point") == ["box", "point"]
     with pytest.raises(argparse.ArgumentTypeError, match="--prompt"):
         parse_prompt_types("scribble")
+
+
+def test_eval_split_none_turns_evaluation_off():
+    parse = build_parser().parse_args
+    assert parse(["finetune", "--dataset", "d"]).eval_split == "auto"
+    assert parse(["finetune", "--dataset", "d", "--eval-split", "none"]).eval_split is None
 
 
 def _splits_dataset(path):

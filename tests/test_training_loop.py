@@ -142,8 +142,14 @@ def test_train_log_records_every_step(job, tmp_path):
 
 def test_tensorboard_gets_the_loss_when_installed(job, tmp_path):
     pytest.importorskip("tensorboard")
-    finetune(_config(job, tmp_path / "out", max_steps=2))
-    assert list((tmp_path / "out" / "tensorboard").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = finetune(_config(job, tmp_path / "out", max_steps=2))
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [e.step for e in scalars] == [1, 2]
+    np.testing.assert_allclose([e.value for e in scalars], summary["losses"], rtol=1e-6)
 
 
 def test_train_split_without_usable_rows_stops_before_caching(tiny_model, tmp_path):
