@@ -147,7 +147,7 @@ def _accelerator(config: FinetuneConfig):
         log_with="tensorboard" if tensorboard else None,
         project_dir=config.output_dir,
     )
-    if accelerator.num_processes != launched:
+    if accelerator.num_processes < launched:
         raise RuntimeError(
             f"the launcher started {launched} processes but they formed a world of "
             f"{accelerator.num_processes} ({accelerator.distributed_type}): each would train alone and write "
