@@ -56,14 +56,22 @@ def run_finetune(
     if output_dir is None:
         print(f"trained {summary['steps']} steps; no final model yet in {config.output_dir}")
         return summary
-    print(f"trained {summary['steps']} steps in {summary['runtime_s']:.1f} s; saved to {output_dir}")
+    saved = f"saved to {output_dir}"
+    if "merged_dir" in summary:
+        saved = f"saved the adapter to {output_dir} and the full model (base + adapter) to {summary['merged_dir']}"
+    print(f"trained {summary['steps']} steps in {summary['runtime_s']:.1f} s; {saved}")
     _write_training_summary(config, summary)
     eval_split = default_eval_split(config.dataset) if config.eval_split == "auto" else config.eval_split
     summary["eval_results"] = None
     if eval_split is not None:
         summary["eval_results"] = _evaluate_before_after(config, eval_split)
     else:
-        print("no evaluation split (eval_split): the model card states that nothing was measured")
+        reason = (
+            "eval_split is none"
+            if config.eval_split is None
+            else f"{config.dataset} has no 'test' or 'validation' split (name one with eval_split, --eval-split)"
+        )
+        print(f"no evaluation: {reason}; the model card states that nothing was measured")
     card = build_model_card(output_dir, config.push_to_hub)
     summary["card"] = os.path.join(output_dir, "README.md")
     card.save(summary["card"])
