@@ -58,7 +58,8 @@ def run_finetune(
         return summary
     saved = f"saved to {output_dir}"
     if "merged_dir" in summary:
-        saved = f"saved the adapter to {output_dir} and the full model (base + adapter) to {summary['merged_dir']}"
+        merged = summary["merged_dir"]
+        saved = f"saved the adapter to {output_dir} and the full model (base + adapter) to {merged}"
     print(f"trained {summary['steps']} steps in {summary['runtime_s']:.1f} s; {saved}")
     _write_training_summary(config, summary)
     eval_split = default_eval_split(config.dataset) if config.eval_split == "auto" else config.eval_split
@@ -78,8 +79,7 @@ def run_finetune(
     print(f"wrote {summary['card']}")
     summary["push"] = None
     if config.push_to_hub:
-        summary["push"] = push_to_hub(output_dir, config.push_to_hub)
-        result = summary["push"]
+        result = summary["push"] = push_to_hub(output_dir, config.push_to_hub)
         print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
     return summary
 
