@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 import sam_hf.hub.cards
-from sam_hf.cli import main
+from sam_hf.cli import build_parser, main
 from sam_hf.cli.finetune import parse_prompt_types
 
 
@@ -39,6 +39,12 @@ def test_prompt_types_are_validated():
     assert parse_prompt_types("box, point") == ["box", "point"]
     with pytest.raises(argparse.ArgumentTypeError, match="--prompt"):
         parse_prompt_types("scribble")
+
+
+def test_eval_split_none_turns_evaluation_off():
+    parse = build_parser().parse_args
+    assert parse(["finetune", "--dataset", "d"]).eval_split == "auto"
+    assert parse(["finetune", "--dataset", "d", "--eval-split", "none"]).eval_split is None
 
 
 def _splits_dataset(path):
@@ -105,6 +111,9 @@ def test_finetune_measures_before_and_after_writes_the_card_and_pushes_one_commi
     assert {"adapter_model.safetensors", "adapter_config.json", "preprocessor_config.json", "README.md",
             "eval_results.json", "training_summary.json"} <= set(api.uploaded)  # fmt: skip
     captured = capsys.readouterr()
+    assert "fine-tuning" in captured.err and "loss=" in captured.err  # the progress bar shows the loss
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["loss"] == summary["final_loss"]
     assert token not in captured.out + captured.err
     assert all(token.encode() not in data for data in api.uploaded.values())
     assert all(token.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())

@@ -1,5 +1,6 @@
 """Tests for sam_hf.training.loop (accelerate loop) and training.embeddings (embedding cache)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,20 @@ from sam_hf import SamHFModel
 from sam_hf.processing_sam_hf import SamHFProcessor
 from sam_hf.training.collator import add_example_index
 from sam_hf.training.embeddings import cache_image_embeddings
-from sam_hf.training.loop import FinetuneConfig, finetune, latest_checkpoint
+from sam_hf.training.loop import (
+    TRAIN_LOG_NAME,
+    FinetuneConfig,
+    finetune,
+    latest_checkpoint,
+    launched_world_size,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _write_dataset(path, num_rows=8, size=48):
+def _write_dataset(path, num_rows=8, size=48, test_rows=0, empty=False):
+    """Rows of two rectangles (label ids 1, 2; all-zero labels when `empty`); with `test_rows`, a saved
+    DatasetDict whose `test` split holds the first `test_rows` rows."""
     rng = np.random.default_rng(0)
     images, labels = [], []
     for _ in range(num_rows):
@@ -30,10 +39,18 @@ def _write_dataset(path, num_rows=8, size=48):
         image = np.full((size, size, 3), 30, np.uint8)
         image[label > 0] = 200
         images.append(image)
-        labels.append(label)
+        labels.append(np.zeros_like(label) if empty else label)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
-    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(path))
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    if test_rows:
+        dataset = datasets.DatasetDict({"train": dataset, "test": dataset.select(range(test_rows))})
+    dataset.save_to_disk(str(path))
     return str(path)
+
+
+def _read_log(output_dir):
+    with open(os.path.join(output_dir, TRAIN_LOG_NAME)) as f:
+        return [json.loads(line) for line in f]
 
 
 @pytest.fixture
@@ -79,6 +96,11 @@ def test_resume_is_exact(job, tmp_path):
     assert latest_checkpoint(str(tmp_path / "cut")).endswith("step-3")
     resumed = finetune(interrupted, resume_from_checkpoint="latest")
     assert resumed["steps"] == full["steps"] == 8
+    # The log keeps the steps up to the checkpoint, then the resumed ones: each step once, same losses.
+    log, full_log = _read_log(tmp_path / "cut"), _read_log(tmp_path / "full")
+    assert [r["step"] for r in log] == list(range(1, 9))
+    np.testing.assert_allclose([r["loss"] for r in log], [r["loss"] for r in full_log], rtol=1e-5)
+    assert [r["lr"] for r in log] == [r["lr"] for r in full_log]
     expected = load_file(tmp_path / "full" / "adapter_model.safetensors")
     actual = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert expected.keys() == actual.keys()
@@ -106,12 +128,68 @@ def test_embedding_cache_reused_and_invalidated(tiny_model, tmp_path, monkeypatc
     assert sum(calls) == 9  # encoder weights changed
 
 
+def test_train_log_records_every_step(job, tmp_path):
+    summary = finetune(_config(job, tmp_path / "out", max_steps=4, learning_rate=1e-3))
+    log = _read_log(tmp_path / "out")
+    assert summary["train_log"] == str(tmp_path / "out" / TRAIN_LOG_NAME)
+    assert [set(r) for r in log] == [{"step", "loss", "lr", "elapsed_s"}] * 4
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["loss"] for r in log] == summary["losses"]
+    np.testing.assert_allclose([r["lr"] for r in log], [1e-3, 7.5e-4, 5e-4, 2.5e-4])  # linear decay
+    elapsed = [r["elapsed_s"] for r in log]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+
+
+def test_tensorboard_gets_the_loss_when_installed(job, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = finetune(_config(job, tmp_path / "out", max_steps=2))
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [e.step for e in scalars] == [1, 2]
+    np.testing.assert_allclose([e.value for e in scalars], summary["losses"], rtol=1e-6)
+
+
+def test_train_split_without_usable_rows_stops_before_caching(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "base")
+    dataset = _write_dataset(tmp_path / "data", num_rows=6, empty=True)
+    config = FinetuneConfig(
+        model=str(tmp_path / "base"), dataset=dataset, output_dir=str(tmp_path / "out"), cpu=True
+    )
+    with pytest.raises(ValueError, match=r"0 of 6 rows usable") as error:
+        finetune(config)
+    assert dataset in str(error.value) and "empty_mask" in str(error.value)
+    assert not (tmp_path / "out" / "embedding_cache").exists()
+
+
+def test_launched_world_size_reads_the_launcher(monkeypatch):
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched_world_size() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    assert launched_world_size() == 3
+
+
+def test_a_world_smaller_than_the_launch_is_an_error(job, tmp_path, monkeypatch):
+    # Two processes launched, but an accelerator that accelerate cannot group them on: each would train alone.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"started 2 processes but they formed a world of 1"):
+        finetune(_config(job, tmp_path / "out", cpu=False))
+
+
 @pytest.mark.slow
-def test_accelerate_launch_two_processes(job, tmp_path):
+def test_accelerate_launch_two_processes_is_one_run(tmp_path, tiny_model):
+    """The README's command on a machine without GPUs: one world of two, the same artefacts as the CLI."""
+    tiny_model.save_pretrained(tmp_path / "base")
+    dataset = _write_dataset(tmp_path / "data", num_rows=8, test_rows=2)
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"model: {job['model']}\ndataset: {job['dataset']}\noutput_dir: {tmp_path / 'ddp'}\n"
-        "lora_r: 4\nbatch_size: 2\nmax_steps: 3\nmax_prompts: 2\ncpu: true\n"
+        f"model: {tmp_path / 'base'}\ndataset: {dataset}\noutput_dir: {tmp_path / 'ddp'}\n"
+        "lora_r: 4\nbatch_size: 2\nmax_steps: 3\nmax_prompts: 2\nlearning_rate: 3.0e-4\n"
+        "eval_prompts: [box]\n"
     )
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"))
     command = [
@@ -127,12 +205,20 @@ def test_accelerate_launch_two_processes(job, tmp_path):
         "--config",
         str(config),
     ]
-    env["CUDA_VISIBLE_DEVICES"] = ""  # two CPU processes
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a machine without GPUs
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "'num_processes': 2" in result.stdout, result.stdout[-2000:]  # a world of two really trained
-    assert os.path.exists(tmp_path / "ddp" / "adapter_model.safetensors")
-    assert os.path.exists(tmp_path / "ddp" / "merged" / "model.safetensors")
+    assert result.stdout.count("'num_processes': 2") == 2, result.stdout[-2000:]  # one world of two
+    out = tmp_path / "ddp"
+    for name in ("adapter_model.safetensors", "merged/model.safetensors", "training_summary.json",
+                 "eval_results.json", "README.md", TRAIN_LOG_NAME):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert json.loads((out / "training_summary.json").read_text())["num_processes"] == 2
+    assert set(json.loads((out / "eval_results.json").read_text())["runs"]) == {"base", "finetuned"}
+    # One log line per step, written once, with the single-process schedule (not decayed twice as fast).
+    log = _read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    np.testing.assert_allclose([r["lr"] for r in log], [3e-4, 2e-4, 1e-4])
 
 
 def test_correction_clicks_feed_the_previous_mask_and_a_click_back(tiny_model, tmp_path):

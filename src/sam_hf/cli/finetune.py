@@ -1,18 +1,15 @@
 """`sam-hf finetune`: fine-tune the mask decoder (LoRA by default) on a segmentation dataset.
 
-Runs the same job as `accelerate launch training/finetune.py` in this process (for several processes:
-`accelerate launch --multi_gpu --num_machines 1 --num_processes N --no_python sam-hf finetune ...`), then
-measures the base and fine-tuned model on an eval split, writes the model card and optionally pushes.
+Runs `sam_hf.training.job.run_finetune`, the job `accelerate launch training/finetune.py` runs: training,
+then the base and fine-tuned model measured on an eval split, the summary, the model card and an optional
+push. For several processes: `accelerate launch --multi_gpu --num_machines 1 --num_processes N --no_python
+sam-hf finetune ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import sys
-import time
 from typing import Any
 
 from . import add_model_arguments, resolve_model
@@ -28,6 +25,10 @@ def parse_prompt_types(text: str) -> list[str]:
     if not kinds or set(kinds) - set(PROMPT_TYPES):
         raise argparse.ArgumentTypeError(f"--prompt expects a comma list of {PROMPT_TYPES}, got {text!r}")
     return kinds
+
+
+def _eval_split(text: str) -> str | None:
+    return None if text == "none" else text
 
 
 def add_parser(subparsers: Any) -> None:
@@ -64,9 +65,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--output-dir", default="out")
     parser.add_argument(
         "--eval-split",
-        default=None,
+        type=_eval_split,
+        default="auto",
         help="split of --dataset to measure the model on before and after training (eval_results.json, "
-        "shown in the model card); default: 'test' or 'validation' when the dataset has one, else none",
+        "shown in the model card); 'auto' (default): 'test' or 'validation' when the dataset has one; "
+        "'none': no evaluation",
     )
     parser.add_argument(
         "--eval-prompt", default="point,3point,box,jittered_box", help="evaluation prompt types"
@@ -81,8 +84,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import HubPushError, build_model_card, push_to_hub
-    from ..training.loop import FinetuneConfig, finetune
+    from ..hub import HubPushError
+    from ..training.job import run_finetune
+    from ..training.loop import FinetuneConfig
 
     config = FinetuneConfig(
         model=resolve_model(args.model),
@@ -106,101 +110,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         cache_embeddings=not args.no_cache_embeddings,
+        eval_split=args.eval_split,
+        eval_prompts=[p.strip() for p in args.eval_prompt.split(",") if p.strip()],
+        eval_max_images=args.eval_max_images,
+        push_to_hub=args.push_to_hub,
     )
-    start = time.perf_counter()
-    summary = finetune(config, resume_from_checkpoint=args.resume_from_checkpoint)
-    runtime = time.perf_counter() - start
-    output_dir = summary.get("output_dir")
-    if output_dir is None:  # stopped before the last step (another process, or max steps of this run)
-        print(f"trained {summary['steps']} steps; no final model yet in {args.output_dir}")
-        return 0
-    print(f"trained {summary['steps']} steps in {runtime:.1f} s; saved to {output_dir}")
-    _write_training_summary(config, summary, runtime)
-    eval_split = args.eval_split or _default_eval_split(args.dataset)
-    if eval_split is not None:
-        _evaluate_before_after(args, config, eval_split)
-    else:
-        print("no evaluation split (--eval-split): the model card states that nothing was measured")
-    card = build_model_card(output_dir, args.push_to_hub)
-    card.save(os.path.join(output_dir, "README.md"))
-    print(f"wrote {os.path.join(output_dir, 'README.md')}")
-    if args.push_to_hub:
-        try:
-            result = push_to_hub(output_dir, args.push_to_hub)
-        except HubPushError as error:  # the trained output stays on disk; the message says how to retry
-            print(f"sam-hf finetune: {error}", file=sys.stderr)
-            return 1
-        print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
+    try:
+        run_finetune(config, resume_from_checkpoint=args.resume_from_checkpoint)
+    except HubPushError as error:  # the trained output stays on disk; the message says how to retry
+        print(f"sam-hf finetune: {error}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _write_training_summary(config, summary: dict, runtime: float) -> None:
-    """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`)."""
-    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained
-
-    model = load_pretrained(summary["output_dir"])
-    hyperparameters = {
-        key: getattr(config, key)
-        for key in ("prompt_types", "max_prompts", "lora_r", "epochs", "max_steps", "batch_size",
-                    "learning_rate", "gradient_accumulation_steps", "mixed_precision", "seed")
-    }  # fmt: skip
-    record = {
-        "base_model": config.model,
-        "dataset": config.dataset,
-        "dataset_split": config.split,
-        "train_runtime_s": round(runtime, 1),
-        "steps": summary["steps"],
-        "final_loss": summary["losses"][-1] if summary["losses"] else None,
-        "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-        if config.lora_r > 0
-        else sum(p.numel() for p in model.mask_decoder.parameters()),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "hyperparameters": {k: ",".join(v) if isinstance(v, list) else v for k, v in hyperparameters.items()},
-    }
-    with open(os.path.join(summary["output_dir"], TRAINING_SUMMARY_NAME), "w") as f:
-        json.dump(record, f, indent=2)
-
-
-def _default_eval_split(dataset: str) -> str | None:
-    """'test' or 'validation' when `dataset` is a saved `DatasetDict` with one; Hub datasets are not probed."""
-    for split in ("test", "validation"):
-        if os.path.isdir(os.path.join(dataset, split)):
-            return split
-    return None
-
-
-def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None:
-    """Measure the base model and the fine-tuned one on `split`; write `eval_results.json` in the output."""
-    from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
-    from ..hub import load_pretrained, load_processor
-    from ..data.reader import load_segmentation_dataset, to_instances
-
-    dataset, stats = load_segmentation_dataset(
-        config.dataset, split, config.image_column, config.mask_column, config.mask_format
-    )
-    if args.eval_max_images is not None:
-        dataset = dataset.select(range(min(args.eval_max_images, len(dataset))))
-    protocol = EvaluationProtocol(
-        prompts=tuple(p.strip() for p in args.eval_prompt.split(",") if p.strip()), seed=config.seed
-    )
-    model = load_pretrained(config.output_dir).eval()
-    processor = load_processor(config.output_dir)
-
-    def samples():
-        for row in dataset:
-            yield to_instances(row, config.image_column, config.mask_column, stats.mask_format)
-
-    runs = {}
-    for name in ("base", "finetuned"):
-        adapter_off = (
-            model.disable_adapter() if name == "base" and config.lora_r > 0 else contextlib.nullcontext()
-        )
-        with adapter_off:
-            candidate = (
-                model if name == "finetuned" or config.lora_r > 0 else load_pretrained(config.model).eval()
-            )
-            source = config.model if name == "base" else config.output_dir
-            runs[name] = timed_run(source, candidate, processor, samples(), protocol, len(dataset))
-    path = os.path.join(config.output_dir, EVAL_RESULTS_NAME)
-    print(write_eval_results(path, protocol, config.dataset, split, len(dataset), runs))
-    print(f"wrote {path}")

@@ -1,1 +1,2 @@
-"""Training library: prompt simulation, dataset adapters, procedural data and LoRA setup used by the training scripts."""
+"""Training library: the collator (prompt sampling per step), the embedding cache, LoRA setup, the fine-tuning
+loop (`loop.finetune`) and the whole job around it (`job.run_finetune`: evaluation, summary, card, push)."""

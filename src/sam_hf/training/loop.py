@@ -1,7 +1,13 @@
-"""The fine-tuning job: an accelerate training loop with atomic checkpoints and exact resume.
+"""The fine-tuning loop: accelerate training with atomic checkpoints, exact resume and a step log.
 
-Used by `training/finetune.py` (under `accelerate launch`) and by `sam-hf finetune`. Runs on CPU, one GPU
-or DDP over several processes/nodes, with mixed precision and gradient accumulation.
+`sam_hf.training.job.run_finetune` runs it (for `training/finetune.py` under `accelerate launch` and for
+`sam-hf finetune`) and adds evaluation, summary and card. Runs on CPU, one GPU or DDP over several
+processes/nodes, with mixed precision and gradient accumulation. Under a launcher with no GPU visible
+(`accelerate launch --multi_gpu --num_processes N`, torchrun), the N processes form one world on CPU (gloo);
+a world smaller than the launcher started is an error, never N separate trainings.
+
+Every optimizer step appends `{"step", "loss", "lr", "elapsed_s"}` to `<output_dir>/train_log.jsonl`
+(`TRAIN_LOG_NAME`) and, when `tensorboard` is installed, to TensorBoard in `<output_dir>/tensorboard`.
 
 Checkpoints are written to `<output_dir>/checkpoints/tmp-step-<n>` and renamed to `step-<n>` once
 complete, so a resume never reads a half-written one. A checkpoint holds the model (adapter), optimizer,
@@ -16,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -24,9 +31,15 @@ import torch
 from .collator import PROMPT_TYPES, SamTrainingCollator, add_correction_click, add_example_index
 from .lora import LORA_TARGET_MODULES, apply_lora, freeze_for_decoder_training
 
-__all__ = ["FinetuneConfig", "finetune", "latest_checkpoint"]
+__all__ = ["TRAIN_LOG_NAME", "FinetuneConfig", "finetune", "latest_checkpoint", "launched_world_size"]
 
+TRAIN_LOG_NAME = "train_log.jsonl"
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
+# Where launchers (torchrun / `accelerate launch`, MPI implementations) put the number of processes started.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# What the model card and TensorBoard report about a run.
+_HYPERPARAMETERS = ("prompt_types", "max_prompts", "lora_r", "epochs", "max_steps", "batch_size",
+                    "learning_rate", "gradient_accumulation_steps", "mixed_precision", "seed")  # fmt: skip
 
 
 @dataclass
@@ -36,7 +49,14 @@ class FinetuneConfig:
     `lora_r=0` means full decoder fine-tuning instead of LoRA. `correction_clicks=N` adds N decoder passes per
     step as in SAM's interactive training (a click in the previous prediction's error, its logits fed back,
     one output mask); the loss averages all passes. `checkpoint_every=0` disables intermediate
-    checkpoints; `max_steps` (optimizer steps) overrides `epochs` when set.
+    checkpoints; `max_steps` (optimizer steps) overrides `epochs` when set. `cpu=True` trains on CPU even
+    when a GPU is visible (a launched run with no GPU visible uses the CPU without it).
+
+    The last four fields belong to the job around the loop (`sam_hf.training.job.run_finetune`):
+    `eval_split` is the split of `dataset` the base and the fine-tuned model are measured on (`"auto"`:
+    `test` or `validation` when the dataset is a saved `DatasetDict` with one; `None`: no evaluation),
+    `eval_prompts` the protocol's prompt types, `eval_max_images` caps the images measured, and
+    `push_to_hub` is a repository id (`user/name`) to upload the result to.
     """
 
     model: str
@@ -68,6 +88,20 @@ class FinetuneConfig:
     cache_dir: str | None = None
     merge: bool = True
     cpu: bool = False
+    eval_split: str | None = "auto"
+    eval_prompts: list[str] = field(default_factory=lambda: ["point", "3point", "box", "jittered_box"])
+    eval_max_images: int | None = None
+    push_to_hub: str | None = None
+
+    def hyperparameters(self) -> dict[str, str | int | float | None]:
+        """The settings a model card and TensorBoard report, flat (lists joined with commas)."""
+        values = {name: getattr(self, name) for name in _HYPERPARAMETERS}
+        return {name: ",".join(v) if isinstance(v, list) else v for name, v in values.items()}
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher that started this one started in all (1 without a launcher)."""
+    return max(int(os.environ.get(name, 1)) for name in _WORLD_SIZE_VARIABLES)
 
 
 def latest_checkpoint(output_dir: str) -> str | None:
@@ -95,6 +129,49 @@ def _save_checkpoint(accelerator, output_dir: str, step: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def _accelerator(config: FinetuneConfig):
+    """The run's `Accelerator`: one world of all launched processes, logging to TensorBoard when installed."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, is_tensorboard_available
+
+    launched = launched_world_size()
+    # accelerate forms a multi-process world on CPU (gloo) only when told cpu=True, and
+    # `accelerate launch --multi_gpu` does not tell it: without a GPU each process would train alone.
+    cpu = config.cpu or (launched > 1 and not torch.accelerator.is_available())
+    tensorboard = is_tensorboard_available()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=cpu,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        log_with="tensorboard" if tensorboard else None,
+        project_dir=config.output_dir,
+    )
+    if accelerator.num_processes < launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes but they formed a world of "
+            f"{accelerator.num_processes} ({accelerator.distributed_type}): each would train alone and write "
+            f"the same output_dir {config.output_dir!r}. Give each process a GPU, or set `cpu: true` in the "
+            "config to train them together on CPU"
+        )
+    if tensorboard:
+        accelerator.init_trackers("tensorboard", config=config.hyperparameters())
+    return accelerator
+
+
+def _start_train_log(path: str, step: int) -> float:
+    """Keep the log's records up to `step` (the run resumes there); return the time they had taken."""
+    records = []
+    if step and os.path.exists(path):
+        with open(path) as f:
+            # a line without its newline was cut by the interruption
+            records = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(records)
+    return json.loads(records[-1])["elapsed_s"] if records else 0.0
+
+
 def finetune(
     config: FinetuneConfig, resume_from_checkpoint: str | None = None, max_steps_this_run: int | None = None
 ) -> dict:
@@ -105,22 +182,17 @@ def finetune(
         resume_from_checkpoint: a `step-<n>` folder, or `"latest"` for the newest one in `output_dir`.
         max_steps_this_run: stop after this many optimizer steps in total (simulates an interruption).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from ..data.reader import load_segmentation_dataset
     from ..modeling import SamHFModel
     from ..processing_sam_hf import SamHFProcessor
-    from ..data.reader import load_segmentation_dataset
     from .embeddings import cache_image_embeddings
 
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        cpu=config.cpu,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-    )
+    accelerator = _accelerator(config)
     set_seed(config.seed)
     model = SamHFModel.from_pretrained(config.model)
     processor = (
@@ -133,6 +205,13 @@ def finetune(
         dataset, stats = load_segmentation_dataset(
             config.dataset, config.split, config.image_column, config.mask_column, config.mask_format
         )
+        if len(dataset) == 0:
+            raise ValueError(
+                f"dataset {config.dataset!r} (split {config.split or 'default'}): expected at least one "
+                f"usable row (an image with a non-empty mask of its size), got 0 of {stats.num_rows} "
+                f"rows usable (unusable: {dict(stats.unusable)}); check image_column {config.image_column!r}, "
+                f"mask_column {config.mask_column!r} and mask_format {config.mask_format!r}"
+            )
         dataset = add_example_index(dataset)
         if config.cache_embeddings:
             cache_dir = config.cache_dir or os.path.join(config.output_dir, "embedding_cache")
@@ -173,7 +252,8 @@ def finetune(
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
+    # The prepared scheduler advances once per process at every optimizer step (accelerate's convention).
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps * accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step = 0
@@ -185,6 +265,12 @@ def finetune(
             step = json.load(f)["step"]
     stop_at = min(total_steps, max_steps_this_run or total_steps)
     batches_per_step = config.gradient_accumulation_steps
+    log_path = os.path.join(config.output_dir, TRAIN_LOG_NAME)
+    elapsed_before = _start_train_log(log_path, step) if accelerator.is_main_process else 0.0
+    progress = tqdm(
+        total=stop_at, initial=step, desc="fine-tuning", unit="step", disable=not accelerator.is_main_process
+    )
+    start = time.perf_counter()
     losses = []
     model.train()
     for epoch in range(step // steps_per_epoch, num_epochs):
@@ -209,21 +295,38 @@ def finetune(
                     loss = loss + output.loss
                 loss = loss / (1 + config.correction_clicks)
                 accelerator.backward(loss)
+                learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 step += 1
                 losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+                record = {
+                    "step": step,
+                    "loss": losses[-1],
+                    "lr": learning_rate,
+                    "elapsed_s": round(elapsed_before + time.perf_counter() - start, 3),
+                }
+                accelerator.log({"train/loss": record["loss"], "train/lr": learning_rate}, step=step)
+                if accelerator.is_main_process:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    progress.update()
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _save_checkpoint(accelerator, config.output_dir, step)
                 if step >= stop_at:
                     break
+    progress.close()
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
     summary = {
         "steps": step,
         "losses": losses,
         "num_processes": accelerator.num_processes,
+        "train_log": log_path,
         "stats": asdict(stats) | {"unusable": dict(stats.unusable)},
     }
     accelerator.wait_for_everyone()
