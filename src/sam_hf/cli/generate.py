@@ -67,13 +67,10 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from sam_hf import SamAutomaticMaskGenerator, SamHFModel
+    from sam_hf.data.images import to_rgb
 
-    with Image.open(args.image) as image:
-        rgb = np.asarray(image.convert("RGB"))
+    rgb = to_rgb(args.image, args.image)
     model = SamHFModel.from_pretrained(resolve_model(args.model)).to(resolve_device(args.device)).eval()
     try:
         generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
@@ -93,11 +90,11 @@ def _overlay(image: Any, records: list[dict[str, Any]], alpha: float = 0.5) -> A
     import numpy as np
     from PIL import Image
 
-    from sam_hf.inference.amg_utils import coco_decode_rle
+    from sam_hf.data.rle import rle_to_mask
 
     canvas = np.asarray(image, dtype=np.float32).copy()
     colours = np.random.default_rng(0).integers(40, 256, (max(len(records), 1), 3))
     for colour, record in zip(colours, sorted(records, key=lambda r: -r["area"]), strict=False):
-        mask = coco_decode_rle(record["segmentation"])
+        mask = rle_to_mask(record["segmentation"])
         canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
     return Image.fromarray(canvas.round().astype(np.uint8))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data.reader import decode_rle, load_segmentation_dataset, to_instances
+from sam_hf.data.reader import load_segmentation_dataset, to_instances
 
 
 def _label_map(height=24, width=32):
@@ -50,13 +50,6 @@ def test_binary_and_rle_formats():
     rles = [_rle_encode(label == 1), _rle_encode(label == 4)]
     _, decoded = to_instances({"image": _image(), "label": rles}, mask_format="rle")
     np.testing.assert_array_equal(decoded, masks)
-
-
-def test_decode_compressed_rle_matches_pycocotools():
-    mask_utils = pytest.importorskip("pycocotools.mask")
-    mask = np.asfortranarray((np.random.default_rng(0).random((37, 41)) < 0.4).astype(np.uint8))
-    encoded = mask_utils.encode(mask)
-    np.testing.assert_array_equal(decode_rle(encoded), mask.astype(bool))
 
 
 def test_unusable_rows_are_counted(tmp_path):
@@ -116,3 +109,84 @@ def test_coco_json_polygons_and_rle(tmp_path):
 def test_rejects_unknown_format():
     with pytest.raises(ValueError, match="mask_format"):
         to_instances({"image": _image(), "label": _label_map()}, mask_format="png")
+
+
+def test_mask_column_is_found_when_the_default_is_absent(tmp_path):
+    rows = {"image": [Image.fromarray(_image())], "masks": [[_label_map() == 1, _label_map() == 4]]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    dataset, stats = load_segmentation_dataset(str(tmp_path / "ds"))
+    assert (stats.mask_column, stats.num_instances, stats.split) == ("masks", 2, None)
+    _, masks = to_instances(dataset[0])  # the default column name resolves per row too
+    assert masks.shape == (2, 24, 32)
+    with pytest.raises(ValueError, match="mask_column 'labels' is not a column of the dataset; columns are"):
+        load_segmentation_dataset(str(tmp_path / "ds"), mask_column="labels")
+    datasets.Dataset.from_dict({"image": rows["image"], "other": [1]}).save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="none of the usual mask columns"):
+        load_segmentation_dataset(str(tmp_path / "none"))
+
+
+def test_no_usable_row_is_an_error_naming_the_reasons(tmp_path):
+    rows = {
+        "image": [Image.fromarray(_image(seed=i)) for i in range(3)],
+        "label": [
+            Image.fromarray(np.zeros((24, 32), np.uint8)),
+            Image.fromarray(_label_map(20, 32)),
+            Image.fromarray(np.zeros((24, 32), np.uint8)),
+        ],
+    }
+    split = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(
+        ValueError,
+        match=r"split 'train'\) must have at least one usable row .* got 0 of 3: empty_mask: 2 \(first: row 0: "
+        r".*size_mismatch: 1 \(first: row 1: a mask is \(20, 32\) but the image is \(24, 32\)\)",
+    ):
+        load_segmentation_dataset(str(tmp_path / "ds"))
+
+
+def test_rows_without_masks_are_unusable_not_a_crash():
+    with pytest.raises(ValueError, match="no non-empty instance"):
+        to_instances({"image": _image(), "masks": []})
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory, photos) -> str:
+    """`annotate`'s output for three photos, one of them a phone JPEG with EXIF orientation 6."""
+    from sam_hf import SamHFModel
+    from sam_hf.inference.annotate import annotate
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(photos["astronaut"][::6, ::4]).save(folder / "astronaut.png")
+    Image.fromarray(photos["coffee"][::5, ::5]).save(folder / "coffee.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    Image.fromarray(photos["chelsea"][::4, ::4]).save(folder / "phone.jpg", exif=exif)
+    out = folder.parent / "annotated"
+    model = SamHFModel.from_pretrained("sam-hf-tiny").eval()
+    generator = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    annotate(folder, model, out, generator_kwargs=generator, show_progress=False)
+    return str(out)
+
+
+def test_reader_reads_annotate_output_without_flags(annotated, photos):
+    dataset, stats = load_segmentation_dataset(annotated)
+    assert (stats.mask_column, stats.num_usable, stats.num_rows) == ("masks", 3, 3)
+    for row in dataset:
+        image, masks = to_instances(row)
+        assert masks.shape[1:] == image.shape[:2] == (row["height"], row["width"])
+    phone = dataset[dataset["file_name"].index("phone.jpg")]
+    chelsea = photos["chelsea"][::4, ::4]
+    assert (phone["height"], phone["width"]) == (chelsea.shape[1], chelsea.shape[0])  # stored upright
+
+
+def test_cli_evaluate_reads_annotate_output(annotated, tmp_path, capsys):
+    import json
+
+    from sam_hf.cli import main
+
+    output = tmp_path / "eval.json"
+    args = ["evaluate", "--model", "sam-hf-tiny", "--dataset", annotated, "--prompt", "point,box"]
+    assert main([*args, "--max-images", "1", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["split"] is None and results["num_images"] == 1
+    assert results["runs"]["model"]["results"]["box"]["num_objects"] > 0
