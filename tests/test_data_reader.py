@@ -190,3 +190,31 @@ def test_cli_evaluate_reads_annotate_output(annotated, tmp_path, capsys):
     results = json.loads(output.read_text())
     assert results["split"] is None and results["num_images"] == 1
     assert results["runs"]["model"]["results"]["box"]["num_objects"] > 0
+
+
+def test_finetune_reads_annotate_output_without_flags(annotated, tmp_path):
+    from sam_hf.training.loop import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        model="sam-hf-tiny",
+        dataset=annotated,
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        lora_r=2,
+        batch_size=1,
+        merge=False,
+    )
+    summary = finetune(config)
+    assert summary["steps"] == 1 and summary["stats"]["mask_column"] == "masks"
+
+
+def test_finetune_on_a_split_without_usable_rows_says_so(tmp_path):
+    from sam_hf.training.loop import FinetuneConfig, finetune
+
+    rows = {"image": [Image.fromarray(_image(seed=i)) for i in range(2)], "label": [[], []]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    config = FinetuneConfig(
+        model="sam-hf-tiny", dataset=str(tmp_path / "ds"), output_dir=str(tmp_path / "run")
+    )
+    with pytest.raises(ValueError, match="got 0 of 2: empty_mask: 2"):
+        finetune(config)

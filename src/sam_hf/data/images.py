@@ -121,7 +121,7 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
         scaled *= np.float32(255.0)
     else:
         raise TypeError(
-            f"{name} must have dtype uint8, uint16, bool or float (in [0, 1]), got {image.dtype} "
+            f"{name} must have dtype uint8, uint16 or float (in [0, 1]) or bool, got {image.dtype} "
             "(cast 0-255 data to uint8, 0-65535 data to uint16)"
         )
     return np.rint(scaled).astype(np.uint8)
