@@ -147,3 +147,20 @@ def test_training_and_inference_read_16_bit_and_float_images_alike(tmp_path, tin
     image, _ = to_instances({"image": as_float, "label": label})
     np.testing.assert_array_equal(image, expected)
     torch.testing.assert_close(processor.preprocess_images(as_float)[0], inference, rtol=0, atol=0)
+
+
+def test_segment_and_generate_see_the_image_upright(tmp_path):
+    """A click on the displayed (upright) phone photo is inside it, and the masks have its size."""
+    import json
+
+    from sam_hf.cli import main
+
+    path = tmp_path / "phone.jpg"
+    _phone_jpeg(path, 6)  # stored 24x40 (HxW), displayed 40x24
+    out = tmp_path / "segment"
+    assert main(["segment", str(path), "--model", "sam-hf-tiny", "--point", "10,35", "--out", str(out)]) == 0
+    assert json.loads((out / "scores.json").read_text())["image_size"] == {"height": 40, "width": 24}
+    assert Image.open(out / "overlay.png").size == (24, 40)
+    out = tmp_path / "generate"
+    main(["generate", str(path), "--model", "sam-hf-tiny", "--points-per-side", "2", "--out", str(out)])
+    assert Image.open(out / "overlay.png").size == (24, 40)
