@@ -44,6 +44,13 @@ def test_encoder_reads_transposed_storage(blob_masks):
     ]
 
 
+def test_torch_and_numpy_change_finders_agree(blob_masks):
+    """CPU tensors take the numpy path; the torch one (other devices) must find the same runs."""
+    flat = blob_masks.transpose(1, 2).reshape(6, -1)
+    for ours, reference in zip(rle._changes_numpy(flat), rle._changes_torch(flat), strict=True):
+        np.testing.assert_array_equal(ours, reference)
+
+
 @pytest.mark.parametrize("form", ["uncompressed", "compressed_str", "compressed_bytes"])
 def test_one_decoder_reads_both_forms(blob_masks, form):
     for mask, uncompressed in zip(blob_masks.numpy(), rle.mask_to_rle_pytorch(blob_masks), strict=True):

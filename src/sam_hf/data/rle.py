@@ -7,9 +7,10 @@ of zeros (possibly empty), in one of two forms:
     * compressed: `{"size": [H, W], "counts": str}` (or bytes), COCO's string encoding, what
       `pycocotools.mask.encode` writes and COCO JSON files hold.
 
-Masks are encoded in torch (`rle_counts`), all masks of a batch in one pass on their device, because the
-automatic mask generator keeps uncompressed counts, which pycocotools cannot output. The compressed form,
-its decoding and areas go through pycocotools.
+Masks are encoded here (`rle_counts`), all masks of a batch in one pass on their device, because the
+automatic mask generator keeps uncompressed counts, which pycocotools cannot output, and reads GPU masks
+without copying them to the host. The compressed form, its decoding and areas go through pycocotools;
+uncompressed counts are decoded in numpy (one `np.repeat`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ __all__ = ["area_from_rle", "coco_encode_rle", "mask_to_rle_pytorch", "rle_count
 def rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
     """`(N, H, W)` bool masks -> the uncompressed RLE counts of each as an int64 array.
 
-    Runs are found for all masks in one pass on the masks' device; only the change positions are copied
-    to the host. A mask stored transposed (`(N, W, H)` memory viewed as `(N, H, W)`) is read in order.
+    Runs are found for all masks in one pass on the masks' device (in numpy for CPU tensors); only the
+    change positions are copied to the host. A mask stored transposed (`(N, W, H)` memory viewed as
+    `(N, H, W)`) is read in order.
     """
     n, h, w = masks.shape
     if n == 0:
         return []
     flat = masks.transpose(1, 2).reshape(n, h * w)
-    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (K, 2): mask index, position before the change
-    per_mask = torch.bincount(changes[:, 0], minlength=n).cpu().numpy()
-    positions = (changes[:, 1] + 1).cpu().numpy()
+    # numpy finds the nonzeros of a bool array several times faster than torch on the CPU
+    per_mask, positions = (_changes_numpy if flat.device.type == "cpu" else _changes_torch)(flat)
     starts_with_one = flat[:, 0].cpu().numpy()
     out = []
     for i, change_pos in enumerate(np.split(positions, np.cumsum(per_mask)[:-1])):
@@ -43,6 +44,21 @@ def rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
         head = [0, 0] if starts_with_one[i] else [0]
         out.append(np.diff(np.concatenate([head, change_pos, [h * w]])))
     return out
+
+
+def _changes_torch(flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """`(N, L)` bool -> changes per mask `(N,)` and, mask after mask, the positions where a new run starts."""
+    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (K, 2): mask index, position before the change
+    per_mask = torch.bincount(changes[:, 0], minlength=flat.shape[0]).cpu().numpy()
+    return per_mask, (changes[:, 1] + 1).cpu().numpy()
+
+
+def _changes_numpy(flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """`_changes_torch` for a CPU tensor, in numpy."""
+    array = flat.numpy()
+    changes = np.flatnonzero(array[:, 1:] != array[:, :-1])  # flat index into (N, L - 1)
+    mask_index, before = np.divmod(changes, array.shape[1] - 1)
+    return np.bincount(mask_index, minlength=array.shape[0]), before + 1
 
 
 def mask_to_rle_pytorch(masks: torch.Tensor) -> list[dict[str, Any]]:
