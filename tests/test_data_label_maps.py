@@ -52,6 +52,8 @@ def test_colour_map_gives_one_instance_per_colour():
         {"image": np.zeros((48, 64, 3), np.uint8), "label": Image.fromarray(_colour_map())}
     )
     assert _sorted(from_reader) == _sorted(_objects())
+    _, from_array = to_instances({"image": np.zeros((48, 64, 3), np.uint8), "label": _colour_map()})
+    assert _sorted(from_array) == _sorted(_objects())
 
 
 def test_palette_map_ignores_the_voc_border():

@@ -109,7 +109,9 @@ def _detect_format(value: Any) -> str:
     if isinstance(value, Image.Image):
         return "label_map"
     if isinstance(value, np.ndarray):
-        return "label_map" if value.ndim == 2 else "binary"
+        # (H, W, 3|4) uint8 is a colour label map; a stack of 3 or 4 pixel wide instances is not plausible
+        colour = value.ndim == 3 and value.shape[-1] in (3, 4) and value.dtype == np.uint8
+        return "label_map" if value.ndim == 2 or colour else "binary"
     if isinstance(value, (list, tuple)):
         if not value:
             return "binary"  # no instance: the row is unusable whatever the format
