@@ -261,7 +261,11 @@ _IMG = np.zeros((40, 60, 3), np.uint8)
         ({"images": np.zeros((2, 40, 60, 3), np.uint8)}, ValueError, "got shape \\(2, 40, 60, 3\\)"),
         ({"images": np.zeros((3, 40, 60), np.uint8)}, ValueError, "channels-first"),
         ({"images": np.full((40, 60, 3), 2.0, np.float32)}, ValueError, "float image .* in \\[0, 1\\]"),
-        ({"images": [_IMG, "photo.png"]}, FileNotFoundError, "images\\[1\\] must be an existing image file"),
+        (
+            {"images": [_IMG, "photo.png"]},
+            FileNotFoundError,
+            "images\\[1\\] \\(photo.png\\) must be an existing image file",
+        ),
         ({"images": [_IMG, 3]}, TypeError, "images\\[1\\] must be an image path, a PIL image .* got int"),
         ({"images": []}, ValueError, "non-empty list"),
         (
