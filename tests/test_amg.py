@@ -272,10 +272,11 @@ def test_bad_arguments_raise(tiny_pair, kwargs, match):
 
 def test_bad_image_raises(tiny_pair):
     generator = SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2)
-    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
-        generator.generate(np.zeros((10, 10), np.uint8))
-    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
-        generator.generate(np.zeros((10, 10, 3), np.float32))
+    # Images are read by sam_hf.data.images.to_rgb: what it refuses, the generator refuses.
+    with pytest.raises(ValueError, match=r"image must be .* got shape \(3, 10, 10\) \(channels-first"):
+        generator.generate(np.zeros((3, 10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"float image and must hold finite values in \[0, 1\]"):
+        generator.generate(np.full((10, 10, 3), 255.0, np.float32))
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_evaluate_shipped_model_by_name_and_offline_default(shapes_dataset, tmp_
     ("extra", "message"),
     [
         (["--prompt", "lasso"], "prompts must be a non-empty subset"),
-        (["--split", "train"], r"--split must be one of \['test'\]"),
+        (["--split", "train"], r"split must be one of \['test'\]"),
     ],
 )
 def test_evaluate_rejects_bad_arguments(base_folder, shapes_dataset, extra, message):

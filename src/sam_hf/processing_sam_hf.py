@@ -6,14 +6,11 @@ resampling as official SAM and transformers' `SamImageProcessorPil`), normalised
 (0-255 scale) and zero-padded at the bottom and right. Prompts are given in original-image pixels (XY)
 and scaled per axis by `new_w / old_w` and `new_h / old_h`.
 
-Image input rules (one image, or a list of images of any sizes):
-    * `PIL.Image`: 16-bit ("I;16") and float ("F") images follow the numpy rules; any other mode is
-      converted to RGB (an alpha channel is dropped, palette and grayscale images are expanded).
-    * `np.ndarray` `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)`: grayscale is replicated to three
-      channels, a fourth (alpha) channel is dropped. dtypes: uint8 (0-255), uint16 (scaled by 65535 to
-      [0, 1]) and float16/32/64 (must lie in [0, 1]); other dtypes (bool, signed integers) are rejected.
-      Non-uint8 images are resized in float, so a float image equal to a uint8 image / 255 gives
-      pixel values within one uint8 rounding step of it.
+Images (one image, or a list of images of any sizes) are read by `sam_hf.data.images.to_rgb`, the
+package's one rule: a path (EXIF orientation applied), a PIL image of any mode or a numpy array
+`(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)` of dtype uint8, uint16 (scaled by 255 / 65535), bool or
+float in [0, 1] (scaled by 255), rounded to `(H, W, 3)` uint8 RGB. An image whose short side would resize
+to 0 px (aspect ratio beyond `2 * image_size : 1`) is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import BatchFeature
 
+from .data.images import IMAGE_FORMS, to_rgb
 from .modeling.modeling_sam_hf import shipped_model_folder
 from .modeling.prompt_encoder import PAD_LABEL
 
@@ -37,9 +35,8 @@ __all__ = ["PROCESSOR_CONFIG_NAME", "SamHFProcessor", "validate_boxes", "validat
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 _TRANSFORMERS_PROCESSOR_CONFIG_NAME = "processor_config.json"
 _VALID_POINT_LABELS = (1, 0, -1)
-_IMAGE_FORMS = "a PIL image or a numpy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
 
-ImageLike = Image.Image | np.ndarray
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
 class SamHFProcessor:
@@ -147,8 +144,11 @@ class SamHFProcessor:
         """
         resized, original_sizes, reshaped_sizes = [], [], []
         for index, image in enumerate(_as_image_list(images)):
-            array = _to_rgb_array(image, f"images[{index}]")
-            resized.append(self._resize(array))
+            name = f"images[{index}]" + (
+                f" ({os.fspath(image)})" if isinstance(image, (str, os.PathLike)) else ""
+            )
+            array = to_rgb(image, name)
+            resized.append(self._resize(array, name))
             original_sizes.append(array.shape[:2])
             reshaped_sizes.append(resized[-1].shape[:2])
         pixel_values = torch.cat(
@@ -157,24 +157,20 @@ class SamHFProcessor:
         return pixel_values, torch.tensor(original_sizes), torch.tensor(reshaped_sizes)
 
     def resize_image(self, image: ImageLike) -> np.ndarray:
-        """One image -> `(h, w, 3)` RGB with its longest side resized to `image_size`, as official
-        `ResizeLongestSide.apply_image` (uint8 for uint8 input, else float32 on the 0-255 scale)."""
-        return self._resize(_to_rgb_array(image, "image"))
+        """One image -> `(h, w, 3)` uint8 RGB with its longest side resized to `image_size`, as official
+        `ResizeLongestSide.apply_image`."""
+        return self._resize(to_rgb(image, "image"), "image")
 
-    def _resize(self, image: np.ndarray) -> np.ndarray:
-        """PIL bilinear resize of `(H, W, 3)`: uint8 as official SAM, other dtypes per channel in PIL's float mode."""
+    def _resize(self, image: np.ndarray, name: str) -> np.ndarray:
+        """PIL bilinear resize of `(H, W, 3)` uint8, as official SAM; `name` is the image in error messages."""
         height, width = self.get_preprocess_shape(*image.shape[:2])
-        if image.dtype == np.uint8:
-            return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-        channels = [
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
-                    (width, height), Image.Resampling.BILINEAR
-                )
+        if min(height, width) == 0:
+            raise ValueError(
+                f"{name} is {image.shape[0]}x{image.shape[1]} (HxW) and its short side would resize to 0 px "
+                f"at image_size={self.image_size}; the long side may be at most {2 * self.image_size} times "
+                "the short side (crop or pad the image)"
             )
-            for c in range(3)
-        ]
-        return np.stack(channels, axis=-1)
+        return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
     def normalize_and_pad(self, resized_images: torch.Tensor) -> torch.Tensor:
         """`(batch_size, 3, h, w)` resized RGB on the 0-255 scale (any dtype) -> normalised, zero-padded
@@ -471,43 +467,9 @@ class SamHFProcessor:
 def _as_image_list(images: Any) -> list:
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError(f"images must be {_IMAGE_FORMS} or a non-empty list of them, got an empty list")
+            raise ValueError(f"images must be {IMAGE_FORMS} or a non-empty list of them, got an empty list")
         return list(images)
     return [images]
-
-
-def _to_rgb_array(image: Any, name: str) -> np.ndarray:
-    """One image -> `(H, W, 3)` uint8 (0-255) or float32 (0-255 scale) array."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16L", "I;16B", "F"):
-            image = np.asarray(image)
-        else:
-            image = np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be {_IMAGE_FORMS}, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        hint = " (channels-first? use HWC)" if image.ndim == 3 and image.shape[0] in (1, 3, 4) else ""
-        raise ValueError(f"{name} must be {_IMAGE_FORMS}, got shape {image.shape}{hint}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {image.shape}")
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    image = image[..., :3]  # an alpha channel is dropped
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) * np.float32(255.0 / 65535.0)
-    if image.dtype.kind == "f":
-        image = image.astype(np.float32)
-        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ValueError(
-                f"{name} is a float image and must hold finite values in [0, 1], got range "
-                f"[{np.nanmin(image):g}, {np.nanmax(image):g}] (convert 0-255 floats to uint8 or divide by 255)"
-            )
-        return image * np.float32(255.0)
-    raise TypeError(f"{name} must have dtype uint8, uint16 or float (in [0, 1]), got {image.dtype}")
 
 
 # ---------------------------------------------------------------------- prompt helpers

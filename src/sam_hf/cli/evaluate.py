@@ -23,9 +23,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser, what="model or PEFT adapter folder")
     parser.add_argument(
-        "--dataset", required=True, help="dataset folder (save_to_disk) or Hub dataset id, with image + masks"
+        "--dataset",
+        required=True,
+        help="dataset folder (save_to_disk, e.g. `sam-hf annotate` output), image folder, COCO .json or Hub "
+        "dataset id, with an `image` column and masks (found as in sam_hf.data.reader)",
     )
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate (default: test; ignored for a dataset without splits)",
+    )
     parser.add_argument(
         "--prompt",
         default="point,3point,box,jittered_box,clicks",
@@ -47,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.reader import load_segmentation_dataset, to_instances
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
     from ..hub import adapter_base_model, load_pretrained, load_processor
 
@@ -61,54 +69,24 @@ def run(args: argparse.Namespace) -> int:
     is_adapter = adapter_base_model(args.model) is not None
     processor = load_processor(args.model, config=model.config)
     with user_input(f"--dataset {args.dataset}"):
-        dataset, split = _load_split(args.dataset, args.split, args.max_images)
+        dataset, stats = load_segmentation_dataset(args.dataset, args.split)
+    if args.max_images is not None:
+        dataset = dataset.select(range(min(args.max_images, len(dataset))))
+
+    def samples():
+        for row in dataset:
+            yield to_instances(row, "image", stats.mask_column, stats.mask_format)
 
     runs = {}
     for name in ("base", "finetuned") if is_adapter else ("model",):
         # The base run is the same PeftModel with its adapter switched off: no second copy of the weights.
         with model.disable_adapter() if name == "base" else contextlib.nullcontext():
             source = args.model if name != "base" else adapter_base_model(args.model)
-            runs[name] = timed_run(source, model, processor, _samples(dataset), protocol, len(dataset))
+            runs[name] = timed_run(source, model, processor, samples(), protocol, len(dataset))
     if args.output:
         path = Path(args.output)
     else:  # inside a local model folder; for Hub ids and shipped names, in the working directory
         path = (Path(args.model) if Path(args.model).is_dir() else Path()) / EVAL_RESULTS_NAME
-    print(write_eval_results(path, protocol, args.dataset, split, len(dataset), runs))
+    print(write_eval_results(path, protocol, args.dataset, stats.split, len(dataset), runs))
     print(f"wrote {path}")
     return 0
-
-
-def _load_split(name: str, split: str, max_images: int | None):
-    """-> (dataset, split name or None for a saved single `Dataset`, which has no splits)."""
-    import datasets
-
-    if Path(name).exists():
-        loaded = datasets.load_from_disk(name)
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"--split must be one of {sorted(loaded)} for {name}, got {split!r}")
-            loaded = loaded[split]
-        else:
-            split = None
-    else:
-        loaded = datasets.load_dataset(name, split=split)
-    if max_images is not None:
-        loaded = loaded.select(range(min(max_images, len(loaded))))
-    return loaded, split
-
-
-def _samples(dataset):
-    """Yield `(image (H, W, 3) uint8, masks (K, H, W) bool)` from an `image` column and a `masks` column
-    (a list of masks per image) or a `mask` column (one mask per row)."""
-    import numpy as np
-
-    if "image" not in dataset.column_names or not {"masks", "mask"} & set(dataset.column_names):
-        raise ValueError(
-            f"--dataset needs an `image` column and a `masks` or `mask` column, got {dataset.column_names}"
-        )
-    for example in dataset:
-        image = np.asarray(
-            example["image"].convert("RGB") if hasattr(example["image"], "convert") else example["image"]
-        )
-        masks = example["masks"] if "masks" in example else [example["mask"]]
-        yield image, np.stack([np.asarray(mask) > 0 for mask in masks])

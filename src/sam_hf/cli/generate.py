@@ -82,14 +82,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from sam_hf import SamAutomaticMaskGenerator, SamHFModel
+    from sam_hf.data.images import to_rgb
 
     device = resolve_device(args.device)
-    with user_input(f"IMAGE {args.image}"), Image.open(args.image) as image:
-        rgb = np.asarray(image.convert("RGB"))
+    with user_input(f"IMAGE {args.image}"):
+        rgb = to_rgb(args.image, "IMAGE")
     model = SamHFModel.from_pretrained(resolve_model(args.model)).to(device).eval()
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
     with _prompt_progress(generator, rgb.shape[:2], disable=True if args.no_progress else None):
@@ -177,11 +175,11 @@ def _overlay(image: Any, records: list[dict[str, Any]], alpha: float = 0.5) -> A
     import numpy as np
     from PIL import Image
 
-    from sam_hf.inference.amg_utils import coco_decode_rle
+    from sam_hf.data.rle import rle_to_mask
 
     canvas = np.asarray(image, dtype=np.float32).copy()
     colours = np.random.default_rng(0).integers(40, 256, (max(len(records), 1), 3))
     for colour, record in zip(colours, sorted(records, key=lambda r: -r["area"]), strict=False):
-        mask = coco_decode_rle(record["segmentation"])
+        mask = rle_to_mask(record["segmentation"])
         canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
     return Image.fromarray(canvas.round().astype(np.uint8))

@@ -81,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sam_hf import SamHFModel, SamPredictor
+    from sam_hf.data.images import to_rgb
 
     if not args.point and args.box is None:
         raise SamHFUserError("give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
     device = resolve_device(args.device)
     with user_input(f"IMAGE {args.image}"):
-        image = Image.open(args.image)
-        image.load()
+        image = to_rgb(args.image, "IMAGE")
     args.model = resolve_model(args.model)
     model = SamHFModel.from_pretrained(args.model).to(device).eval()
     predictor = SamPredictor(model)
@@ -131,7 +131,7 @@ def _overlay(image: Any, mask: Any, points: list, box: tuple | None) -> Any:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFilter
 
-    rgb = np.asarray(_display_rgb(image), dtype=np.float32)
+    rgb = np.asarray(image, dtype=np.float32)
     tint = np.array(_OVERLAY_COLOUR, dtype=np.float32)
     rgb[mask] = 0.5 * rgb[mask] + 0.5 * tint
     canvas = Image.fromarray(rgb.round().astype(np.uint8))
@@ -148,15 +148,3 @@ def _overlay(image: Any, mask: Any, points: list, box: tuple | None) -> Any:
             outline=(255, 255, 255),
         )
     return canvas
-
-
-def _display_rgb(image: Any) -> Any:
-    """An 8-bit RGB view of the image for drawing (16-bit and float images are scaled as the processor does)."""
-    import numpy as np
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16L", "I;16B", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        array = array / 65535.0 if image.mode.startswith("I;16") else np.clip(array, 0, 1)
-        return Image.fromarray((array * 255).round().astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")

@@ -3,15 +3,21 @@
 Sources (`load_segmentation_dataset`): a Hub dataset id, a local `Dataset.save_to_disk` folder, an
 `imagefolder` directory, or a COCO-format annotation JSON file.
 
+The mask column (`mask_column`): the one named; when that is the default `"label"` and the dataset has
+no such column, the first of `MASK_COLUMNS` it has (so the `masks` column `sam-hf annotate` writes is
+found without flags).
+
 Mask formats (`mask_format`), converted by `to_instances` with this rule:
-- `"label_map"`: an `(H, W)` integer map (PIL image or array); every non-zero id is one instance, 0 is
-  background. A semantic map therefore gives one instance per class.
+- `"label_map"`: a label image or array, read by `sam_hf.data.label_maps.label_map_to_masks` (integer,
+  palette and colour-coded maps; one instance per id or colour; lossy maps cleaned or refused).
 - `"binary"`: per-instance binary masks, `(N, H, W)` array or a list of `(H, W)` masks.
-- `"rle"`: a list of COCO RLE dicts `{"size": [H, W], "counts": list[int] | str}`.
+- `"rle"`: a list of COCO RLE dicts `{"size": [H, W], "counts": list[int] | str}` (`sam_hf.data.rle`).
 - `"coco"`: a list of COCO `segmentation` fields (polygon lists or RLE dicts), as produced for COCO files.
-- `"auto"`: chosen from the value of the first usable row.
-Empty instances are dropped; a row with no instance left, or whose masks differ in size from the image,
-is unusable. Unusable rows are counted in `DatasetStats`, logged, and left out of the returned dataset.
+- `"auto"`: chosen from each row's value.
+Images are read by `sam_hf.data.images.to_rgb`. Empty instances are dropped; a row with no instance left,
+whose masks differ in size from the image, or with a lossy colour map, is unusable. Unusable rows are
+counted in `DatasetStats`, logged, and left out of the returned dataset; a split with no usable row is
+an error.
 """
 
 from __future__ import annotations
@@ -26,13 +32,26 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..inference.amg_utils import decompress_rle_counts
+from .images import to_rgb
+from .label_maps import LossyLabelMapError, label_map_to_masks
+from .rle import rle_to_mask
 
-__all__ = ["DatasetStats", "MASK_FORMATS", "decode_rle", "load_segmentation_dataset", "to_instances"]
+__all__ = [
+    "DEFAULT_MASK_COLUMN",
+    "DatasetStats",
+    "MASK_COLUMNS",
+    "MASK_FORMATS",
+    "load_segmentation_dataset",
+    "resolve_mask_column",
+    "to_instances",
+]
 
 logger = logging.getLogger(__name__)
 
 MASK_FORMATS = ("auto", "label_map", "binary", "rle", "coco")
+DEFAULT_MASK_COLUMN = "label"
+# Where datasets keep masks: the default, `sam-hf annotate`'s output and common Hub layouts, in that order.
+MASK_COLUMNS = (DEFAULT_MASK_COLUMN, "masks", "mask", "segmentation", "annotation", "instances")
 
 
 @dataclass
@@ -43,9 +62,11 @@ class DatasetStats:
         num_rows: rows in the source split.
         num_usable: rows with at least one instance matching the image size.
         num_instances: instances in the usable rows.
-        unusable: count per reason (`"empty_mask"`, `"size_mismatch"`).
+        unusable: count per reason (`"empty_mask"`, `"size_mismatch"`, `"lossy_label_map"`).
         unusable_indices: source indices of the unusable rows.
         mask_format: the format to pass to `to_instances` for the returned rows.
+        mask_column: the column the masks were read from.
+        split: the split read, None for a dataset without splits.
     """
 
     num_rows: int = 0
@@ -54,30 +75,14 @@ class DatasetStats:
     unusable: Counter = field(default_factory=Counter)
     unusable_indices: list[int] = field(default_factory=list)
     mask_format: str = "auto"
+    mask_column: str = DEFAULT_MASK_COLUMN
+    split: str | None = None
 
 
 class _UnusableRow(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """Decode a COCO RLE dict (column-major counts, uncompressed list or compressed string) to `(H, W)` bool."""
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = decompress_rle_counts(counts)
-    flat = np.zeros(height * width, dtype=bool)
-    position, value = 0, False
-    for run in counts:
-        if value:
-            flat[position : position + run] = True
-        position += run
-        value = not value
-    if position != height * width:
-        raise ValueError(f"rle counts must sum to H*W = {height * width}, got {position}")
-    return flat.reshape(width, height).T
 
 
 def _polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
@@ -96,7 +101,7 @@ def _segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndar
     if isinstance(segmentation, dict):
         if isinstance(segmentation["counts"], list) and segmentation.get("size") is None:
             segmentation = {**segmentation, "size": [height, width]}
-        return decode_rle(segmentation)
+        return rle_to_mask(segmentation)
     return _polygons_to_mask(segmentation, height, width)
 
 
@@ -104,8 +109,12 @@ def _detect_format(value: Any) -> str:
     if isinstance(value, Image.Image):
         return "label_map"
     if isinstance(value, np.ndarray):
-        return "label_map" if value.ndim == 2 else "binary"
-    if isinstance(value, (list, tuple)) and value:
+        # (H, W, 3|4) uint8 is a colour label map; a stack of 3 or 4 pixel wide instances is not plausible
+        colour = value.ndim == 3 and value.shape[-1] in (3, 4) and value.dtype == np.uint8
+        return "label_map" if value.ndim == 2 or colour else "binary"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "binary"  # no instance: the row is unusable whatever the format
         first = value[0]
         if isinstance(first, dict):
             return "rle"
@@ -120,26 +129,40 @@ def _detect_format(value: Any) -> str:
     raise ValueError(f"mask_format='auto' cannot recognise a mask value of type {type(value).__name__}")
 
 
-def to_rgb_image(image: Any) -> np.ndarray:
-    """A dataset image (PIL image or `(H, W[, C])` array) as `(H, W, 3)` uint8 RGB: gray repeated, alpha dropped."""
-    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return image[..., :3].astype(np.uint8)
+def resolve_mask_column(columns: Any, mask_column: str = DEFAULT_MASK_COLUMN) -> str:
+    """The mask column of a dataset with `columns` (rule in the module docstring).
+
+    Raises:
+        ValueError: if the column is not there (naming the columns there are).
+    """
+    columns = list(columns)
+    if mask_column in columns:
+        return mask_column
+    if mask_column == DEFAULT_MASK_COLUMN:
+        for candidate in MASK_COLUMNS:
+            if candidate in columns:
+                return candidate
+        raise ValueError(
+            f"mask_column: the dataset has none of the usual mask columns {list(MASK_COLUMNS)}; "
+            f"got columns {sorted(columns)} (name the mask column)"
+        )
+    raise ValueError(
+        f"mask_column {mask_column!r} is not a column of the dataset; columns are {sorted(columns)}"
+    )
 
 
 def to_instances(
     example: dict,
     image_column: str = "image",
-    mask_column: str = "label",
+    mask_column: str = DEFAULT_MASK_COLUMN,
     mask_format: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Convert one dataset row to an RGB image and its instance masks (rule in the module docstring).
 
     Args:
-        example: a row with an image (PIL image or `(H, W[, C])` array) and a mask value.
+        example: a row with an image (any form `to_rgb` reads) and a mask value.
         image_column: column holding the image.
-        mask_column: column holding the masks.
+        mask_column: column holding the masks (found as in `resolve_mask_column`).
         mask_format: one of `MASK_FORMATS`.
 
     Returns:
@@ -147,27 +170,28 @@ def to_instances(
         by position.
 
     Raises:
-        ValueError: if the row has no non-empty instance or its masks do not match the image size.
+        ValueError: if the row has no non-empty instance, its masks do not match the image size, or its
+            colour label map is lossy.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
-    for column in (image_column, mask_column):
-        if column not in example:
-            raise ValueError(f"column {column!r} not in the example; columns are {sorted(example)}")
-    image = to_rgb_image(example[image_column])
+    if image_column not in example:
+        raise ValueError(f"image_column {image_column!r} not in the example; columns are {sorted(example)}")
+    mask_column = resolve_mask_column(example, mask_column)
+    image = to_rgb(example[image_column], image_column)
     height, width = image.shape[:2]
 
     value = example[mask_column]
     fmt = _detect_format(value) if mask_format == "auto" else mask_format
     if fmt == "label_map":
-        label_map = np.asarray(value)
-        if label_map.ndim == 3:  # an RGB-saved label image: ids live in the first channel
-            label_map = label_map[..., 0]
-        instances = [label_map == i for i in np.unique(label_map) if i != 0]
+        try:
+            instances = list(label_map_to_masks(value, mask_column))
+        except LossyLabelMapError as error:
+            raise _UnusableRow("lossy_label_map", str(error)) from error
     elif fmt == "binary":
         instances = [np.asarray(m).astype(bool) for m in value]
     elif fmt == "rle":
-        instances = [decode_rle(r) for r in value]
+        instances = [rle_to_mask(r) for r in value]
     else:
         instances = [_segmentation_to_mask(s, height, width) for s in value]
     for mask in instances:
@@ -198,10 +222,11 @@ def _load_coco(path: str, image_column: str, mask_column: str):
 
 
 def _load_source(source: str, split: str | None, image_column: str, mask_column: str):
+    """-> (dataset, format forced by the source or None, split read or None for a dataset without splits)."""
     import datasets
 
     if os.path.isfile(source) and source.endswith(".json"):
-        return _load_coco(source, image_column, mask_column), "coco"
+        return _load_coco(source, image_column, mask_column), "coco", None
     if os.path.isdir(source):
         if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(
             os.path.join(source, "dataset_dict.json")
@@ -209,59 +234,92 @@ def _load_source(source: str, split: str | None, image_column: str, mask_column:
             loaded = datasets.load_from_disk(source)
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=source)
+    elif os.path.exists(source):
+        raise ValueError(
+            f"source must be a dataset folder, an image folder, a COCO .json file or a Hub dataset id, "
+            f"got {source!r}"
+        )
     else:
         loaded = datasets.load_dataset(source)
-    if isinstance(loaded, datasets.DatasetDict):
-        if split is None:
-            split = "train" if "train" in loaded else next(iter(loaded))
-        if split not in loaded:
-            raise ValueError(f"split must be one of {list(loaded)}, got {split!r}")
-        loaded = loaded[split]
-    return loaded, None
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded, None, None
+    if split is None:
+        split = "train" if "train" in loaded else next(iter(loaded))
+    if split not in loaded:
+        raise ValueError(f"split must be one of {sorted(loaded)} for {source}, got {split!r}")
+    return loaded[split], None, split
 
 
 def load_segmentation_dataset(
     source: str,
     split: str | None = None,
     image_column: str = "image",
-    mask_column: str = "label",
+    mask_column: str = DEFAULT_MASK_COLUMN,
     mask_format: str = "auto",
 ):
-    """Load a segmentation dataset and keep the rows usable for training.
+    """Load a segmentation dataset and keep the rows usable for training and evaluation.
 
     Args:
-        source: Hub dataset id, `save_to_disk` folder, `imagefolder` directory or COCO JSON file.
-        split: split of a `DatasetDict` (default `"train"` if present, else the first).
+        source: Hub dataset id, `save_to_disk` folder (e.g. `sam-hf annotate`'s output), `imagefolder`
+            directory or COCO JSON file.
+        split: split of a `DatasetDict` (default `"train"` if present, else the first); ignored for a
+            dataset without splits.
         image_column: column with the images.
-        mask_column: column with the masks (for COCO files, the column created to hold the segmentations).
+        mask_column: column with the masks (found as in `resolve_mask_column`; for COCO files, the column
+            created to hold the segmentations).
         mask_format: one of `MASK_FORMATS`; fixed to `"coco"` for COCO files.
 
     Returns:
         `(dataset, stats)`: a `datasets.Dataset` with the usable rows (other columns kept) and their
-        `DatasetStats`. Convert its rows with `to_instances(row, image_column, mask_column, stats.mask_format)`.
+        `DatasetStats`. Convert its rows with
+        `to_instances(row, image_column, stats.mask_column, stats.mask_format)`.
+
+    Raises:
+        ValueError: if a column is missing, or no row is usable (saying why for each reason).
     """
-    dataset, forced_format = _load_source(source, split, image_column, mask_column)
-    mask_format = forced_format or mask_format
-    stats = DatasetStats(num_rows=len(dataset), mask_format=mask_format)
-    keep = []
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    dataset, forced_format, split = _load_source(source, split, image_column, mask_column)
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"image_column {image_column!r} is not a column of {source}; columns are {sorted(dataset.column_names)}"
+        )
+    stats = DatasetStats(
+        num_rows=len(dataset),
+        mask_format=forced_format or mask_format,
+        mask_column=resolve_mask_column(dataset.column_names, mask_column),
+        split=split,
+    )
+    keep, first_problem = [], {}
     for index, example in enumerate(dataset):
         try:
-            _, masks = to_instances(example, image_column, mask_column, mask_format)
+            _, masks = to_instances(example, image_column, stats.mask_column, stats.mask_format)
         except _UnusableRow as error:
             stats.unusable[error.reason] += 1
             stats.unusable_indices.append(index)
+            first_problem.setdefault(error.reason, f"row {index}: {error}")
             continue
         keep.append(index)
         stats.num_instances += len(masks)
     stats.num_usable = len(keep)
+    where = f"{source}" + (f" (split {split!r})" if split else "")
+    reasons = "; ".join(
+        f"{reason}: {stats.unusable[reason]} (first: {first_problem[reason]})" for reason in stats.unusable
+    )
     logger.warning(
-        "%s: %d of %d rows usable (%d instances); unusable: %s",
-        source,
+        "%s: %d of %d rows usable (%d instances, masks from column %r); unusable: %s",
+        where,
         stats.num_usable,
         stats.num_rows,
         stats.num_instances,
-        dict(stats.unusable) or "none",
+        stats.mask_column,
+        reasons or "none",
     )
+    if not keep:
+        raise ValueError(
+            f"dataset {where} must have at least one usable row (an image with a non-empty mask of its "
+            f"size in column {stats.mask_column!r}), got 0 of {stats.num_rows}: {reasons or 'the split is empty'}"
+        )
     if len(keep) != len(dataset):
         dataset = dataset.select(keep)
     return dataset, stats

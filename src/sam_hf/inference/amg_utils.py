@@ -1,40 +1,30 @@
-"""Pure utilities for automatic mask generation: point grids, crop boxes, stability scores, boxes,
-run-length encoding and small-region removal.
+"""Pure utilities for automatic mask generation: point grids, crop boxes, stability scores, boxes and
+small-region removal (the RLE codec is `sam_hf.data.rle`).
 
 Names and conventions follow `segment_anything.utils.amg` so code written against it keeps working:
 masks are `(N, H, W)` bool, boxes are XYXY in pixels (`int64` when computed from masks), crop boxes are
-`[x0, y0, x1, y1]` lists, and an uncompressed RLE is `{"size": [H, W], "counts": [...]}` over the
-column-major (Fortran-order) flattened mask, starting with a run of zeros, as `pycocotools` expects.
-Everything is vectorised in torch or numpy; neither OpenCV nor pycocotools is needed.
+`[x0, y0, x1, y1]` lists. Everything is vectorised in torch or numpy; OpenCV is not needed.
 """
 
 from __future__ import annotations
 
 import math
 from itertools import product
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "area_from_rle",
     "batched_mask_to_box",
     "box_xyxy_to_xywh",
     "build_all_layer_point_grids",
     "build_point_grid",
     "calculate_stability_score",
-    "coco_decode_rle",
-    "decompress_rle_counts",
-    "coco_encode_rle",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
     "label_connected_components",
-    "mask_to_rle_pytorch",
     "remove_small_regions",
-    "rle_counts",
-    "rle_to_mask",
     "uncrop_boxes_xyxy",
     "uncrop_points",
     "upsampling_matrix",
@@ -164,89 +154,6 @@ def upsampling_matrix(low_res: int, padded: int, valid: int, out: int) -> torch.
     upsampled = F.interpolate(identity, size=padded, mode="linear", align_corners=False)[..., :valid]
     resized = F.interpolate(upsampled, size=out, mode="linear", align_corners=False)
     return resized[:, 0].T.contiguous()
-
-
-def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
-    """`(N, H, W)` bool masks -> uncompressed RLEs, computed for all masks at once."""
-    h, w = tensor.shape[-2:]
-    return [{"size": [h, w], "counts": counts.tolist()} for counts in rle_counts(tensor)]
-
-
-def rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
-    """`(N, H, W)` bool masks -> RLE counts of each as an int64 array (compact; `mask_to_rle_pytorch`
-    wraps them as lists). Runs are found for all masks in one pass on the masks' device."""
-    n, h, w = masks.shape
-    if n == 0:
-        return []
-    flat = masks.transpose(1, 2).reshape(n, h * w)
-    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (K, 2): mask index, position before the change
-    per_mask = torch.bincount(changes[:, 0], minlength=n).cpu().numpy()
-    positions = (changes[:, 1] + 1).cpu().numpy()
-    starts_with_one = flat[:, 0].cpu().numpy()
-    out = []
-    for i, change_pos in enumerate(np.split(positions, np.cumsum(per_mask)[:-1])):
-        # A leading zero-length run keeps the convention that counts start with background.
-        head = [0, 0] if starts_with_one[i] else [0]
-        out.append(np.diff(np.concatenate([head, change_pos, [h * w]])))
-    return out
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Uncompressed RLE -> `(H, W)` bool mask."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(w, h).T
-
-
-def area_from_rle(rle: dict[str, Any]) -> int:
-    """Number of foreground pixels of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
-
-
-def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
-    """Uncompressed RLE -> COCO compressed RLE `{"size": [H, W], "counts": str}` (JSON-serialisable),
-    the string encoding `pycocotools.mask.frPyObjects` produces and `pycocotools.mask.decode` reads."""
-    counts = uncompressed_rle["counts"]
-    chars = []
-    for i, count in enumerate(counts):
-        # Counts after the second are stored as differences to the count two back (same parity run).
-        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            chars.append(chr(c + 48))
-    return {"size": list(uncompressed_rle["size"]), "counts": "".join(chars)}
-
-
-def decompress_rle_counts(text: str | bytes) -> list[int]:
-    """COCO's compressed RLE string -> run lengths: 5-bit groups with a continuation bit, deltas from the run two back."""
-    text = text.decode() if isinstance(text, bytes) else text
-    counts: list[int] = []
-    pos = 0
-    while pos < len(text):
-        x, shift, more = 0, 0, True
-        while more:
-            c = ord(text[pos]) - 48
-            x |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 5
-            if not more and c & 0x10:
-                x |= -1 << shift  # sign-extend
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def coco_decode_rle(coco_rle: dict[str, Any]) -> np.ndarray:
-    """COCO compressed RLE (string counts, as `coco_encode_rle` writes) -> `(H, W)` bool mask."""
-    return rle_to_mask({"size": coco_rle["size"], "counts": decompress_rle_counts(coco_rle["counts"])})
 
 
 def label_connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import to_rgb
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 
 __all__ = ["IMAGE_EXTENSIONS", "annotate", "assign_splits", "dataset_features", "list_images"]
@@ -230,14 +231,10 @@ class _ImageSource:
         return len(self.names)
 
     def load(self, index: int) -> np.ndarray:
-        """`(H, W, 3)` uint8 RGB image."""
-        from PIL import Image
-
+        """`(H, W, 3)` uint8 RGB image, upright as `datasets` decodes the stored image."""
         if self.dataset is None:
-            with Image.open(self.folder / self.names[index]) as image:
-                return np.asarray(image.convert("RGB"))
-        image = self.dataset[index][self.image_column]
-        return np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+            return to_rgb(self.folder / self.names[index], self.names[index])
+        return to_rgb(self.dataset[index][self.image_column], self.names[index])
 
     def stored_image(self, index: int) -> Any:
         """The image as written to the dataset: the original file bytes, or the source dataset's value."""

@@ -28,26 +28,24 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_area
 
+from ..data.images import to_rgb
+from ..data.rle import area_from_rle, coco_encode_rle, rle_counts, rle_to_mask
+from ..modeling import SamHFModel
+from ..modeling.mask_decoder import MaskDecoder
+from ..processing_sam_hf import SamHFProcessor
 from .amg_utils import (
-    area_from_rle,
     batched_mask_to_box,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     calculate_stability_score,
-    coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
     remove_small_regions,
-    rle_counts,
-    rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_points,
     upsampling_matrix,
 )
-from ..modeling import SamHFModel
-from ..modeling.mask_decoder import MaskDecoder
 from .predictor import SamPredictor
-from ..processing_sam_hf import SamHFProcessor
 
 __all__ = ["SamAutomaticMaskGenerator"]
 
@@ -169,14 +167,14 @@ class SamAutomaticMaskGenerator:
         """Generate masks for `image`.
 
         Args:
-            image: `(H, W, 3)` uint8 RGB image (a PIL image is converted).
+            image: an image in any form `sam_hf.data.images.to_rgb` reads (e.g. `(H, W, 3)` uint8 RGB).
 
         Returns:
             One record per mask, in the official generator's format:
             `segmentation` (per `output_mode`), `area` (int pixels), `bbox` (XYWH list), `predicted_iou`,
             `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
         """
-        image = _check_image(image)
+        image = to_rgb(image)
         _keep_freed_memory_in_process()
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
@@ -608,15 +606,6 @@ def _check_point_grid(grid: Any, index: int) -> np.ndarray:
             f"[{grid.min():.3g}, {grid.max():.3g}]"
         )
     return grid
-
-
-def _check_image(image: Any) -> np.ndarray:
-    image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} and dtype {image.dtype}"
-        )
-    return image
 
 
 def _trimmed(matrix: torch.Tensor) -> torch.Tensor:

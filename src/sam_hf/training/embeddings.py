@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from .collator import EMBEDDINGS_COLUMN
-from ..data.reader import to_rgb_image
 
 __all__ = ["cache_image_embeddings", "embedding_cache_key"]
 
@@ -40,11 +39,11 @@ def cache_image_embeddings(
     """`dataset` with an `image_embeddings` column `(C, grid, grid)` float32, read from the cache if present.
 
     Args:
-        dataset: a `datasets.Dataset` of usable rows (see `training.data.load_segmentation_dataset`).
+        dataset: a `datasets.Dataset` of usable rows (see `sam_hf.data.reader.load_segmentation_dataset`).
         model: a `SamHFModel` (or a PEFT wrapper of one); only its image encoder runs.
         processor: the `SamHFProcessor` used for training.
         cache_dir: folder of the cache files.
-        image_column: column holding the images (converted by `training.data.to_rgb_image`).
+        image_column: column holding the images (read by the processor, `sam_hf.data.images.to_rgb`).
         batch_size: images per encoder pass.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -54,7 +53,7 @@ def cache_image_embeddings(
 
     def encode(images: list) -> dict:
         # Only the image column is read: decoding mask columns to Python lists would dominate the time.
-        pixel_values = processor.preprocess_images([to_rgb_image(image) for image in images])[0].to(device)
+        pixel_values = processor.preprocess_images(list(images))[0].to(device)
         with torch.inference_mode():
             embeddings = base.get_image_embeddings(pixel_values)
         return {EMBEDDINGS_COLUMN: list(embeddings.float().cpu().numpy().astype(np.float32))}

@@ -1,0 +1,220 @@
+"""Tests for sam_hf.data.reader: sources, mask formats and counting of unusable rows."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_hf.data.reader import load_segmentation_dataset, to_instances
+
+
+def _label_map(height=24, width=32):
+    label = np.zeros((height, width), np.uint8)
+    label[2:10, 3:12] = 1
+    label[14:22, 18:30] = 4
+    return label
+
+
+def _image(height=24, width=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _rle_encode(mask):
+    flat = mask.T.reshape(-1)
+    counts, value, run = [], False, 0
+    for pixel in flat:
+        if pixel == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = pixel, 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def test_label_map_gives_one_instance_per_id():
+    image, masks = to_instances({"image": Image.fromarray(_image()), "label": Image.fromarray(_label_map())})
+    assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+    assert masks.shape == (2, 24, 32) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[0], _label_map() == 1)
+    np.testing.assert_array_equal(masks[1], _label_map() == 4)
+
+
+def test_binary_and_rle_formats():
+    label = _label_map()
+    binary = [label == 1, label == 4, np.zeros_like(label, bool)]
+    _, masks = to_instances({"image": _image(), "label": binary})
+    assert masks.shape == (2, 24, 32)  # the empty instance is dropped
+    rles = [_rle_encode(label == 1), _rle_encode(label == 4)]
+    _, decoded = to_instances({"image": _image(), "label": rles}, mask_format="rle")
+    np.testing.assert_array_equal(decoded, masks)
+
+
+def test_unusable_rows_are_counted(tmp_path):
+    rows = {
+        "image": [Image.fromarray(_image(seed=i)) for i in range(4)],
+        "label": [
+            Image.fromarray(_label_map()),
+            Image.fromarray(np.zeros((24, 32), np.uint8)),  # empty
+            Image.fromarray(_label_map(20, 32)),  # size mismatch
+            Image.fromarray(_label_map()),
+        ],
+    }
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column(
+        "label", datasets.Image()
+    ).save_to_disk(str(tmp_path / "ds"))
+    dataset, stats = load_segmentation_dataset(str(tmp_path / "ds"))
+    assert len(dataset) == 2
+    assert (stats.num_rows, stats.num_usable, stats.num_instances) == (4, 2, 4)
+    assert dict(stats.unusable) == {"empty_mask": 1, "size_mismatch": 1}
+    assert stats.unusable_indices == [1, 2]
+
+
+def test_imagefolder_source(tmp_path):
+    folder = tmp_path / "folder" / "train"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_image(seed=i)).save(folder / f"{i}.png")
+    metadata = [{"file_name": f"{i}.png", "label": (_label_map() == 1).tolist()} for i in range(3)]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metadata))
+    dataset, stats = load_segmentation_dataset(str(tmp_path / "folder"), mask_format="label_map")
+    assert stats.num_usable == 3
+    _, masks = to_instances(dataset[0], mask_format=stats.mask_format)
+    assert masks.shape == (1, 24, 32)
+    np.testing.assert_array_equal(masks[0], _label_map() == 1)
+
+
+def test_coco_json_polygons_and_rle(tmp_path):
+    for i in range(2):
+        Image.fromarray(_image(seed=i)).save(tmp_path / f"{i}.png")
+    square = [[3.0, 2.0, 11.0, 2.0, 11.0, 9.0, 3.0, 9.0]]
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 24, "width": 32} for i in range(2)],
+        "annotations": [
+            {"id": 1, "image_id": 0, "segmentation": square, "iscrowd": 0},
+            {"id": 2, "image_id": 0, "segmentation": _rle_encode(_label_map() == 4), "iscrowd": 1},
+        ],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    dataset, stats = load_segmentation_dataset(str(tmp_path / "coco.json"))
+    assert (stats.num_rows, stats.num_usable, dict(stats.unusable)) == (2, 1, {"empty_mask": 1})
+    _, masks = to_instances(dataset[0], mask_format=stats.mask_format)
+    assert masks.shape == (2, 24, 32)
+    np.testing.assert_array_equal(masks[0], _label_map() == 1)  # polygon with inclusive corners
+    np.testing.assert_array_equal(masks[1], _label_map() == 4)
+
+
+def test_rejects_unknown_format():
+    with pytest.raises(ValueError, match="mask_format"):
+        to_instances({"image": _image(), "label": _label_map()}, mask_format="png")
+
+
+def test_mask_column_is_found_when_the_default_is_absent(tmp_path):
+    rows = {"image": [Image.fromarray(_image())], "masks": [[_label_map() == 1, _label_map() == 4]]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    dataset, stats = load_segmentation_dataset(str(tmp_path / "ds"))
+    assert (stats.mask_column, stats.num_instances, stats.split) == ("masks", 2, None)
+    _, masks = to_instances(dataset[0])  # the default column name resolves per row too
+    assert masks.shape == (2, 24, 32)
+    with pytest.raises(ValueError, match="mask_column 'labels' is not a column of the dataset; columns are"):
+        load_segmentation_dataset(str(tmp_path / "ds"), mask_column="labels")
+    datasets.Dataset.from_dict({"image": rows["image"], "other": [1]}).save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="none of the usual mask columns"):
+        load_segmentation_dataset(str(tmp_path / "none"))
+
+
+def test_no_usable_row_is_an_error_naming_the_reasons(tmp_path):
+    rows = {
+        "image": [Image.fromarray(_image(seed=i)) for i in range(3)],
+        "label": [
+            Image.fromarray(np.zeros((24, 32), np.uint8)),
+            Image.fromarray(_label_map(20, 32)),
+            Image.fromarray(np.zeros((24, 32), np.uint8)),
+        ],
+    }
+    split = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(
+        ValueError,
+        match=r"split 'train'\) must have at least one usable row .* got 0 of 3: empty_mask: 2 \(first: row 0: "
+        r".*size_mismatch: 1 \(first: row 1: a mask is \(20, 32\) but the image is \(24, 32\)\)",
+    ):
+        load_segmentation_dataset(str(tmp_path / "ds"))
+
+
+def test_rows_without_masks_are_unusable_not_a_crash():
+    with pytest.raises(ValueError, match="no non-empty instance"):
+        to_instances({"image": _image(), "masks": []})
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory, photos) -> str:
+    """`annotate`'s output for three photos, one of them a phone JPEG with EXIF orientation 6."""
+    from sam_hf import SamHFModel
+    from sam_hf.inference.annotate import annotate
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(photos["astronaut"][::6, ::4]).save(folder / "astronaut.png")
+    Image.fromarray(photos["coffee"][::5, ::5]).save(folder / "coffee.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    Image.fromarray(photos["chelsea"][::4, ::4]).save(folder / "phone.jpg", exif=exif)
+    out = folder.parent / "annotated"
+    model = SamHFModel.from_pretrained("sam-hf-tiny").eval()
+    generator = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    annotate(folder, model, out, generator_kwargs=generator, show_progress=False)
+    return str(out)
+
+
+def test_reader_reads_annotate_output_without_flags(annotated, photos):
+    dataset, stats = load_segmentation_dataset(annotated)
+    assert (stats.mask_column, stats.num_usable, stats.num_rows) == ("masks", 3, 3)
+    for row in dataset:
+        image, masks = to_instances(row)
+        assert masks.shape[1:] == image.shape[:2] == (row["height"], row["width"])
+    phone = dataset[dataset["file_name"].index("phone.jpg")]
+    chelsea = photos["chelsea"][::4, ::4]
+    assert (phone["height"], phone["width"]) == (chelsea.shape[1], chelsea.shape[0])  # stored upright
+
+
+def test_cli_evaluate_reads_annotate_output(annotated, tmp_path, capsys):
+    import json
+
+    from sam_hf.cli import main
+
+    output = tmp_path / "eval.json"
+    args = ["evaluate", "--model", "sam-hf-tiny", "--dataset", annotated, "--prompt", "point,box"]
+    assert main([*args, "--max-images", "1", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["split"] is None and results["num_images"] == 1
+    assert results["runs"]["model"]["results"]["box"]["num_objects"] > 0
+
+
+def test_finetune_reads_annotate_output_without_flags(annotated, tmp_path):
+    from sam_hf.training.loop import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        model="sam-hf-tiny",
+        dataset=annotated,
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        lora_r=2,
+        batch_size=1,
+        merge=False,
+    )
+    summary = finetune(config)
+    assert summary["steps"] == 1 and summary["stats"]["mask_column"] == "masks"
+
+
+def test_finetune_on_a_split_without_usable_rows_says_so(tmp_path):
+    from sam_hf.training.loop import FinetuneConfig, finetune
+
+    rows = {"image": [Image.fromarray(_image(seed=i)) for i in range(2)], "label": [[], []]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    config = FinetuneConfig(
+        model="sam-hf-tiny", dataset=str(tmp_path / "ds"), output_dir=str(tmp_path / "run")
+    )
+    with pytest.raises(ValueError, match="got 0 of 2: empty_mask: 2"):
+        finetune(config)
