@@ -187,8 +187,10 @@ def add_correction_click(
     B, P, ms, _ = labels.shape
     best = iou_scores.argmax(-1)[..., None, None, None].expand(B, P, 1, ms, ms)
     previous = pred_masks.gather(2, best).squeeze(2).detach()  # (B, P, ms, ms)
-    # padded prompts (IGNORE_INDEX) have an empty target, so they get no click
-    clicks, click_labels = correction_clicks((previous > 0).cpu().numpy(), (labels > 0.5).cpu().numpy(), rng)
+    real = (labels != IGNORE_INDEX).flatten(2).any(-1)  # (B, P), False for padded prompts
+    clicks, click_labels = correction_clicks(
+        (previous > 0).cpu().numpy(), (labels > 0.5).cpu().numpy(), rng, valid=real.cpu().numpy()
+    )
     device = labels.device
     points = batch.get("input_points", torch.zeros(B, P, 0, 2, device=device))
     point_labels = batch.get("input_labels", torch.zeros(B, P, 0, dtype=torch.long, device=device))
