@@ -1,4 +1,4 @@
-"""Pretrain the small SAM shipped as `sam-hf-tiny` (`sam_hf.training.pretrain`, where the recipe is described).
+"""Pretrain the small SAM shipped as `sam-hf-tiny` (`sam_hf.training.pretrain` describes the recipe).
 
     python training/pretrain_tiny.py --config training/configs/pretrain_tiny_cpu.yaml --out runs/tiny
 

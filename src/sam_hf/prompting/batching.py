@@ -22,7 +22,8 @@ __all__ = ["PAD_LABEL", "append_points", "pad_points"]
 def pad_points(
     prompts: Sequence[tuple[np.ndarray, np.ndarray]], num_points: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stack per-object point lists into `(num_objects, num_points, 2)` coords and `(num_objects, num_points)` labels.
+    """Stack per-object point lists into `(num_objects, num_points, 2)` coords and `(num_objects, num_points)`
+    labels.
 
     Args:
         prompts: per object, `(coords (N_i, 2), labels (N_i,))`: XY points (any frame; copied as they are)

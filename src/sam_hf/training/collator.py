@@ -43,8 +43,8 @@ class SamTrainingCollator:
 
     Per example, up to `max_prompts` instances are drawn; each gets a prompt type drawn from
     `prompt_types` (`"box"`: a jittered box; `"point"`: `num_points` positive points). Prompts are padded
-    across the batch: points with `PAD_LABEL` (`prompting.batching`), boxes with NaN rows, and the `labels` of padded prompts with
-    `IGNORE_INDEX`.
+    across the batch: points with `PAD_LABEL` (`prompting.batching`), boxes with NaN rows, and the `labels`
+    of padded prompts with `IGNORE_INDEX`.
 
     Args:
         processor: a `SamHFProcessor` (image preprocessing, coordinate transform, mask targets).

@@ -8,19 +8,19 @@ Two recipes: `configs/pretrain_tiny_cpu.yaml` (the shipped weights: the preset's
 about 84 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
 minutes on a GPU).
 
-Each step draws `batch_size` fresh images of `sam_hf.data.synthetic` (split "train"; sample indices are
-`step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects per
-image. Half the prompts are one positive point with three output masks, half a box or 2-3 points with one
-output mask (as `sam-hf evaluate` prompts them); then, every `correction_every` steps,
+Each step draws `batch_size` fresh images of `sam_hf.data.synthetic` (split "train"; sample indices
+are `step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects
+per image. Half the prompts are one positive point with three output masks, half a box or 2-3 points with
+one output mask (as `sam-hf evaluate` prompts them); then, every `correction_every` steps,
 `correction_iterations` decoder passes add a correction click in the larger error region
-(`sam_hf.prompting.simulation.correction_clicks`) and feed back the previous low-resolution logits, as in SAM's interactive
-training. The loss of every pass is `sam_hf.modeling.loss.sam_loss` (recipe weights `focal_weight`,
-`dice_weight`) against the full-size masks, on logits upsampled as at inference (`loss_at_image_size:
-true`), or against labels at `config.mask_size`; the image is encoded once per step.
+(`sam_hf.prompting.simulation.correction_clicks`) and feed back the previous low-resolution logits, as in
+SAM's interactive training. The loss of every pass is `sam_hf.modeling.loss.sam_loss` (recipe weights
+`focal_weight`, `dice_weight`) against the full-size masks, on logits upsampled as at inference
+(`loss_at_image_size: true`), or against labels at `config.mask_size`; the image is encoded once per step.
 
-Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every `checkpoint_every` steps
-(temp file + rename) and picked up by rerunning the same recipe into the same folder. At the end the model is saved with
-`save_pretrained` to `<out>/model` and `<out>/recipe.json` records the recipe, the device and the timing;
+Resumable: `checkpoint.pt` (model, optimizer, scheduler, step) is written every `checkpoint_every` steps (temp
+file + rename) and picked up by rerunning the same recipe into the same folder. At the end the model is saved
+with `save_pretrained` to `<out>/model` and `<out>/recipe.json` records the recipe, the device and the timing;
 `training/ship_tiny.py --run <out>` makes it the package's `sam-hf-tiny`.
 """
 
