@@ -1,5 +1,5 @@
 """The shipped sam-hf-tiny: resolvable by name, loads strictly, its masks follow the prompted object; the
-pretraining script runs (and resumes) end to end on a CPU with the tiny test preset."""
+pretraining (`sam_hf.training.pretrain`) runs (and resumes) end to end on a CPU with the tiny test preset."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from sam_hf import SamHFModel
+from sam_hf.data.synthetic import generate_sample
 from sam_hf.modeling.configuration_sam_hf import SAM_HF_PRESETS
 from sam_hf.pretrained import SHIPPED_MODELS, shipped_model_path
 from sam_hf.processing_sam_hf import SamHFProcessor
-from sam_hf.data.synthetic import generate_sample
+from sam_hf.training import pretrain
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,25 +109,19 @@ def test_box_masks_follow_the_object(shipped):
     assert sum(own_best) >= 16
 
 
-def test_pretraining_script_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
-    """Two steps of the recipe with the tiny test preset, stopped after one and resumed."""
-    monkeypatch.syspath_prepend(str(_ROOT / "training"))
-    import pretrain_tiny
+def _tiny_recipe(**overrides):
+    """The GPU recipe with the tiny test preset and `overrides`."""
+    base = {"preset": "tiny", "image_size": None, "warmup_steps": 1, "batch_size": 2, "prompts_per_image": 2}
+    return pretrain.load_recipe(_ROOT / "training" / "configs" / "pretrain_tiny.yaml", {**base, **overrides})
 
-    overrides = [
-        "preset=tiny",
-        "image_size=null",
-        "steps=2",
-        "batch_size=2",
-        "prompts_per_image=2",
-        "warmup_steps=1",
-        "checkpoint_every=1",
-    ]
-    args = ["--out", str(tmp_path), "--device", "cpu", "--num-workers", "0", "--set", *overrides]
-    pretrain_tiny.main([*args, "--max-steps", "1"])
+
+def test_pretraining_runs_and_resumes_on_cpu(tmp_path):
+    """Two steps of the recipe with the tiny test preset, stopped after one and resumed."""
+    recipe = _tiny_recipe(steps=2, checkpoint_every=1)
+    assert pretrain.pretrain(recipe, tmp_path, "cpu", max_steps=1) is None
     assert (tmp_path / "checkpoint.pt").exists()
     assert not (tmp_path / "model").exists()
-    pretrain_tiny.main(args)
+    assert pretrain.pretrain(recipe, tmp_path, "cpu") == tmp_path / "model"
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [0, 1]
     assert all(np.isfinite(entry["loss"]) for entry in log)
@@ -134,18 +129,31 @@ def test_pretraining_script_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
     assert model.config.mask_size == 32
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert recipe["recipe"]["steps"] == 2 and recipe["device"]
+
+
+def test_script_is_the_command_line_of_the_library(tmp_path, monkeypatch):
+    """`training/pretrain_tiny.py` parses `--config/--out/--set/--max-steps` into one `pretrain` call."""
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import pretrain_tiny
+
+    calls = []
+    monkeypatch.setattr(pretrain_tiny, "pretrain", lambda *args: calls.append(args))
+    config = _ROOT / "training" / "configs" / "pretrain_tiny_cpu.yaml"
+    pretrain_tiny.main(
+        ["--config", str(config), "--out", str(tmp_path), "--device", "cpu", "--max-steps", "3"]
+        + ["--num-workers", "0", "--set", "steps=7", "image_size=null"]
+    )
+    expected = pretrain.load_recipe(config, {"steps": 7, "image_size": None})
+    assert calls == [(expected, str(tmp_path), "cpu", 0, 3)]
     sys.modules.pop("pretrain_tiny", None)
 
 
 def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path, monkeypatch):
     """The CPU recipe's own keys: `image_size` overrides the preset's input side, `autocast: bf16` trains,
     `correction_every` spaces the correction passes."""
-    monkeypatch.syspath_prepend(str(_ROOT / "training"))
-    import pretrain_tiny
-
     config = _ROOT / "training" / "configs" / "pretrain_tiny_cpu.yaml"
     autocast_seen = []
-    training_loss = pretrain_tiny._training_loss
+    training_loss = pretrain._training_loss
 
     labels_side = []
     flash_enabled = []
@@ -157,37 +165,24 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
         return training_loss(model, batch, *args, **kwargs)
 
     correction_steps = []
-    correction_clicks = pretrain_tiny._correction_clicks
+    correction_clicks = pretrain._correction_clicks
 
     def recording_clicks(logits, masks, indices, seed, step, iteration):
         correction_steps.append(step)
         return correction_clicks(logits, masks, indices, seed, step, iteration)
 
-    monkeypatch.setattr(pretrain_tiny, "_training_loss", recording_loss)
-    monkeypatch.setattr(pretrain_tiny, "_correction_clicks", recording_clicks)
-    overrides = [
-        "preset=tiny",
-        "image_size=96",
-        "steps=3",
-        "correction_every=2",
-        "batch_size=2",
-        "prompts_per_image=2",
-        "warmup_steps=1",
-    ]
-    pretrain_tiny.main(
-        [
-            "--config",
-            str(config),
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--num-workers",
-            "0",
-            "--set",
-            *overrides,
-        ]
-    )
+    monkeypatch.setattr(pretrain, "_training_loss", recording_loss)
+    monkeypatch.setattr(pretrain, "_correction_clicks", recording_clicks)
+    overrides = {
+        "preset": "tiny",
+        "image_size": 96,
+        "steps": 3,
+        "correction_every": 2,
+        "batch_size": 2,
+        "prompts_per_image": 2,
+        "warmup_steps": 1,
+    }
+    pretrain.pretrain(pretrain.load_recipe(config, overrides), tmp_path, "cpu")
     assert autocast_seen == [(True, torch.bfloat16)] * 3
     assert flash_enabled == [False] * 3  # the math SDPA kernel on CPU
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the loop
@@ -201,17 +196,13 @@ def test_cpu_recipe_sets_the_input_size_and_trains_under_bf16_autocast(tmp_path,
     recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
     assert recipe["autocast"] == "bf16" and recipe["image_size"] == 96
     with pytest.raises(ValueError, match="autocast must be null or 'bf16', got 'fp16'"):
-        pretrain_tiny.main(
-            ["--config", str(config), "--out", str(tmp_path / "bad"), "--set", "autocast=fp16"]
-        )
-    sys.modules.pop("pretrain_tiny", None)
+        pretrain.load_recipe(config, {"autocast": "fp16"})
+    with pytest.raises(ValueError, match="recipe override keys must be among .*, got 'stepz'"):
+        pretrain.load_recipe(config, {"stepz": 1})
 
 
-def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypatch):
+def test_training_loss_scores_upsampled_logits_against_full_size_labels():
     """`_loss` at the input size equals `sam_loss` of the bilinear upsampling the processor applies at inference."""
-    monkeypatch.syspath_prepend(str(_ROOT / "training"))
-    import pretrain_tiny
-
     from sam_hf.modeling.loss import sam_loss
     from sam_hf.modeling.modeling_sam_hf import SamHFOutput
 
@@ -224,16 +215,13 @@ def test_training_loss_scores_upsampled_logits_against_full_size_labels(monkeypa
     )[:, :, None]
     expected = sam_loss(upsampled, output.iou_scores, labels)
     processor = SamHFProcessor(image_size=16, mask_size=8)
-    assert pretrain_tiny._loss(output, labels, weights, processor).item() == pytest.approx(
+    assert pretrain._loss(output, labels, weights, processor).item() == pytest.approx(
         expected.item(), rel=1e-6
     )
     small = (torch.rand(2, 3, 8, 8) > 0.5).float()
-    assert pretrain_tiny._loss(
-        output, small, {"focal_weight": 1.0, "dice_weight": 2.0}, processor
-    ).item() == (
+    assert pretrain._loss(output, small, {"focal_weight": 1.0, "dice_weight": 2.0}, processor).item() == (
         pytest.approx(sam_loss(output.pred_masks, output.iou_scores, small, 1.0, 2.0).item(), rel=1e-6)
     )
-    sys.modules.pop("pretrain_tiny", None)
 
 
 def test_shipped_card_is_the_template_rendered_from_the_run_record(monkeypatch):
@@ -263,14 +251,10 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     """A one-step run of the tiny preset through `ship_tiny.py --run`: weights and processor config land in
     the model folder, the record and the `sam-hf evaluate` results in the records folder, the card says them."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
-    import pretrain_tiny
     import ship_tiny
 
     run, model_dir, records = tmp_path / "run", tmp_path / "sam-hf-tiny", tmp_path / "runs"
-    overrides = ["preset=tiny", "image_size=null", "steps=1", "batch_size=2", "prompts_per_image=2"]
-    pretrain_tiny.main(
-        ["--out", str(run), "--device", "cpu", "--num-workers", "0", "--set", *overrides, "warmup_steps=1"]
-    )
+    pretrain.pretrain(_tiny_recipe(steps=1), run, "cpu")
     with pytest.raises(ValueError, match="--run must be a finished pretrain_tiny.py run"):
         ship_tiny.main(["--run", str(tmp_path), "--model-dir", str(model_dir)])
     args = ["--model-dir", str(model_dir), "--records", str(records), "--name", "tiny_run"]
@@ -296,5 +280,4 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     (model_dir / "README.md").unlink()
     ship_tiny.main(["--card-only", *args])
     assert (model_dir / "README.md").read_text() == card
-    sys.modules.pop("pretrain_tiny", None)
     sys.modules.pop("ship_tiny", None)

@@ -28,7 +28,7 @@ from transformers import BatchFeature
 
 from .data.images import IMAGE_FORMS, to_rgb
 from .modeling.modeling_sam_hf import shipped_model_folder
-from .modeling.prompt_encoder import PAD_LABEL
+from .prompting.batching import pad_points
 
 __all__ = ["PROCESSOR_CONFIG_NAME", "SamHFProcessor", "validate_boxes", "validate_points"]
 
@@ -256,7 +256,7 @@ class SamHFProcessor:
             `BatchFeature` with `pixel_values (batch_size, 3, S, S)`, `original_sizes (batch_size, 2)`,
             `reshaped_input_sizes (batch_size, 2)` and, when prompts are given, the model-frame prompts padded
             to `P = max P_i` prompts and `N = max N_p` points: `input_points (batch_size, P, N, 2)`,
-            `input_labels (batch_size, P, N)` (padding label -10, masked out by the model exactly),
+            `input_labels (batch_size, P, N)` (padding: `prompting.batching.PAD_LABEL`, masked out exactly),
             `input_boxes (batch_size, P, 4)` (NaN rows for prompts without a box), `input_masks
             (batch_size, P, mask_size, mask_size)`, and `prompt_mask (batch_size, P)`: True for real prompts.
             Pass `prompt_mask` to `post_process_masks` to drop the padded prompts' masks.
@@ -331,23 +331,23 @@ class SamHFProcessor:
         batch = len(sizes)
         out: dict[str, np.ndarray] = {"prompt_mask": np.zeros((batch, num_prompts), dtype=bool)}
         if points is not None:
-            num_points = max((len(p) for prompts in image_prompts for p in prompts[0]), default=0)
-            num_points = max(num_points, 1)
-            out["input_points"] = np.zeros((batch, num_prompts, num_points, 2), dtype=np.float32)
-            out["input_labels"] = np.full((batch, num_prompts, num_points), PAD_LABEL, dtype=np.int64)
+            no_points = (np.zeros((0, 2)), np.zeros(0))  # a padded prompt
+            per_prompt = [
+                [*zip(img_points, img_labels, strict=True), *[no_points] * (num_prompts - len(img_points))]
+                for img_points, img_labels, _, _ in image_prompts
+            ]
+            coords, labels = pad_points([prompt for prompts in per_prompt for prompt in prompts])
+            out["input_points"] = coords.reshape(batch, num_prompts, -1, 2)
+            out["input_labels"] = labels.reshape(batch, num_prompts, -1)
         if boxes is not None:
             out["input_boxes"] = np.full((batch, num_prompts, 4), np.nan, dtype=np.float32)
         if masks is not None:
             out["input_masks"] = np.zeros(
                 (batch, num_prompts, self.mask_size, self.mask_size), dtype=np.float32
             )
-        for i, (img_points, img_labels, img_boxes, img_masks) in enumerate(image_prompts):
+        for i, (img_points, _, img_boxes, img_masks) in enumerate(image_prompts):
             count = len(next(v for v in (img_points, img_boxes, img_masks) if v is not None))
             out["prompt_mask"][i, :count] = True
-            if img_points is not None:
-                for p, (coords, lab) in enumerate(zip(img_points, img_labels, strict=True)):
-                    out["input_points"][i, p, : len(coords)] = coords
-                    out["input_labels"][i, p, : len(lab)] = lab
             if img_boxes is not None:
                 out["input_boxes"][i, :count] = img_boxes
             if img_masks is not None:

@@ -1,12 +1,10 @@
 """Evaluation: the prompting protocol, the `evaluate` metric and the results file."""
 
 from .metric import SamSegmentation
-from .protocol import (
+from .protocol import PROMPT_TYPES, EvaluationProtocol, evaluate_model
+from .results import (
     EVAL_RESULTS_NAME,
     NOT_MEASURED,
-    PROMPT_TYPES,
-    EvaluationProtocol,
-    evaluate_model,
     flat_metrics,
     metric_label,
     results_table,

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["distance_transform", "sample_box", "sample_correction_click", "sample_points"]
+from .batching import PAD_LABEL
+
+__all__ = [
+    "correction_clicks",
+    "distance_transform",
+    "sample_box",
+    "sample_correction_click",
+    "sample_points",
+]
 
 
 def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:
@@ -179,3 +187,41 @@ def sample_correction_click(
     ys, xs = np.nonzero(distance == distance.max())
     pick = rng.integers(len(xs))
     return np.array([xs[pick], ys[pick]], dtype=np.float32), int(positive)
+
+
+def correction_clicks(
+    pred_masks: np.ndarray, gt_masks: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One round of correction clicks for a batch of objects: `sample_correction_click` per object.
+
+    An object whose prediction already equals its ground truth, or that is not `valid` (a padded prompt),
+    gets no click: its label is `PAD_LABEL`, so appending the round with `batching.append_points` keeps the
+    batch rectangular without prompting that object again. An empty ground truth under a non-empty
+    prediction gets a negative click.
+
+    Args:
+        pred_masks: `(..., H, W)` binary previous predictions.
+        gt_masks: `(..., H, W)` binary ground truths, same shape.
+        rng: source of randomness, drawn from in object order.
+        valid: `(...)` bool, False for objects to skip; default all.
+
+    Returns:
+        `coords (..., 2)` float32 XY pixels of the masks' grid (zero for no click) and `labels (...)` int64.
+    """
+    pred_masks, gt_masks = np.asarray(pred_masks, dtype=bool), np.asarray(gt_masks, dtype=bool)
+    if pred_masks.shape != gt_masks.shape or pred_masks.ndim < 2:
+        raise ValueError(
+            "pred_masks and gt_masks must be (..., H, W) masks of one shape, "
+            f"got {pred_masks.shape} and {gt_masks.shape}"
+        )
+    batch = pred_masks.shape[:-2]
+    valid = np.ones(batch, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != batch:
+        raise ValueError(f"valid must have the masks' batch shape {batch}, got {valid.shape}")
+    coords = np.zeros((*batch, 2), dtype=np.float32)
+    labels = np.full(batch, PAD_LABEL, dtype=np.int64)
+    for index in np.ndindex(*batch):
+        pred, gt = pred_masks[index], gt_masks[index]
+        if valid[index] and not np.array_equal(pred, gt):
+            coords[index], labels[index] = sample_correction_click(pred, gt, rng)
+    return coords, labels

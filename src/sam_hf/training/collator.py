@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..modeling.loss import IGNORE_INDEX
 from ..data.reader import to_instances
-from ..prompting.simulation import sample_box, sample_correction_click, sample_points
+from ..modeling.loss import IGNORE_INDEX
+from ..prompting.batching import PAD_LABEL, append_points, pad_points
+from ..prompting.simulation import correction_clicks, sample_box, sample_points
 
 __all__ = [
     "EMBEDDINGS_COLUMN",
@@ -30,7 +31,6 @@ __all__ = [
 INDEX_COLUMN = "example_index"
 EMBEDDINGS_COLUMN = "image_embeddings"
 PROMPT_TYPES = ("box", "point")
-_PAD_LABEL = -10
 
 
 def add_example_index(dataset):
@@ -43,8 +43,8 @@ class SamTrainingCollator:
 
     Per example, up to `max_prompts` instances are drawn; each gets a prompt type drawn from
     `prompt_types` (`"box"`: a jittered box; `"point"`: `num_points` positive points). Prompts are padded
-    across the batch: points with label -10, boxes with NaN rows, and the `labels` of padded prompts with
-    `IGNORE_INDEX`.
+    across the batch: points with `PAD_LABEL` (`prompting.batching`), boxes with NaN rows, and the `labels`
+    of padded prompts with `IGNORE_INDEX`.
 
     Args:
         processor: a `SamHFProcessor` (image preprocessing, coordinate transform, mask targets).
@@ -112,7 +112,7 @@ class SamTrainingCollator:
             else:
                 coords, labels = sample_points(masks[i], rng, num_positive=self.num_points)
                 coords = self.processor.transform_coords(coords, size)
-                points.append((torch.as_tensor(coords, dtype=torch.float32), torch.as_tensor(labels)))
+                points.append((coords, labels))
                 boxes.append(None)
             targets.append(self.processor.mask_to_label(masks[i], size))
         return {"image": image, "points": points, "boxes": boxes, "targets": targets}
@@ -121,25 +121,28 @@ class SamTrainingCollator:
         prepared = [self._example_prompts(example) for example in examples]
         batch_size = len(prepared)
         num_prompts = max(len(p["targets"]) for p in prepared)
-        num_points = self.num_points
         mask_size = prepared[0]["targets"][0].shape[-1]
 
         # (B, P, N, 2) XY model frame, (B, P, N), (B, P, 4) XYXY model frame, (B, P, ms, ms)
-        input_points = torch.zeros(batch_size, num_prompts, num_points, 2)
-        input_labels = torch.full((batch_size, num_prompts, num_points), _PAD_LABEL, dtype=torch.long)
+        no_points = (np.zeros((0, 2)), np.zeros(0))
+        per_prompt = [
+            (example["points"][p] if p < len(example["points"]) else None) or no_points
+            for example in prepared
+            for p in range(num_prompts)
+        ]
+        coords, point_labels = pad_points(per_prompt, num_points=self.num_points)
+        input_points = torch.from_numpy(coords).reshape(batch_size, num_prompts, self.num_points, 2)
+        input_labels = torch.from_numpy(point_labels).reshape(batch_size, num_prompts, self.num_points)
         input_boxes = torch.full((batch_size, num_prompts, 4), float("nan"))
         labels = torch.full((batch_size, num_prompts, mask_size, mask_size), float(IGNORE_INDEX))
         for b, example in enumerate(prepared):
             for p, target in enumerate(example["targets"]):
                 labels[b, p] = target
-                if example["points"][p] is not None:
-                    coords, point_labels = example["points"][p]
-                    input_points[b, p], input_labels[b, p] = coords, point_labels
                 if example["boxes"][p] is not None:
                     input_boxes[b, p] = example["boxes"][p]
 
         batch: dict[str, torch.Tensor] = {"labels": labels}
-        if (input_labels != _PAD_LABEL).any():
+        if (input_labels != PAD_LABEL).any():
             batch["input_points"], batch["input_labels"] = input_points, input_labels
         if not input_boxes.isnan().all():
             batch["input_boxes"] = input_boxes
@@ -166,9 +169,9 @@ def add_correction_click(
     """The next round of SAM's interactive training: one corrective click per prompt, previous mask fed back.
 
     For each prompt the output with the highest predicted IoU is the previous prediction; a click is drawn
-    from its larger error region against `labels` (`prompts.sample_correction_click`, at mask resolution)
-    and appended to the prompt's points; its logits become `input_masks`. Padded prompts (labels all
-    `IGNORE_INDEX`) get a padding point.
+    from its larger error region against `labels` (`prompting.simulation.correction_clicks`, at mask
+    resolution) and appended to the prompt's points; its logits become `input_masks`. Padded prompts (labels
+    all `IGNORE_INDEX`) and prompts predicted exactly get a padding point.
 
     Args:
         batch: model inputs of the previous pass (`labels` `(B, P, ms, ms)` and the prompts).
@@ -184,22 +187,18 @@ def add_correction_click(
     B, P, ms, _ = labels.shape
     best = iou_scores.argmax(-1)[..., None, None, None].expand(B, P, 1, ms, ms)
     previous = pred_masks.gather(2, best).squeeze(2).detach()  # (B, P, ms, ms)
-    predicted = (previous > 0).cpu().numpy()
-    targets = (labels > 0.5).cpu().numpy()
-    real = (labels != IGNORE_INDEX).flatten(2).any(-1).cpu().numpy()  # (B, P)
-    clicks = torch.zeros(B, P, 1, 2)
-    click_labels = torch.full((B, P, 1), _PAD_LABEL, dtype=torch.long)
-    for b, p in zip(*np.nonzero(real & targets.reshape(B, P, -1).any(-1)), strict=True):
-        coord, label = sample_correction_click(predicted[b, p], targets[b, p], rng)
-        clicks[b, p, 0] = torch.as_tensor(coord, dtype=torch.float32) * (image_size / ms)
-        click_labels[b, p, 0] = label
+    real = (labels != IGNORE_INDEX).flatten(2).any(-1)  # (B, P), False for padded prompts
+    clicks, click_labels = correction_clicks(
+        (previous > 0).cpu().numpy(), (labels > 0.5).cpu().numpy(), rng, valid=real.cpu().numpy()
+    )
     device = labels.device
     points = batch.get("input_points", torch.zeros(B, P, 0, 2, device=device))
     point_labels = batch.get("input_labels", torch.zeros(B, P, 0, dtype=torch.long, device=device))
     following = {key: value for key, value in batch.items() if key != "pixel_values"}
     following["image_embeddings"] = image_embeddings.detach()
-    following["input_points"] = torch.cat([points, clicks.to(device)], dim=2)
-    following["input_labels"] = torch.cat([point_labels, click_labels.to(device)], dim=2)
+    following["input_points"], following["input_labels"] = append_points(
+        points, point_labels, clicks * (image_size / ms), click_labels
+    )
     following["input_masks"] = previous
     return following
 
