@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_model_arguments, resolve_model
+from . import add_model_arguments, load_model
 from .generate import add_generator_arguments, generator_kwargs
 
 __all__ = ["add_parser"]
@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from sam_hf import SamHFModel
     from sam_hf.inference.annotate import annotate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from datasets import load_dataset
 
         images = load_dataset(args.images, split=args.split)
-    model = SamHFModel.from_pretrained(resolve_model(args.model))
+    model = load_model(args.model)[0]
     try:
         dataset = annotate(
             images,

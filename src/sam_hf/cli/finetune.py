@@ -115,13 +115,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained {summary['steps']} steps; no final model yet in {args.output_dir}")
         return 0
     print(f"trained {summary['steps']} steps in {runtime:.1f} s; saved to {output_dir}")
+    if "merged_dir" in summary:
+        print(
+            f"{output_dir} holds the LoRA adapter (it loads with its base: --model {output_dir}); "
+            f"{summary['merged_dir']} holds the full model with the adapter merged in, loadable without the base"
+        )
     _write_training_summary(config, summary, runtime)
     eval_split = args.eval_split or _default_eval_split(args.dataset)
     if eval_split is not None:
         _evaluate_before_after(args, config, eval_split)
     else:
         print("no evaluation split (--eval-split): the model card states that nothing was measured")
-    card = build_model_card(output_dir, args.push_to_hub)
+    card = build_model_card(output_dir, args.push_to_hub, in_output_folder=True)
     card.save(os.path.join(output_dir, "README.md"))
     print(f"wrote {os.path.join(output_dir, 'README.md')}")
     if args.push_to_hub:
@@ -136,16 +141,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_training_summary(config, summary: dict, runtime: float) -> None:
     """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`)."""
-    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained
+    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained, portable_model_name
 
-    model = load_pretrained(summary["output_dir"])
+    model = load_pretrained(summary["output_dir"], verbose=False)
     hyperparameters = {
         key: getattr(config, key)
         for key in ("prompt_types", "max_prompts", "lora_r", "epochs", "max_steps", "batch_size",
                     "learning_rate", "gradient_accumulation_steps", "mixed_precision", "seed")
     }  # fmt: skip
     record = {
-        "base_model": config.model,
+        "base_model": portable_model_name(config.model),
         "dataset": config.dataset,
         "dataset_split": config.split,
         "train_runtime_s": round(runtime, 1),
@@ -171,9 +176,9 @@ def _default_eval_split(dataset: str) -> str | None:
 
 def _evaluate_before_after(args: argparse.Namespace, config, split: str) -> None:
     """Measure the base model and the fine-tuned one on `split`; write `eval_results.json` in the output."""
+    from ..data.reader import load_segmentation_dataset, to_instances
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
     from ..hub import load_pretrained, load_processor
-    from ..data.reader import load_segmentation_dataset, to_instances
 
     dataset, stats = load_segmentation_dataset(
         config.dataset, split, config.image_column, config.mask_column, config.mask_format

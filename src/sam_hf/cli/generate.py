@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_model_arguments, resolve_device, resolve_model
+from . import add_model_arguments, load_model, resolve_device
 
 __all__ = ["add_generator_arguments", "add_parser", "generator_kwargs"]
 
@@ -70,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from sam_hf import SamAutomaticMaskGenerator, SamHFModel
+    from sam_hf import SamAutomaticMaskGenerator
 
     with Image.open(args.image) as image:
         rgb = np.asarray(image.convert("RGB"))
-    model = SamHFModel.from_pretrained(resolve_model(args.model)).to(resolve_device(args.device)).eval()
+    model = load_model(args.model)[0].to(resolve_device(args.device))
     try:
         generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
     except ValueError as error:

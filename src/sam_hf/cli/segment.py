@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_model_arguments, resolve_device, resolve_model
+from . import add_model_arguments, load_model, resolve_device
 
 __all__ = ["add_parser", "parse_box", "parse_point"]
 
@@ -80,15 +80,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from sam_hf import SamHFModel, SamPredictor
+    from sam_hf import SamPredictor
 
     if not args.point and args.box is None:
         raise SystemExit("sam-hf segment: give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
     image = Image.open(args.image)
     image.load()
-    args.model = resolve_model(args.model)
-    model = SamHFModel.from_pretrained(args.model).to(resolve_device(args.device)).eval()
-    predictor = SamPredictor(model)
+    model, processor, resolved = load_model(args.model)
+    model.to(resolve_device(args.device))
+    args.model = resolved.name
+    predictor = SamPredictor(model, processor)
     predictor.set_image(image)
 
     coords = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
