@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 # What `sam_hf.training.loop.finetune` writes into its output folder besides the adapter or model.
 FINETUNE_CONFIG_NAME = "finetune_config.json"
 MERGED_FOLDER = "merged"
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `namespace/name`
 
 _KIND_TEXT = {
     "shipped": "shipped model",
@@ -141,6 +143,10 @@ def locate_model(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Resolved
                 f"{text!r} has no config.json or {ADAPTER_CONFIG_NAME} (found: {found}); {_EXPECTED}"
             )
         return ResolvedModel(resolve_checkpoint(path).format, name, name)
+    if not _HUB_ID.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is no local file or folder, and no Hub repo id (namespace/name); {_EXPECTED}"
+        )
     return ResolvedModel("hub", name, None, _hub_adapter_base(text, hub_kwargs))
 
 
@@ -185,7 +191,9 @@ def load_model(
         from peft import PeftModel
 
         base, base_processor, _ = load_model(resolved.base, merge_adapter=True, dtype=dtype, verbose=False)
-        model = PeftModel.from_pretrained(base, location, **hub_kwargs)
+        model = PeftModel.from_pretrained(
+            base, resolved.path or _downloaded_adapter(resolved.name, hub_kwargs)
+        )
         processor = _processor(location, None, hub_kwargs) or base_processor
         if merge_adapter:
             model = model.merge_and_unload()
@@ -249,6 +257,17 @@ def _hub_adapter_base(repo_id: str, hub_kwargs: dict[str, Any]) -> str | None:
             f"({type(error).__name__}); {_EXPECTED}"
         ) from error
     return None if file is None else adapter_base_model(Path(file).parent)
+
+
+def _downloaded_adapter(repo_id: str, hub_kwargs: dict[str, Any]) -> str:
+    """Local folder of a Hub adapter's config and weights (PEFT's own download ignores `local_files_only`)."""
+    from transformers.utils.hub import cached_file
+
+    config = cached_file(repo_id, ADAPTER_CONFIG_NAME, **hub_kwargs)
+    for weights in ("adapter_model.safetensors", "adapter_model.bin"):
+        if cached_file(repo_id, weights, _raise_exceptions_for_missing_entries=False, **hub_kwargs):
+            break
+    return str(Path(config).parent)
 
 
 def _processor(location: str, config: Any, hub_kwargs: dict[str, Any] | None = None) -> SamHFProcessor | None:
