@@ -177,7 +177,7 @@ def test_card_uses_training_summary(adapter_folder):
     }
     (adapter_folder / TRAINING_SUMMARY_NAME).write_text(json.dumps(summary))
     adapter_config = json.loads((adapter_folder / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = "facebook/sam-vit-base"  # what loading uses: it names the base
+    adapter_config["base_model_name_or_path"] = "facebook/sam-vit-base"  # the base loading uses
     (adapter_folder / "adapter_config.json").write_text(json.dumps(adapter_config))
     card = build_model_card(adapter_folder)
     assert card.data.base_model == "facebook/sam-vit-base"

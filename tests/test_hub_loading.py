@@ -19,7 +19,6 @@ from sam_hf import SamHFModel
 from sam_hf.cli import main
 from sam_hf.hub import (
     MODEL_KINDS,
-    build_model_card,
     load_model,
     load_pretrained,
     locate_model,

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from sam_hf import SamHFModel
+from sam_hf.data.synthetic import generate_sample
 from sam_hf.modeling.configuration_sam_hf import SAM_HF_PRESETS
 from sam_hf.pretrained import SHIPPED_MODELS, shipped_model_path
 from sam_hf.processing_sam_hf import SamHFProcessor
-from sam_hf.data.synthetic import generate_sample
 
 _ROOT = Path(__file__).resolve().parents[1]
 
