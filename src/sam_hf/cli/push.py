@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sam-hf push: {error}", file=sys.stderr)
         return 1
     for warning in caught:
-        print(f"sam-hf push: warning: {warning.message}", file=sys.stderr)
+        if issubclass(warning.category, UserWarning):  # what the push says to the user, e.g. a local base
+            print(f"sam-hf push: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     width = max(len(path) for path, _ in result.files)
     target = result.repo_id + (f"@{result.revision}" if result.revision else "")
     print(("would upload to " if args.dry_run else "uploaded to ") + target + ":")
