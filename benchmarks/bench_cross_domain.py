@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from sam_hf.data.synthetic import synthetic_dataset, synthetic_samples
 from sam_hf.evaluation import EvaluationProtocol, evaluate_model
 from sam_hf.hub import load_pretrained
 from sam_hf.pretrained import shipped_model_path
 from sam_hf.processing_sam_hf import SamHFProcessor
 from sam_hf.training.loop import FinetuneConfig, finetune
-from sam_hf.data.synthetic import synthetic_dataset, synthetic_samples
 
 
 def main() -> None:

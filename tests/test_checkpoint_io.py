@@ -236,6 +236,7 @@ def test_meta_state_dict_round_trip(tiny_model, tmp_path, suffix):
         save_file(tiny_model.state_dict(), path)
     loaded = SamHFModel.from_pretrained(path, config=tiny_model.config)
     assert loaded.config is not tiny_model.config and tiny_model.config.name_or_path == ""
+    assert loaded.name_or_path == str(path)  # what PEFT records as the base of an adapter trained on it
     assert not loaded.training and all(p.requires_grad for p in loaded.parameters())
     assert_bit_exact(loaded.state_dict(), tiny_model.state_dict())
 

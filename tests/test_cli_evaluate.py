@@ -131,7 +131,7 @@ def test_evaluate_rejects_bad_arguments(base_folder, shapes_dataset, extra, mess
 
 
 def test_evaluate_rejects_folder_without_model(tmp_path, shapes_dataset):
-    with pytest.raises(ValueError, match="folder must be a SamHF folder"):
+    with pytest.raises(ValueError, match="--model: .*has no config.json or adapter_config.json"):
         main(["evaluate", "--debug", "--model", str(tmp_path), "--dataset", shapes_dataset])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-import sam_hf.hub.cards
+import sam_hf.hub.push
 from sam_hf.cli import build_parser, main
 from sam_hf.cli.finetune import parse_prompt_types
 
@@ -85,7 +85,7 @@ def test_finetune_measures_before_and_after_writes_the_card_and_pushes_one_commi
     token = "hf_" + "s3cr3t" * 6
     monkeypatch.setenv("HF_TOKEN", token)
     api = _RecordingApi()
-    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", lambda **kwargs: api)
+    monkeypatch.setattr(sam_hf.hub.push, "HfApi", lambda **kwargs: api)
     out = tmp_path / "out"
     code = main(
         ["finetune", "--model", str(tmp_path / "base"), "--dataset", str(tmp_path / "data"), "--lora-r", "4",
@@ -124,7 +124,7 @@ def test_finetune_push_failure_keeps_the_output_and_says_how_to_retry(
 ):
     tiny_model.save_pretrained(tmp_path / "base")
     _splits_dataset(tmp_path / "data")
-    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", lambda **kwargs: _RecordingApi(fail=True))
+    monkeypatch.setattr(sam_hf.hub.push, "HfApi", lambda **kwargs: _RecordingApi(fail=True))
     out = tmp_path / "out"
     code = main(
         ["finetune", "--model", str(tmp_path / "base"), "--dataset", str(tmp_path / "data"), "--lora-r", "4",

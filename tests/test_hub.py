@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import CommitOperationAdd, ModelCard
 from safetensors.torch import save_file
 
-import sam_hf.hub.cards
+import sam_hf.hub.push
 from sam_hf.cli import main
 from sam_hf.evaluation import EvaluationProtocol
 from sam_hf.hub import (
@@ -176,6 +176,9 @@ def test_card_uses_training_summary(adapter_folder):
         "hyperparameters": {"learning_rate": 0.0001},
     }
     (adapter_folder / TRAINING_SUMMARY_NAME).write_text(json.dumps(summary))
+    adapter_config = json.loads((adapter_folder / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = "facebook/sam-vit-base"  # the base loading uses
+    (adapter_folder / "adapter_config.json").write_text(json.dumps(adapter_config))
     card = build_model_card(adapter_folder)
     assert card.data.base_model == "facebook/sam-vit-base"
     assert card.data.datasets == ["someone/train-shapes"]
@@ -317,7 +320,7 @@ def test_load_pretrained_adapter_or_model(trained_adapter, tmp_path):
     folder, _ = trained_adapter
     assert isinstance(load_pretrained(folder), PeftModel)
     assert type(load_pretrained(tmp_path / "base")) is SamHFModel
-    with pytest.raises(ValueError, match="folder must be a SamHF folder"):
+    with pytest.raises(ValueError, match="has no config.json or adapter_config.json"):
         load_pretrained(tmp_path)
 
 
@@ -395,7 +398,7 @@ def test_push_takes_token_from_environment_and_never_shows_it(adapter_folder, mo
         created.append(api)
         return api
 
-    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", fake_hf_api)
+    monkeypatch.setattr(sam_hf.hub.push, "HfApi", fake_hf_api)
     assert main(["push", str(adapter_folder), "--repo-id", "sam-lora", "--private"]) == 0
     api = created[0]
     assert api.token == TOKEN  # the environment's token reaches the client...
@@ -407,7 +410,7 @@ def test_push_takes_token_from_environment_and_never_shows_it(adapter_folder, mo
 
 
 def test_push_failure_exits_nonzero_with_retry_hint(adapter_folder, monkeypatch, capsys):
-    monkeypatch.setattr(sam_hf.hub.cards, "HfApi", lambda **kwargs: FakeApi(fail_on="create_commit"))
+    monkeypatch.setattr(sam_hf.hub.push, "HfApi", lambda **kwargs: FakeApi(fail_on="create_commit"))
     assert main(["push", str(adapter_folder), "--repo-id", "sam-lora"]) == 1
     err = capsys.readouterr().err
     assert "ConnectionError: create_commit exploded" in err and "Retry with: sam-hf push" in err

@@ -114,6 +114,22 @@ def test_bad_prompt_shapes_raise(tiny_model, kwargs, match):
         tiny_model(image_embeddings=emb, **kwargs)
 
 
+def test_unknown_keywords_are_refused_by_name(tiny_model):
+    """A misspelt prompt (`input_point`) must not run unprompted, also through a PEFT wrapper."""
+    from sam_hf.training.lora import apply_lora
+
+    embeddings = torch.zeros(1, 32, 8, 8)
+    points = torch.full((1, 1, 1, 2), 64.0)
+    labels = torch.ones(1, 1, 1, dtype=torch.long)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'input_point'"):
+        tiny_model(image_embeddings=embeddings, input_point=points, input_labels=labels)
+    peft_model = apply_lora(tiny_model, r=2, verbose=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'output_attentions'"):
+        peft_model(image_embeddings=embeddings, output_attentions=True)
+    output = peft_model(image_embeddings=embeddings, input_points=points, input_labels=labels)
+    assert output.pred_masks.shape == (1, 1, 3, 32, 32)
+
+
 def test_pixel_values_shape_is_checked(tiny_model):
     with pytest.raises(ValueError, match="SamHFProcessor"):
         tiny_model.get_image_embeddings(torch.zeros(1, 3, 100, 128))

@@ -51,6 +51,21 @@ def test_from_pretrained_takes_the_shipped_name(shipped, tmp_path, monkeypatch):
     assert SamHFProcessor.from_pretrained("sam-hf-tiny").to_dict() == processor.to_dict()
 
 
+def test_a_bfloat16_model_predicts_numpy_float32():
+    """`from_pretrained(..., dtype=torch.bfloat16)` then `SamPredictor.predict`: numpy has no bfloat16."""
+    from sam_hf import SamPredictor
+
+    model = SamHFModel.from_pretrained("sam-hf-tiny", dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16 and model.name_or_path == "sam-hf-tiny"
+    predictor = SamPredictor(model)
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[20:70, 30:100] = 200
+    predictor.set_image(image)
+    masks, scores, logits = predictor.predict(np.array([[60.0, 45.0]]), np.array([1]))
+    assert masks.shape == (3, 96, 128) and masks.dtype == bool
+    assert scores.dtype == logits.dtype == np.float32 and logits.shape == (3, 64, 64)
+
+
 def test_a_local_folder_named_like_a_shipped_model_wins(tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny_model.save_pretrained("sam-hf-tiny")

@@ -25,10 +25,10 @@ from safetensors.torch import load_file
 
 from sam_hf import SamHFModel
 from sam_hf.cli import main as sam_hf_cli
+from sam_hf.data.synthetic import synthetic_dataset
 from sam_hf.hub import CARD_MARKER, card_template_path
 from sam_hf.pretrained import shipped_model_path
 from sam_hf.processing_sam_hf import SamHFProcessor
-from sam_hf.data.synthetic import synthetic_dataset
 
 _ROOT = Path(__file__).resolve().parent
 RECORDS = _ROOT / "runs"

@@ -2,9 +2,8 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .inference import SamAutomaticMaskGenerator
+from .inference import SamAutomaticMaskGenerator, SamPredictor
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
-from .inference import SamPredictor
 from .processing_sam_hf import SamHFProcessor
 
 AutoConfig.register("sam_hf", SamHFConfig)

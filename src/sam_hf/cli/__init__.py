@@ -21,6 +21,7 @@ __all__ = [
     "OFFLINE_FALLBACK_MODEL",
     "SamHFUserError",
     "add_model_arguments",
+    "load_model",
     "main",
     "resolve_device",
     "resolve_model",
@@ -49,9 +50,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, what: str = "model", de
     parser.add_argument(
         "--model",
         default=None,
-        help=f"{what}: a folder, Hub repo id, Meta .pth or shipped name (anything SamHFModel.from_pretrained "
-        f"takes); default {DEFAULT_HUB_MODEL} when it is cached or the Hub answers, else the shipped "
-        f"{OFFLINE_FALLBACK_MODEL}",
+        help=f"{what}: a shipped name, Hub repo id, Meta .pth, sam_hf or transformers SAM folder, PEFT adapter "
+        f"folder or `sam-hf finetune` output folder; default {DEFAULT_HUB_MODEL} when it is cached or the Hub "
+        f"answers, else the shipped {OFFLINE_FALLBACK_MODEL}",
     )
     if device:
         parser.add_argument(
@@ -98,6 +99,26 @@ def user_input(what: str) -> Iterator[None]:
         # A system error's own message would repeat the file name that `what` gives.
         reason = error.strerror if isinstance(error, OSError) and error.strerror else _describe(error)
         raise SamHFUserError(f"cannot read {what}: {reason}") from error
+
+
+def load_model(model: str | None, *, merge_adapter: bool = True):
+    """`--model` (or its default, `resolve_model`) loaded by `sam_hf.hub.load_model`, which prints one line
+    saying what it loaded; a model argument that is no model in any form exits with a one-line error.
+
+    Args:
+        model: the `--model` argument.
+        merge_adapter: fold an adapter into its base (inference); False keeps the `PeftModel`, e.g. to measure
+            the base with `disable_adapter()`.
+
+    Returns:
+        `(model, processor, resolved)` as `sam_hf.hub.load_model`; the model in eval mode, on the CPU.
+    """
+    from ..hub import load_model as load_any_model
+
+    try:
+        return load_any_model(resolve_model(model), merge_adapter=merge_adapter)
+    except ValueError as error:  # not a model in any form: the message lists the forms
+        raise SamHFUserError(f"--model: {error}") from error
 
 
 def resolve_device(device: str | None) -> str:

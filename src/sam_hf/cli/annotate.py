@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import add_model_arguments, resolve_model, user_input
+from . import add_model_arguments, load_model, user_input
 from .generate import add_generator_arguments, generator_kwargs, thresholds_text
 
 __all__ = ["add_parser"]
@@ -62,13 +62,12 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from sam_hf import SamHFModel
     from sam_hf.inference.annotate import annotate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with user_input(f"IMAGES {args.images}"):
         images = _images(args.images, args.split)
-    model = SamHFModel.from_pretrained(resolve_model(args.model))
+    model = load_model(args.model)[0]
     dataset = annotate(
         images,
         model,

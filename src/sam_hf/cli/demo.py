@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import resolve_device
+from . import load_model, resolve_device
 
 __all__ = ["add_parser", "run"]
 
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="sam-hf-demo", help="output folder (default: ./sam-hf-demo)")
     parser.add_argument(
-        "--model", default="sam-hf-tiny", help="model folder or shipped name (default: sam-hf-tiny)"
+        "--model", default="sam-hf-tiny", help="any model form `sam-hf segment` takes (default: sam-hf-tiny)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.set_defaults(func=run)
@@ -51,15 +51,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..inference import SamAutomaticMaskGenerator
-    from ..modeling import SamHFModel
-    from ..inference import SamPredictor
     from ..data.synthetic import generate_sample
+    from ..inference import SamAutomaticMaskGenerator, SamPredictor
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(resolve_device(args.device))
-    model = SamHFModel.from_pretrained(args.model).to(device).eval()
+    model = load_model(args.model)[0].to(device)
 
     sample = generate_sample(_SAMPLE_INDEX, "test", "shapes", image_size=_SAMPLE_SIZE)
     areas = sample.masks.reshape(len(sample.masks), -1).sum(1)
@@ -110,18 +108,17 @@ def _adapt_to_cells(model_name: str, model, out: Path):
     Returns the protocol results (per prompt type) of the model without and with the adapter, and the loss
     of every optimizer step.
     """
+    from ..data.synthetic import synthetic_dataset, synthetic_samples
     from ..evaluation import EvaluationProtocol, evaluate_model
     from ..hub import load_pretrained
-    from ..modeling.modeling_sam_hf import shipped_model_folder
     from ..processing_sam_hf import SamHFProcessor
     from ..training.loop import FinetuneConfig, finetune
-    from ..data.synthetic import synthetic_dataset, synthetic_samples
 
     size = model.config.vision_config.image_size
     train_dir = out / "cells-train"
     synthetic_dataset(_TRAIN_IMAGES, "train", "cells", size).save_to_disk(str(train_dir))
     config = FinetuneConfig(
-        model=str(shipped_model_folder(model_name)),
+        model=model_name,
         dataset=str(train_dir),
         output_dir=str(out / "lora-cells"),
         mask_column="masks",
@@ -142,7 +139,7 @@ def _adapt_to_cells(model_name: str, model, out: Path):
         samples = ((s.image, s.masks) for s in synthetic_samples(_TEST_IMAGES, "test", "cells", size))
         return evaluate_model(candidate.eval(), processor, samples, protocol, progress=False)
 
-    adapted = load_pretrained(config.output_dir).to(model.device)
+    adapted = load_pretrained(config.output_dir, verbose=False).to(model.device)
     return measure(model), measure(adapted), summary["losses"]
 
 

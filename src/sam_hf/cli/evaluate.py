@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from . import add_model_arguments, resolve_device, resolve_model, user_input
+from . import add_model_arguments, load_model, resolve_device, resolve_model, user_input
 
 __all__ = ["add_parser", "run"]
 
@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.reader import load_segmentation_dataset, to_instances
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
-    from ..hub import adapter_base_model, load_pretrained, load_processor
 
     protocol = EvaluationProtocol(
         prompts=tuple(p.strip() for p in args.prompt.split(",") if p.strip()),
@@ -65,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     )
     args.model = resolve_model(args.model)
     device = torch.device(resolve_device(args.device))
-    model = load_pretrained(args.model).to(device).eval()
-    is_adapter = adapter_base_model(args.model) is not None
-    processor = load_processor(args.model, config=model.config)
+    model, processor, resolved = load_model(args.model, merge_adapter=False)
+    model.to(device)
+    is_adapter = resolved.base is not None
     with user_input(f"--dataset {args.dataset}"):
         dataset, stats = load_segmentation_dataset(args.dataset, args.split)
     if args.max_images is not None:
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("base", "finetuned") if is_adapter else ("model",):
         # The base run is the same PeftModel with its adapter switched off: no second copy of the weights.
         with model.disable_adapter() if name == "base" else contextlib.nullcontext():
-            source = args.model if name != "base" else adapter_base_model(args.model)
+            source = resolved.name if name != "base" else resolved.base
             runs[name] = timed_run(source, model, processor, samples(), protocol, len(dataset))
     if args.output:
         path = Path(args.output)

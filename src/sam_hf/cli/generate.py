@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from . import add_model_arguments, resolve_device, resolve_model, user_input
+from . import add_model_arguments, load_model, resolve_device, user_input
 
 __all__ = ["add_generator_arguments", "add_parser", "generator_kwargs", "thresholds_text"]
 
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from sam_hf import SamAutomaticMaskGenerator, SamHFModel
+    from sam_hf import SamAutomaticMaskGenerator
     from sam_hf.data.images import to_rgb
 
     device = resolve_device(args.device)
     with user_input(f"IMAGE {args.image}"):
         rgb = to_rgb(args.image, "IMAGE")
-    model = SamHFModel.from_pretrained(resolve_model(args.model)).to(device).eval()
+    model = load_model(args.model)[0].to(device)
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **generator_kwargs(args))
     with _prompt_progress(generator, rgb.shape[:2], disable=True if args.no_progress else None):
         records = generator.generate(rgb)

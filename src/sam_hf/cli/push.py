@@ -32,23 +32,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import warnings
 
     from ..hub import HubPushError, push_to_hub
 
     try:
-        result = push_to_hub(
-            args.folder,
-            args.repo_id,
-            private=args.private,
-            branch=args.branch,
-            create_pr=args.create_pr,
-            commit_message=args.commit_message,
-            merge_adapter=args.merge,
-            dry_run=args.dry_run,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = push_to_hub(
+                args.folder,
+                args.repo_id,
+                private=args.private,
+                branch=args.branch,
+                create_pr=args.create_pr,
+                commit_message=args.commit_message,
+                merge_adapter=args.merge,
+                dry_run=args.dry_run,
+            )
     except HubPushError as error:
         print(f"sam-hf push: {error}", file=sys.stderr)
         return 1
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):  # what the push says to the user, e.g. a local base
+            print(f"sam-hf push: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     width = max(len(path) for path, _ in result.files)
     target = result.repo_id + (f"@{result.revision}" if result.revision else "")
     print(("would upload to " if args.dry_run else "uploaded to ") + target + ":")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import SamHFUserError, add_model_arguments, resolve_device, resolve_model, user_input
+from . import SamHFUserError, add_model_arguments, load_model, resolve_device, user_input
 
 __all__ = ["add_parser", "parse_box", "parse_point"]
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from sam_hf import SamHFModel, SamPredictor
+    from sam_hf import SamPredictor
     from sam_hf.data.images import to_rgb
 
     if not args.point and args.box is None:
@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with user_input(f"IMAGE {args.image}"):
         image = to_rgb(args.image, "IMAGE")
-    args.model = resolve_model(args.model)
-    model = SamHFModel.from_pretrained(args.model).to(device).eval()
-    predictor = SamPredictor(model)
+    model, processor, resolved = load_model(args.model)
+    model.to(device)
+    args.model = resolved.name
+    predictor = SamPredictor(model, processor)
     predictor.set_image(image)
 
     coords = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None

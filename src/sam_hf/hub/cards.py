@@ -1,4 +1,4 @@
-"""Model cards and Hub uploads for fine-tuned SamHF models.
+"""Model cards for fine-tuned SamHF models.
 
 A card is built only from files the run wrote into its output folder, so it never shows a number that was
 not measured (missing ones read "not measured"):
@@ -8,73 +8,38 @@ not measured (missing ones read "not measured"):
       `total_parameters`, `hyperparameters` (a flat dict);
     - `adapter_config.json` / `adapter_model.safetensors` (PEFT adapter) or `config.json` (full model).
 
-`push_to_hub` stages the folder's top-level weights, configs and results in a temporary folder, adds the card
-(unless the folder holds a README the user wrote, which is uploaded unchanged), and sends everything in one
-`create_commit` whose `parent_commit` is the branch head read just before, so a branch that moved in the
-meantime makes the push fail instead of interleaving commits. The token comes from huggingface_hub's usual
-places (`HF_TOKEN`, saved login) and is never printed or written.
+The base model is named as the adapter records it (`sam_hf.hub.loading`): a shipped name or Hub id goes into
+the `base_model` metadata and the loading snippet; a local path never does: the card names it by its last
+component and says that the base must travel with the adapter.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
-from ..processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
+from ..pretrained import shipped_model_name
+from .loading import ADAPTER_CONFIG_NAME, MERGED_FOLDER, adapter_base_model, portable_model_name
 
 __all__ = [
     "CARD_MARKER",
     "TRAINING_SUMMARY_NAME",
-    "HubPushError",
-    "PushResult",
-    "adapter_base_model",
-    "build_commit_operations",
     "build_model_card",
     "card_template_path",
-    "load_pretrained",
-    "load_processor",
-    "push_to_hub",
+    "is_generated_card",
+    "local_base_note",
+    "public_name",
 ]
 
 CARD_MARKER = "<!-- sam_hf: generated model card; edit freely after removing this line -->"
 TRAINING_SUMMARY_NAME = "training_summary.json"
 _NOT_RECORDED = "not recorded"  # a name (base model, dataset) the run's files do not give
-# Top-level files worth publishing: weights, configs, results and the card. Pickles (training_args.bin,
-# optimizer states) and checkpoint folders stay local.
-_UPLOAD_SUFFIXES = (".safetensors", ".json", ".md", ".txt")
 _RUN_LABELS = {"base": "base model", "finetuned": "fine-tuned", "model": "this model"}
-
-
-class HubPushError(RuntimeError):
-    """An upload failed; the local folder is unchanged and the message says how to retry."""
-
-
-@dataclass
-class PushResult:
-    """What `push_to_hub` uploaded (or, with `dry_run`, would upload).
-
-    Args:
-        repo_id: target repository.
-        files: `(path_in_repo, size_in_bytes)` of every file in the commit.
-        revision: target branch (`None` = the default branch).
-        commit_url: URL of the commit (`None` on a dry run).
-        pr_url: URL of the pull request when `create_pr` was set.
-    """
-
-    repo_id: str
-    files: list[tuple[str, int]] = field(default_factory=list)
-    revision: str | None = None
-    commit_url: str | None = None
-    pr_url: str | None = None
 
 
 def card_template_path(name: str = "sam_hf_finetuned") -> Path:
@@ -85,13 +50,17 @@ def card_template_path(name: str = "sam_hf_finetuned") -> Path:
     return path
 
 
-def build_model_card(folder: str | Path, repo_id: str | None = None, merged: bool = False) -> ModelCard:
+def build_model_card(
+    folder: str | Path, repo_id: str | None = None, merged: bool = False, in_output_folder: bool = False
+) -> ModelCard:
     """Fill the fine-tuned model card from the run's files in `folder` (see module docstring).
 
     Args:
         folder: output folder of `sam-hf finetune` (adapter or full model, plus results).
         repo_id: Hub repository the card is written for; used in the loading snippet and as model name.
         merged: the repository holds the adapter merged into the base model rather than the adapter.
+        in_output_folder: the card is the README of the training output folder itself, which (unlike a pushed
+            repository) also holds `merged/`, the full model with the adapter merged in; the card says so.
 
     Returns:
         The card; `model-index` metadata holds the evaluation results of the fine-tuned model, if measured.
@@ -99,9 +68,11 @@ def build_model_card(folder: str | Path, repo_id: str | None = None, merged: boo
     folder = Path(folder)
     summary = _read_json(folder / TRAINING_SUMMARY_NAME)
     eval_results = _read_json(folder / EVAL_RESULTS_NAME)
-    adapter = _read_json(folder / "adapter_config.json")
+    adapter = _read_json(folder / ADAPTER_CONFIG_NAME)
     name = repo_id or folder.resolve().name
-    base_model = summary.get("base_model") or adapter.get("base_model_name_or_path")
+    # The adapter's own record is what loading uses; the summary names the base of a full fine-tune.
+    base_model = adapter_base_model(folder) if adapter else summary.get("base_model")
+    base_model = portable_model_name(base_model) if base_model else None
     dataset = summary.get("dataset")  # the training data; evaluation data is named in the results table
     eval_header, eval_rows = results_table(eval_results.get("runs", {}))
     card_data = ModelCardData(
@@ -122,6 +93,8 @@ def build_model_card(folder: str | Path, repo_id: str | None = None, merged: boo
         repo_id=repo_id or f"path/to/{folder.resolve().name}",
         base_model_text=_model_text(base_model),
         base_model_load=base_model if _is_hub_id(base_model) else "path/to/base_model",
+        local_base_note=local_base_note(base_model) if adapter and not merged else "",
+        merged_folder=MERGED_FOLDER if in_output_folder and (folder / MERGED_FOLDER).is_dir() else "",
         dataset_text=_dataset_text(dataset, summary.get("dataset_split")),
         weights_text=_weights_text(bool(adapter), merged),
         ships_adapter=bool(adapter) and not merged,
@@ -139,174 +112,7 @@ def build_model_card(folder: str | Path, repo_id: str | None = None, merged: boo
     )
 
 
-def build_commit_operations(
-    folder: str | Path, staging_dir: str | Path, repo_id: str | None = None, merge_adapter: bool = False
-) -> list[CommitOperationAdd]:
-    """Copy what should be published from `folder` into `staging_dir`, add the card, list the operations.
-
-    Args:
-        folder: output folder to publish (left untouched).
-        staging_dir: empty temporary folder; the operations read their files from it, so keep it until the
-            commit is done.
-        repo_id: target repository, for the card.
-        merge_adapter: publish the adapter merged into its base model (`config.json` + `model.safetensors`)
-            instead of the adapter files.
-
-    Returns:
-        One `CommitOperationAdd` per staged file, sorted by path in the repository.
-    """
-    folder, staging_dir = Path(folder), Path(staging_dir)
-    is_adapter = (folder / "adapter_config.json").is_file()
-    if not is_adapter and not (folder / "config.json").is_file():
-        raise ValueError(
-            f"folder must hold a PEFT adapter (adapter_config.json) or a model (config.json), got {folder}"
-        )
-    if merge_adapter and not is_adapter:
-        raise ValueError(f"merge_adapter needs an adapter folder (adapter_config.json), got {folder}")
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in _UPLOAD_SUFFIXES:
-            if not (merge_adapter and path.name.startswith("adapter_")):
-                shutil.copy2(path, staging_dir / path.name)
-    if merge_adapter:
-        load_pretrained(folder).merge_and_unload().save_pretrained(staging_dir)
-    if not (staging_dir / PROCESSOR_CONFIG_NAME).is_file():  # the repo must load with SamHFProcessor alone
-        load_processor(folder).save_pretrained(staging_dir)
-    readme = staging_dir / "README.md"
-    if not readme.is_file() or _is_generated_card(readme.read_text(encoding="utf-8")):
-        # Ours or a blank auto-card: regenerate from this run's files. Anything else the user wrote: keep it.
-        build_model_card(folder, repo_id, merged=merge_adapter).save(readme)
-    return [
-        CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-        for path in sorted(staging_dir.iterdir())
-    ]
-
-
-def push_to_hub(
-    folder: str | Path,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    branch: str | None = None,
-    create_pr: bool = False,
-    commit_message: str = "Upload fine-tuned SAM (sam_hf)",
-    merge_adapter: bool = False,
-    dry_run: bool = False,
-    api: HfApi | None = None,
-) -> PushResult:
-    """Upload an adapter or model folder with its processor config, results and card in one commit.
-
-    Args:
-        folder: output folder of a run (`sam-hf finetune`), left untouched whatever happens.
-        repo_id: target repository (`name` or `namespace/name`); created if missing.
-        private: visibility when the repository is created (`None`: the account's default).
-        branch: target branch, created from the default branch if missing (`None`: the default branch).
-        create_pr: open a pull request against `branch` instead of committing to it.
-        commit_message: message of the commit.
-        merge_adapter: upload the adapter merged into its base model instead of the adapter.
-        dry_run: only stage and report what would be uploaded; no network, no token needed.
-        api: Hub client (default: `HfApi()` with the token from `HF_TOKEN` or the saved login).
-
-    Returns:
-        A `PushResult` listing the files and, unless `dry_run`, the commit (and PR) URL.
-
-    Raises:
-        HubPushError: the upload failed; the message names the cause and how to retry.
-    """
-    with tempfile.TemporaryDirectory(prefix="sam_hf_push_") as staging:
-        operations = build_commit_operations(folder, staging, repo_id, merge_adapter=merge_adapter)
-        files = [(op.path_in_repo, Path(op.path_or_fileobj).stat().st_size) for op in operations]
-        result = PushResult(repo_id=repo_id, files=files, revision=branch)
-        if dry_run:
-            return result
-        api = api or HfApi()
-        _refuse_files_with_token(operations, getattr(api, "token", None) or get_token())
-        try:
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
-            if branch is not None:
-                api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
-            head = api.repo_info(repo_id, revision=branch, repo_type="model").sha
-            commit = api.create_commit(
-                repo_id,
-                operations,
-                commit_message=commit_message,
-                revision=branch,
-                create_pr=create_pr,
-                parent_commit=head,
-                repo_type="model",
-            )
-        except Exception as error:
-            flags = (
-                [f"--branch {branch}"] * bool(branch)
-                + ["--create-pr"] * create_pr
-                + ["--merge"] * merge_adapter
-            )
-            raise HubPushError(
-                f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). Nothing local was "
-                f"changed. If the branch moved during the push, the commit was refused on purpose. "
-                f"Retry with: sam-hf push {folder} --repo-id {repo_id} {' '.join(flags)}".rstrip()
-            ) from error
-    result.repo_id = repo_id
-    result.commit_url = commit.commit_url
-    result.pr_url = commit.pr_url
-    return result
-
-
-def load_pretrained(name_or_path: str | Path) -> torch.nn.Module:
-    """Load a `SamHFModel`, or a PEFT adapter folder on top of its base model (a `PeftModel`).
-
-    Args:
-        name_or_path: a `save_pretrained` folder of a `SamHFModel` or of a `PeftModel` (`adapter_config.json`,
-            whose `base_model_name_or_path` names the base model), or anything else `SamHFModel.from_pretrained`
-            takes: a shipped model name (`sam-hf-tiny`), a Hub id, a Meta `.pth` file.
-    """
-    from .. import SamHFModel
-    from ..modeling.modeling_sam_hf import shipped_model_folder
-
-    path = Path(shipped_model_folder(str(name_or_path)))
-    base = adapter_base_model(path)
-    if base is not None:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(SamHFModel.from_pretrained(base), str(path))
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ValueError(f"folder must be a SamHF folder (config.json) or an adapter folder, got {path}")
-    return SamHFModel.from_pretrained(str(path))
-
-
-def load_processor(name_or_path: str | Path, config: Any = None) -> SamHFProcessor:
-    """The processor of a model or adapter: the folder's `preprocessor_config.json`, else its base model's,
-    else the one matching the model config (`config`, when given, else the folder's or the base's)."""
-    from .. import SamHFConfig
-    from ..modeling.modeling_sam_hf import shipped_model_folder
-
-    folder = Path(shipped_model_folder(str(name_or_path)))
-    base = adapter_base_model(folder)
-    for candidate in (folder, Path(base) if base else None):
-        if candidate is not None and (candidate / PROCESSOR_CONFIG_NAME).is_file():
-            return SamHFProcessor.from_pretrained(candidate)
-    return SamHFProcessor.from_model_config(config or SamHFConfig.from_pretrained(base or str(folder)))
-
-
-def adapter_base_model(folder: str | Path) -> str | None:
-    """`base_model_name_or_path` of a PEFT adapter folder; `None` when `folder` holds no adapter."""
-    adapter_config = Path(folder) / "adapter_config.json"
-    if not adapter_config.is_file():
-        return None
-    return json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-
-
-def _refuse_files_with_token(operations: list[CommitOperationAdd], token: str | None) -> None:
-    """Never publish a file that contains the user's token (e.g. a config that captured it)."""
-    if not token:
-        return
-    for op in operations:
-        if token.encode() in Path(op.path_or_fileobj).read_bytes():
-            raise HubPushError(
-                f"refusing to upload {op.path_in_repo}: it contains your Hub token; remove it and retry"
-            )
-
-
-def _is_generated_card(text: str) -> bool:
+def is_generated_card(text: str) -> bool:
     """Our card (marker), or the blank default card `PeftModel.save_pretrained` writes, unedited."""
     if CARD_MARKER in text:
         return True
@@ -335,18 +141,33 @@ def _is_hub_id(name: str | None) -> bool:
     return name.count("/") <= 1
 
 
+def local_base_note(base_model: str | None) -> str:
+    """What a reader must know when an adapter's base is a local file or folder ("" for a shipped or Hub base)."""
+    if not base_model or _is_hub_id(base_model):
+        return ""
+    return (
+        f"The base model is a local file or folder (`{public_name(base_model)}`) that is not published with "
+        "this adapter: loading the adapter needs that base too. Copy it along and put its path in "
+        "`adapter_config.json` (`base_model_name_or_path`), or publish the base on the Hub and put its id there."
+    )
+
+
 def _model_text(name: str | None) -> str:
-    return f"`{_public_name(name)}`" if name else _NOT_RECORDED
+    if not name:
+        return _NOT_RECORDED
+    shipped = shipped_model_name(name)
+    return f"`{name}` (shipped with sam_hf)" if shipped == name else f"`{public_name(name)}`"
 
 
 def _dataset_text(dataset: str | None, split: str | None) -> str:
     if not dataset:
         return _NOT_RECORDED
-    return f"`{_public_name(dataset)}`" + (f", split `{split}`" if split else "")
+    return f"`{public_name(dataset)}`" + (f", split `{split}`" if split else "")
 
 
-def _public_name(name: str) -> str:
-    """A Hub id as is; a local path by its last component only (a card should not publish local paths)."""
+def public_name(name: str) -> str:
+    """A Hub id or shipped name as is; a local path by its last component only: nothing published (card, run
+    records) shows the layout of the machine that trained."""
     return name if _is_hub_id(name) else f"{Path(name).name} (local)"
 
 
@@ -399,7 +220,7 @@ def _eval_results_metadata(eval_results: dict[str, Any]) -> list[EvalResult]:
     dataset = eval_results.get("dataset")
     if not run or not dataset:
         return []
-    dataset = _public_name(dataset)
+    dataset = public_name(dataset)
     entries = []
     for prompt, result in sorted(run.get("results", {}).items()):
         for key, value in flat_metrics(result).items():

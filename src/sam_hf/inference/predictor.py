@@ -168,7 +168,9 @@ class SamPredictor:
         out_masks, scores, low_res = self.predict_torch(
             coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits
         )
-        return out_masks[0].cpu().numpy(), scores[0].cpu().numpy(), low_res[0].cpu().numpy()
+        # numpy has no bfloat16: a reduced-precision model's scores and logits come back as float32.
+        scores, low_res = scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+        return out_masks[0].cpu().numpy(), scores, low_res
 
     def _validated_mask_input(self, mask_input: np.ndarray) -> np.ndarray:
         size = self.processor.mask_size

@@ -212,7 +212,8 @@ def load_foreign_checkpoint(
     model.load_state_dict(state_dict, strict=True, assign=True)
     if target_dtype is not None:
         model.to(target_dtype)
-    model.config.name_or_path = checkpoint.source
+    # What transformers' own loading records, and what PEFT writes as an adapter's base.
+    model.name_or_path = model.config.name_or_path = checkpoint.source
     return model.eval()
 
 

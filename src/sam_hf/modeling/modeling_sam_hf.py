@@ -137,21 +137,25 @@ class SamHFModel(SamHFPreTrainedModel):
         """
         if pretrained_model_name_or_path is None:  # transformers' config= + state_dict= loading
             return super().from_pretrained(None, *model_args, **kwargs)
-        pretrained_model_name_or_path = shipped_model_folder(pretrained_model_name_or_path)
-        checkpoint = resolve_checkpoint(
-            pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        )
+        location = shipped_model_folder(pretrained_model_name_or_path)
+        checkpoint = resolve_checkpoint(location, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
         if checkpoint.format == "sam_hf":
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        former_dtype_name = kwargs.pop("torch_dtype", None)
-        config, dtype = kwargs.pop("config", None), kwargs.pop("dtype", None) or former_dtype_name
-        unsupported = sorted(set(kwargs) - set(HUB_KWARGS)) + (["*model_args"] if model_args else [])
-        if unsupported:
-            raise TypeError(
-                f"from_pretrained of a {checkpoint.format} checkpoint accepts config, dtype and {HUB_KWARGS}, "
-                f"got {unsupported}"
-            )
-        return load_foreign_checkpoint(cls, checkpoint, config, dtype)
+            model = super().from_pretrained(location, *model_args, **kwargs)
+        else:
+            former_dtype_name = kwargs.pop("torch_dtype", None)
+            config, dtype = kwargs.pop("config", None), kwargs.pop("dtype", None) or former_dtype_name
+            unsupported = sorted(set(kwargs) - set(HUB_KWARGS)) + (["*model_args"] if model_args else [])
+            if unsupported:
+                raise TypeError(
+                    f"from_pretrained of a {checkpoint.format} checkpoint accepts config, dtype and "
+                    f"{HUB_KWARGS}, got {unsupported}"
+                )
+            model = load_foreign_checkpoint(cls, checkpoint, config, dtype)
+        if location is not pretrained_model_name_or_path:
+            # A shipped model is named by its name, not by the installing machine's package folder: PEFT
+            # records `name_or_path` as an adapter's base, and the name resolves on every machine.
+            model.name_or_path = model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
+        return model
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings.
@@ -171,7 +175,6 @@ class SamHFModel(SamHFPreTrainedModel):
         input_masks: torch.Tensor | None = None,
         multimask_output: bool = True,
         labels: torch.Tensor | None = None,
-        **kwargs,
     ) -> SamHFOutput:
         """Segment `point_batch_size` prompts on each of `batch_size` images.
 
@@ -186,6 +189,8 @@ class SamHFModel(SamHFPreTrainedModel):
                 e.g. `pred_masks` of an earlier call.
             multimask_output: three masks per prompt (for ambiguous prompts) instead of one.
             labels: `(batch_size, point_batch_size, mask_size, mask_size)` target masks; gives `loss`.
+
+        Any other keyword raises `TypeError` naming it (a misspelt prompt must not run unprompted).
         """
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("pass exactly one of pixel_values or image_embeddings")

@@ -73,7 +73,7 @@ def run_finetune(
             else f"{config.dataset} has no 'test' or 'validation' split (name one with eval_split, --eval-split)"
         )
         print(f"no evaluation: {reason}; the model card states that nothing was measured")
-    card = build_model_card(output_dir, config.push_to_hub)
+    card = build_model_card(output_dir, config.push_to_hub, in_output_folder=True)
     summary["card"] = os.path.join(output_dir, "README.md")
     card.save(summary["card"])
     print(f"wrote {summary['card']}")
@@ -94,16 +94,16 @@ def default_eval_split(dataset: str) -> str | None:
 
 def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> None:
     """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`)."""
-    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained
+    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained, portable_model_name
 
-    model = load_pretrained(summary["output_dir"])
+    model = load_pretrained(summary["output_dir"], verbose=False)
     trainable = (
         sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
         if config.lora_r > 0
         else sum(p.numel() for p in model.mask_decoder.parameters())
     )
     record = {
-        "base_model": config.model,
+        "base_model": portable_model_name(config.model),
         "dataset": config.dataset,
         "dataset_split": config.split,
         "train_runtime_s": summary["runtime_s"],

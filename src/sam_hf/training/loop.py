@@ -188,18 +188,13 @@ def finetune(
     from transformers import get_linear_schedule_with_warmup
 
     from ..data.reader import load_segmentation_dataset
-    from ..modeling import SamHFModel
-    from ..processing_sam_hf import SamHFProcessor
+    from ..hub.loading import FINETUNE_CONFIG_NAME, MERGED_FOLDER, load_model
     from .embeddings import cache_image_embeddings
 
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    model = SamHFModel.from_pretrained(config.model)
-    processor = (
-        SamHFProcessor.from_pretrained(config.model)
-        if os.path.exists(os.path.join(config.model, "preprocessor_config.json"))
-        else SamHFProcessor.from_model_config(model.config)
-    )
+    # Any model form; the model is named portably, which is what the saved adapter records as its base.
+    model, processor, _ = load_model(config.model, merge_adapter=True, verbose=accelerator.is_main_process)
     image_size = processor.image_size
     with accelerator.main_process_first():
         dataset, stats = load_segmentation_dataset(
@@ -332,15 +327,18 @@ def finetune(
     accelerator.wait_for_everyone()
     if step >= total_steps and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(config.output_dir)
+        # SAM has no vocabulary: skip PEFT's check of the base's embeddings, which looks the base up online.
+        unwrapped.save_pretrained(
+            config.output_dir, **({"save_embedding_layers": False} if config.lora_r > 0 else {})
+        )
         processor.save_pretrained(config.output_dir)
         summary["output_dir"] = config.output_dir
         if config.lora_r > 0 and config.merge:
-            merged_dir = os.path.join(config.output_dir, "merged")
+            merged_dir = os.path.join(config.output_dir, MERGED_FOLDER)
             unwrapped.merge_and_unload().save_pretrained(merged_dir)
             processor.save_pretrained(merged_dir)
             summary["merged_dir"] = merged_dir
-        with open(os.path.join(config.output_dir, "finetune_config.json"), "w") as f:
+        with open(os.path.join(config.output_dir, FINETUNE_CONFIG_NAME), "w") as f:
             json.dump(asdict(config), f, indent=2)
     accelerator.wait_for_everyone()
     return summary

@@ -1,0 +1,287 @@
+"""One resolver for "a model": whatever form it comes in, find out what it is, load it, say what was loaded.
+
+The forms (`MODEL_KINDS`), all accepted by `load_model` and so by every command's `--model`:
+    - `"shipped"`: a model shipped inside the package, by name (`sam-hf-tiny`) or by its package folder;
+    - `"hub"`: a Hub repo id holding a sam_hf model, a transformers SAM model or a PEFT adapter;
+    - `"meta"`: a Meta state dict file (`sam_vit_b_01ec64.pth`, ...);
+    - `"sam_hf"`: a `SamHFModel.save_pretrained` folder;
+    - `"transformers"`: a transformers `SamModel` folder;
+    - `"adapter"`: a PEFT adapter folder (`adapter_config.json` naming its base model);
+    - `"finetune_output"`: the folder `sam-hf finetune` writes: the adapter at top level (or the full model
+      with `--lora-r 0`), the adapter merged into its base in `merged/`, run records beside them.
+
+Every model is also given a *portable name*, the form that resolves on any machine where it can: the
+shipped name, the Hub id, else the absolute local path. A loaded model carries it as `name_or_path`, which is
+what PEFT records as an adapter's base (`base_model_name_or_path`), so an adapter trained on a shipped or Hub
+model reloads anywhere, and one trained on a local file says which file must travel with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modeling import SamHFModel
+from ..modeling.checkpoint_io import resolve_checkpoint
+from ..pretrained import SHIPPED_MODELS, shipped_model_name, shipped_model_path
+from ..processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "FINETUNE_CONFIG_NAME",
+    "MERGED_FOLDER",
+    "MODEL_KINDS",
+    "ResolvedModel",
+    "adapter_base_model",
+    "load_model",
+    "load_pretrained",
+    "load_processor",
+    "locate_model",
+    "portable_model_name",
+]
+
+MODEL_KINDS = ("shipped", "hub", "meta", "sam_hf", "transformers", "adapter", "finetune_output")
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+# What `sam_hf.training.loop.finetune` writes into its output folder besides the adapter or model.
+FINETUNE_CONFIG_NAME = "finetune_config.json"
+MERGED_FOLDER = "merged"
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `namespace/name`
+
+_KIND_TEXT = {
+    "shipped": "shipped model",
+    "hub": "Hub repo",
+    "meta": "Meta checkpoint",
+    "sam_hf": "sam_hf folder",
+    "transformers": "transformers SAM folder",
+    "adapter": "PEFT adapter folder",
+    "finetune_output": "sam-hf finetune output",
+}
+_EXPECTED = (
+    f"expected a shipped model name {SHIPPED_MODELS}, a Hub repo id, a Meta .pth file, a sam_hf or "
+    "transformers SAM folder (config.json), a PEFT adapter folder (adapter_config.json) or a `sam-hf finetune` "
+    "output folder"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model argument named, before or after loading.
+
+    Args:
+        kind: one of `MODEL_KINDS`.
+        name: portable name (see module docstring): shipped name, Hub id, or absolute local path.
+        path: the local file or folder that holds it (None for a Hub repo).
+        base: portable name of the base model an adapter applies to; None for a full model.
+        merged: `load_model` folded the adapter into its base (a plain `SamHFModel`).
+    """
+
+    kind: str
+    name: str
+    path: str | None = None
+    base: str | None = None
+    merged: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """Only this machine can load it: the name is a local path, not a shipped name or Hub id."""
+        return self.kind not in ("shipped", "hub")
+
+    def describe(self) -> str:
+        """One line: what was loaded, from where, on which base."""
+        text = f"{_KIND_TEXT[self.kind]} {self.name}"
+        if self.base is not None:
+            text += f" (LoRA adapter on base {self.base}{', merged' if self.merged else ''})"
+        return text
+
+
+def portable_model_name(name_or_path: str | os.PathLike) -> str:
+    """The name of a model that resolves on any machine where it can: the shipped name for a shipped model
+    (also when given by its package folder), the absolute path for anything local, else the Hub id as given."""
+    text = os.fspath(name_or_path)
+    shipped = shipped_model_name(text)
+    if shipped is not None:
+        return shipped
+    return os.path.abspath(text) if os.path.exists(text) else text
+
+
+def locate_model(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> ResolvedModel:
+    """Find out which of `MODEL_KINDS` `name_or_path` is, without loading weights.
+
+    Args:
+        name_or_path: any form listed in the module docstring.
+        **hub_kwargs: `revision`, `token`, `cache_dir`, ... for a Hub repo.
+
+    Raises:
+        ValueError: it is none of the forms; the message says what was found and what is expected.
+    """
+    text = os.fspath(name_or_path)
+    if not text:
+        raise ValueError(f"name_or_path must name a model; {_EXPECTED}; got {text!r}")
+    name = portable_model_name(text)
+    shipped = shipped_model_path(name)
+    if shipped is not None:
+        return ResolvedModel("shipped", name, str(shipped))
+    path = Path(text)
+    if path.is_file():
+        return ResolvedModel("meta", name, name)
+    if path.is_dir():
+        base = adapter_base_model(path)
+        if (path / FINETUNE_CONFIG_NAME).is_file():
+            return ResolvedModel("finetune_output", name, name, base)
+        if base is not None:
+            return ResolvedModel("adapter", name, name, base)
+        if not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.iterdir())[:12]
+            raise ValueError(
+                f"{text!r} has no config.json or {ADAPTER_CONFIG_NAME} (found: {found}); {_EXPECTED}"
+            )
+        return ResolvedModel(resolve_checkpoint(path).format, name, name)
+    if not _HUB_ID.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is no local file or folder, and no Hub repo id (namespace/name); {_EXPECTED}"
+        )
+    return ResolvedModel("hub", name, None, _hub_adapter_base(text, hub_kwargs))
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    merge_adapter: bool = False,
+    dtype: torch.dtype | str | None = None,
+    verbose: bool = True,
+    **hub_kwargs: Any,
+) -> tuple[torch.nn.Module, SamHFProcessor, ResolvedModel]:
+    """Load a model in any form (see module docstring) with its processor, and say which it loaded.
+
+    Args:
+        name_or_path: shipped name, Hub id, Meta file, sam_hf / transformers / adapter / finetune output folder.
+        merge_adapter: fold an adapter into its base and return a plain `SamHFModel` (what inference wants;
+            for a `sam-hf finetune` output, its `merged/` folder is loaded). Otherwise an adapter comes back as a
+            `peft.PeftModel` on its base, so `disable_adapter()` gives the base model.
+        dtype: a torch dtype or its name for the weights (None: as `SamHFModel.from_pretrained` loads them).
+        verbose: print one line to stderr saying what was loaded.
+        **hub_kwargs: `revision`, `token`, `cache_dir`, ... for a Hub repo.
+
+    Returns:
+        `(model, processor, resolved)`: the model in eval mode, named by its portable name
+        (`model.name_or_path`, what PEFT records as the base of an adapter trained on it); the processor saved
+        with the model (else with its base, else matching its config); what was loaded.
+    """
+    resolved = locate_model(name_or_path, **hub_kwargs)
+    location = resolved.path or resolved.name
+    model_kwargs = dict(hub_kwargs, **({"dtype": dtype} if dtype is not None else {}))
+    merged_folder = Path(location) / MERGED_FOLDER
+    if (
+        resolved.base is not None
+        and merge_adapter
+        and resolved.kind == "finetune_output"
+        and (merged_folder / "config.json").is_file()
+    ):
+        model = SamHFModel.from_pretrained(merged_folder, **model_kwargs)
+        processor = _processor(str(merged_folder), model.config)
+        resolved = replace(resolved, merged=True)
+    elif resolved.base is not None:
+        from peft import PeftModel
+
+        base, base_processor, _ = load_model(resolved.base, merge_adapter=True, dtype=dtype, verbose=False)
+        model = PeftModel.from_pretrained(
+            base, resolved.path or _downloaded_adapter(resolved.name, hub_kwargs)
+        )
+        processor = _processor(location, None, hub_kwargs) or base_processor
+        if merge_adapter:
+            model = model.merge_and_unload()
+            resolved = replace(resolved, merged=True)
+    else:
+        model = SamHFModel.from_pretrained(location, **model_kwargs)
+        processor = _processor(location, model.config, hub_kwargs)
+    if not hasattr(model, "peft_config"):  # an unmerged PeftModel keeps its base's name
+        model.name_or_path = model.config.name_or_path = resolved.name
+    if verbose:
+        print(f"sam_hf: loaded {resolved.describe()}", file=sys.stderr)
+    return model.eval(), processor, resolved
+
+
+def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
+    """The model of `load_model(name_or_path, **kwargs)`: a `SamHFModel`, or a `PeftModel` for an adapter."""
+    return load_model(name_or_path, **kwargs)[0]
+
+
+def load_processor(name_or_path: str | os.PathLike, config: Any = None) -> SamHFProcessor:
+    """The processor of a model in any form: the one saved with it, else with its base model, else the one
+    matching the model config (`config`, when given, else the model's)."""
+    resolved = locate_model(name_or_path)
+    processor = _processor(resolved.path or resolved.name, None)
+    if processor is not None:
+        return processor
+    if resolved.base is not None:
+        return load_processor(resolved.base, config)
+    return SamHFProcessor.from_model_config(config or load_pretrained(name_or_path, verbose=False).config)
+
+
+def adapter_base_model(folder: str | os.PathLike) -> str | None:
+    """Portable name of the base model a PEFT adapter folder names; None when `folder` holds no adapter.
+
+    Raises:
+        ValueError: the adapter names no base (`base_model_name_or_path` missing or null).
+    """
+    adapter_config = Path(folder) / ADAPTER_CONFIG_NAME
+    if not adapter_config.is_file():
+        return None
+    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{adapter_config} must name its base model in base_model_name_or_path (a shipped name, Hub id or "
+            f"path), got {base!r}"
+        )
+    return portable_model_name(base)
+
+
+def _hub_adapter_base(repo_id: str, hub_kwargs: dict[str, Any]) -> str | None:
+    """Base model named by a Hub repo's `adapter_config.json`; None for a model repo."""
+    from transformers.utils.hub import cached_file
+
+    try:
+        file = cached_file(
+            repo_id, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+        )
+    except OSError as error:
+        raise ValueError(
+            f"{repo_id!r} is neither a local file or folder, nor a shipped model, nor a reachable Hub repo "
+            f"({type(error).__name__}); {_EXPECTED}"
+        ) from error
+    return None if file is None else adapter_base_model(Path(file).parent)
+
+
+def _downloaded_adapter(repo_id: str, hub_kwargs: dict[str, Any]) -> str:
+    """Local folder of a Hub adapter's config and weights (PEFT's own download ignores `local_files_only`)."""
+    from transformers.utils.hub import cached_file
+
+    config = cached_file(repo_id, ADAPTER_CONFIG_NAME, **hub_kwargs)
+    for weights in ("adapter_model.safetensors", "adapter_model.bin"):
+        if cached_file(repo_id, weights, _raise_exceptions_for_missing_entries=False, **hub_kwargs):
+            break
+    return str(Path(config).parent)
+
+
+def _processor(location: str, config: Any, hub_kwargs: dict[str, Any] | None = None) -> SamHFProcessor | None:
+    """The processor saved at `location` (folder or Hub repo); else one matching `config`, else None."""
+    if not os.path.isfile(location) and (not os.path.isdir(location) or _has_processor_config(location)):
+        try:
+            return SamHFProcessor.from_pretrained(location, **(hub_kwargs or {}))
+        except FileNotFoundError:
+            pass
+    return None if config is None else SamHFProcessor.from_model_config(config)
+
+
+def _has_processor_config(folder: str) -> bool:
+    return any(
+        os.path.isfile(os.path.join(folder, name))
+        for name in (PROCESSOR_CONFIG_NAME, "processor_config.json")
+    )
