@@ -124,7 +124,7 @@ def _write_bad_images(folder) -> dict[str, str]:
 @pytest.mark.parametrize("command", ["segment", "generate"])
 def test_unreadable_images_are_one_line_errors(command, tmp_path, capsys):
     reasons = {
-        "missing": "No such file or directory",
+        "missing": "must be an existing image file",
         "not an image": "cannot identify image file",
         "truncated": "image file is truncated",
     }
@@ -173,7 +173,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     argv = ["generate", str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")]
-    with pytest.raises(cli.SamHFUserError, match="No such file"):
+    with pytest.raises(cli.SamHFUserError, match="must be an existing image file"):
         main([*argv, "--debug"])
     with pytest.raises(cli.SamHFUserError):
         main(["--debug", *argv])

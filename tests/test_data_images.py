@@ -85,7 +85,7 @@ def test_array_forms():
         (np.full((4, 5), 1.5, np.float32), ValueError, "in \\[0, 1\\], got range \\[1.5, 1.5\\]"),
         (np.zeros((3, 4, 5), np.uint8), ValueError, "channels-first"),
         (Image.fromarray(np.full((2, 2), 70000, np.int32)), ValueError, "16-bit values in \\[0, 65535\\]"),
-        ("missing.png", FileNotFoundError, "photo must be an existing image file, got 'missing.png'"),
+        ("missing.png", FileNotFoundError, "photo must be an existing image file: 'missing.png'"),
     ],
 )
 def test_rejects_what_the_rule_cannot_read(image, error, match):

@@ -16,6 +16,7 @@ The rule (`to_rgb`):
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -42,7 +43,7 @@ def load_image(path: str | os.PathLike, name: str = "image") -> Image.Image:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name} must be an existing image file, got {path!r} (no such file)")
+        raise FileNotFoundError(errno.ENOENT, f"{name} must be an existing image file", path)
     try:
         with Image.open(path) as image:
             image.load()
