@@ -169,12 +169,17 @@ def annotated(tmp_path_factory, photos) -> str:
 
 
 def test_reader_reads_annotate_output_without_flags(annotated, photos):
-    dataset, stats = load_segmentation_dataset(annotated)
-    assert (stats.mask_column, stats.num_usable, stats.num_rows) == ("masks", 3, 3)
-    for row in dataset:
+    rows = []
+    for split in ("train", "test"):  # annotate splits by file name
+        dataset, stats = load_segmentation_dataset(annotated, split)
+        assert (stats.mask_column, stats.split) == ("masks", split)
+        assert stats.num_usable == stats.num_rows == len(dataset) > 0
+        rows += list(dataset)
+    assert len(rows) == 3
+    for row in rows:
         image, masks = to_instances(row)
         assert masks.shape[1:] == image.shape[:2] == (row["height"], row["width"])
-    phone = dataset[dataset["file_name"].index("phone.jpg")]
+    phone = next(row for row in rows if row["file_name"] == "phone.jpg")
     chelsea = photos["chelsea"][::4, ::4]
     assert (phone["height"], phone["width"]) == (chelsea.shape[1], chelsea.shape[0])  # stored upright
 
@@ -188,7 +193,7 @@ def test_cli_evaluate_reads_annotate_output(annotated, tmp_path, capsys):
     args = ["evaluate", "--model", "sam-hf-tiny", "--dataset", annotated, "--prompt", "point,box"]
     assert main([*args, "--max-images", "1", "--output", str(output)]) == 0
     results = json.loads(output.read_text())
-    assert results["split"] is None and results["num_images"] == 1
+    assert results["split"] == "test" and results["num_images"] == 1
     assert results["runs"]["model"]["results"]["box"]["num_objects"] > 0
 
 
