@@ -335,3 +335,68 @@ def test_matches_official_vit_b_on_a_photo(official_vit_b, photos, kwargs):
     assert_same_masks(official, ours)
     if kwargs.get("box_nms_thresh") == 1.0:
         assert len(ours) == 3 * 64
+
+
+def test_bf16_precision_leaves_the_model_float32(tiny_pair, photo):
+    """precision="bf16" works on copies: the caller's model stays float32, and a float32 generator built
+    afterwards on it gives the float32 results of a generator that never saw bf16."""
+    model = tiny_pair[1]
+    kwargs = {"points_per_side": 3, **OPENED, "box_nms_thresh": 1.0}
+    before = SamAutomaticMaskGenerator(model, **kwargs).generate(photo)
+    SamAutomaticMaskGenerator(model, precision="bf16", **kwargs).generate(photo)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    after = SamAutomaticMaskGenerator(model, **kwargs).generate(photo)
+    assert [r["predicted_iou"] for r in after] == [r["predicted_iou"] for r in before]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+
+
+def test_generate_leaves_the_c_allocator_alone(tiny_pair, photo, monkeypatch):
+    """No process-wide allocator setting: generate() never calls glibc's mallopt."""
+    import ctypes
+
+    calls = []
+    real_cdll = ctypes.CDLL
+
+    class RecordingCDLL:
+        def __init__(self, name, *args, **kwargs):
+            self._lib = real_cdll(name, *args, **kwargs)
+
+        def __getattr__(self, attr):
+            calls.append(attr)
+            return getattr(self._lib, attr)
+
+    monkeypatch.setattr(ctypes, "CDLL", RecordingCDLL)
+    SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2).generate(photo)
+    assert "mallopt" not in calls
+
+
+def test_follows_a_peft_adapter(shipped_pair):
+    """A PEFT model (unmerged LoRA with non-zero B) gives the masks of the same adapter merged."""
+    import copy
+
+    from sam_hf.training.lora import apply_lora
+
+    torch.manual_seed(2)
+    peft_model = apply_lora(
+        copy.deepcopy(shipped_pair[1]), r=4, init_lora_weights=False, verbose=False
+    ).eval()
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    image = np.full((128, 128, 3), 40, np.uint8)
+    image[80:120, 30:90] = (255, 0, 0)
+    image[10:50, 20:60] = (0, 0, 255)
+    kwargs = {"points_per_side": 6, **OPENED, "box_nms_thresh": 1.0}
+    adapted = SamAutomaticMaskGenerator(peft_model, **kwargs).generate(image)
+    expected = SamAutomaticMaskGenerator(merged, **kwargs).generate(image)
+    base = SamAutomaticMaskGenerator(shipped_pair[1], **kwargs).generate(image)
+    assert len(adapted) == len(expected) == 3 * 36
+    np.testing.assert_allclose(
+        [r["predicted_iou"] for r in adapted], [r["predicted_iou"] for r in expected], atol=1e-4
+    )
+    assert (
+        max(abs(a["predicted_iou"] - b["predicted_iou"]) for a, b in zip(adapted, base, strict=True)) > 0.01
+    )
+    for a, b in zip(adapted, expected, strict=True):
+        assert a["point_coords"] == b["point_coords"]
+        inter = (a["segmentation"] & b["segmentation"]).sum()
+        assert inter >= 0.99 * (a["segmentation"] | b["segmentation"]).sum()

@@ -32,7 +32,9 @@ def _inputs(model: SamHFModel, num_prompts: int = 10) -> tuple[torch.Tensor, tor
     return embeddings, points
 
 
-def _plain_decoder(model, embeddings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _plain_decoder(
+    model, embeddings: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own forward (a PEFT model's forward for a wrapped one): `(P, 3, 4h, 4w)`, `(P, 3)`."""
     labels = torch.ones(1, len(points), 1, dtype=torch.long)
     outputs = model(image_embeddings=embeddings, input_points=points[None, :, None], input_labels=labels)
