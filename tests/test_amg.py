@@ -17,11 +17,52 @@ from sam_hf.inference.amg_utils import build_point_grid, generate_crop_boxes
 RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 
 
+def official_sam(config: SamHFConfig):
+    """The official `Sam` with the architecture of `config` (load our state dict into it strictly)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    vision, prompt, decoder = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
+    grid = vision.image_size // vision.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=vision.image_size,
+            patch_size=vision.patch_size,
+            embed_dim=vision.hidden_size,
+            depth=vision.num_hidden_layers,
+            num_heads=vision.num_attention_heads,
+            mlp_ratio=vision.mlp_ratio,
+            out_chans=vision.output_channels,
+            qkv_bias=vision.qkv_bias,
+            norm_layer=partial(torch.nn.LayerNorm, eps=vision.layer_norm_eps),
+            use_rel_pos=vision.use_rel_pos,
+            window_size=vision.window_size,
+            global_attn_indexes=vision.global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt.hidden_size,
+            image_embedding_size=(grid, grid),
+            input_image_size=(vision.image_size, vision.image_size),
+            mask_in_chans=prompt.mask_input_channels,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=decoder.hidden_size,
+            transformer=TwoWayTransformer(
+                depth=decoder.num_hidden_layers,
+                embedding_dim=decoder.hidden_size,
+                num_heads=decoder.num_attention_heads,
+                mlp_dim=decoder.mlp_dim,
+                attention_downsample_rate=decoder.attention_downsample_rate,
+            ),
+            num_multimask_outputs=decoder.num_multimask_outputs,
+            iou_head_depth=decoder.iou_head_depth,
+            iou_head_hidden_dim=decoder.iou_head_hidden_dim,
+        ),
+    ).eval()
+
+
 @pytest.fixture(scope="module")
 def tiny_pair():
     """(official Sam, SamHFModel) with the same seeded tiny weights."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
     from conftest import randomize_positional_terms
 
     torch.manual_seed(0)
@@ -33,32 +74,16 @@ def tiny_pair():
         for mlp in ours.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(300)
         ours.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(0.5)
-    official = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=128,
-            patch_size=16,
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            mlp_ratio=4,
-            out_chans=32,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=3,
-            global_attn_indexes=[1],
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=4
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=32,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=32, num_heads=2, mlp_dim=64),
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=32,
-        ),
-    ).eval()
+    official = official_sam(ours.config)
+    official.load_state_dict(ours.state_dict(), strict=True)
+    return official, ours
+
+
+@pytest.fixture(scope="module")
+def shipped_pair():
+    """(official Sam, SamHFModel) with the weights of the shipped sam-hf-tiny."""
+    ours = SamHFModel.from_pretrained("sam-hf-tiny").eval()
+    official = official_sam(ours.config)
     official.load_state_dict(ours.state_dict(), strict=True)
     return official, ours
 
@@ -128,6 +153,19 @@ def test_matches_official_tiny(tiny_pair, photo, kwargs):
     assert kwargs == {} or len(ours) > 0
     if kwargs.get("box_nms_thresh") == 1.0:
         assert len(ours) == 3 * 64
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"points_per_side": 8, "points_per_batch": 8}], ids=["defaults", "small-batches"]
+)
+def test_later_prompt_batch_keeps_a_mask_when_the_first_keeps_none(shipped_pair, kwargs):
+    """A red rectangle on grey: the first prompt batches (top rows of the grid) keep no mask, a later one
+    does. The official generator returns one mask here; so must this one, the same."""
+    image = np.full((128, 128, 3), 40, np.uint8)
+    image[80:120, 30:90] = (255, 0, 0)
+    official, ours = _pair_generate(shipped_pair, image, **kwargs)
+    assert len(official) == 1
+    assert_same_masks(official, ours)
 
 
 def test_predictor_attribute_like_official(tiny_pair, photo):
@@ -300,22 +338,66 @@ def test_matches_official_vit_b_on_a_photo(official_vit_b, photos, kwargs):
         assert len(ours) == 3 * 64
 
 
-def test_reassociated_decoder_equals_model_forward(tiny_pair):
-    """The generator's decoder path (projections shared / folded) equals SamHFModel.forward to 1e-5 relative."""
-    from sam_hf.inference.automatic_mask_generator import _decode_point_prompts
-
+def test_bf16_precision_leaves_the_model_float32(tiny_pair, photo):
+    """precision="bf16" works on copies: the caller's model stays float32, and a float32 generator built
+    afterwards on it gives the float32 results of a generator that never saw bf16."""
     model = tiny_pair[1]
-    torch.manual_seed(1)
-    embeddings = torch.randn(1, 32, 8, 8)
-    points = torch.rand(10, 2) * 128
-    with torch.inference_mode():
-        reference = model(
-            image_embeddings=embeddings,
-            input_points=points[None, :, None, :],
-            input_labels=torch.ones(1, 10, 1, dtype=torch.long),
-        )
-        masks, iou = _decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points)
-    assert masks.shape == (10, 3, 32, 32) and iou.shape == (10, 3)
-    scale = reference.pred_masks.abs().max()
-    torch.testing.assert_close(masks / scale, reference.pred_masks[0] / scale, atol=1e-5, rtol=0)
-    torch.testing.assert_close(iou, reference.iou_scores[0], atol=1e-5, rtol=0)
+    kwargs = {"points_per_side": 3, **OPENED, "box_nms_thresh": 1.0}
+    before = SamAutomaticMaskGenerator(model, **kwargs).generate(photo)
+    SamAutomaticMaskGenerator(model, precision="bf16", **kwargs).generate(photo)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    after = SamAutomaticMaskGenerator(model, **kwargs).generate(photo)
+    assert [r["predicted_iou"] for r in after] == [r["predicted_iou"] for r in before]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+
+
+def test_generate_leaves_the_c_allocator_alone(tiny_pair, photo, monkeypatch):
+    """No process-wide allocator setting: generate() never calls glibc's mallopt."""
+    import ctypes
+
+    calls = []
+    real_cdll = ctypes.CDLL
+
+    class RecordingCDLL:
+        def __init__(self, name, *args, **kwargs):
+            self._lib = real_cdll(name, *args, **kwargs)
+
+        def __getattr__(self, attr):
+            calls.append(attr)
+            return getattr(self._lib, attr)
+
+    monkeypatch.setattr(ctypes, "CDLL", RecordingCDLL)
+    SamAutomaticMaskGenerator(tiny_pair[1], points_per_side=2).generate(photo)
+    assert "mallopt" not in calls
+
+
+def test_follows_a_peft_adapter(shipped_pair):
+    """A PEFT model (unmerged LoRA with non-zero B) gives the masks of the same adapter merged."""
+    import copy
+
+    from sam_hf.training.lora import apply_lora
+
+    torch.manual_seed(2)
+    peft_model = apply_lora(
+        copy.deepcopy(shipped_pair[1]), r=4, init_lora_weights=False, verbose=False
+    ).eval()
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    image = np.full((128, 128, 3), 40, np.uint8)
+    image[80:120, 30:90] = (255, 0, 0)
+    image[10:50, 20:60] = (0, 0, 255)
+    kwargs = {"points_per_side": 6, **OPENED, "box_nms_thresh": 1.0}
+    adapted = SamAutomaticMaskGenerator(peft_model, **kwargs).generate(image)
+    expected = SamAutomaticMaskGenerator(merged, **kwargs).generate(image)
+    base = SamAutomaticMaskGenerator(shipped_pair[1], **kwargs).generate(image)
+    assert len(adapted) == len(expected) == 3 * 36
+    np.testing.assert_allclose(
+        [r["predicted_iou"] for r in adapted], [r["predicted_iou"] for r in expected], atol=1e-4
+    )
+    assert (
+        max(abs(a["predicted_iou"] - b["predicted_iou"]) for a, b in zip(adapted, base, strict=True)) > 0.01
+    )
+    for a, b in zip(adapted, expected, strict=True):
+        assert a["point_coords"] == b["point_coords"]
+        inter = (a["segmentation"] & b["segmentation"]).sum()
+        assert inter >= 0.99 * (a["segmentation"] | b["segmentation"]).sum()

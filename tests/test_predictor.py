@@ -130,20 +130,46 @@ def test_transform_attribute_matches_official_resize_longest_side(predictor, pho
     )
 
 
-def test_encoder_dtype_converts_only_the_encoder_and_keeps_float32_features(tiny_model, photos):
+def test_encoder_dtype_runs_a_converted_copy_and_keeps_float32_features(tiny_model, photos):
+    """The bf16 encoder is the predictor's own copy: the caller's model keeps float32, and a float32
+    predictor built later on the same model gives exactly the float32 embedding."""
     reference = SamPredictor(copy.deepcopy(tiny_model))
     reference.set_image(photos["coffee"])
     predictor = SamPredictor(tiny_model, encoder_dtype=torch.bfloat16)
-    assert {p.dtype for p in tiny_model.image_encoder.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in tiny_model.mask_decoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}
     predictor.set_image(photos["coffee"])
     features = predictor.get_image_embedding()
     assert features.dtype == torch.float32
+    assert not torch.equal(features, reference.get_image_embedding())
     # bf16 has an 8-bit mantissa: the encoder output agrees to a few percent of its scale.
     scale = reference.get_image_embedding().abs().max()
     assert (features - reference.get_image_embedding()).abs().max() < 0.1 * scale
     _, scores, _ = predictor.predict(np.array([[100, 100]]), np.array([1]))
     assert scores.dtype == np.float32
+    later = SamPredictor(tiny_model)
+    later.set_image(photos["coffee"])
+    assert torch.equal(later.get_image_embedding(), reference.get_image_embedding())
+    assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}
+
+
+def test_follows_a_peft_adapter(tiny_model, photos):
+    """A PEFT-wrapped model (unmerged LoRA, non-zero B) is predicted with its adapter: the same as the
+    merged model, different from the base."""
+    from sam_hf.training.lora import apply_lora
+
+    base = SamPredictor(copy.deepcopy(tiny_model))
+    torch.manual_seed(2)
+    peft_model = apply_lora(tiny_model, r=4, init_lora_weights=False, verbose=False).eval()
+    adapted = SamPredictor(peft_model)
+    merged = SamPredictor(copy.deepcopy(peft_model).merge_and_unload())
+    prompt = {"point_coords": np.array([[200, 100]]), "point_labels": np.array([1]), "return_logits": True}
+    outputs = {}
+    for name, predictor in (("base", base), ("adapted", adapted), ("merged", merged)):
+        predictor.set_image(photos["coffee"])
+        outputs[name] = predictor.predict(**prompt)
+    np.testing.assert_allclose(outputs["adapted"][2], outputs["merged"][2], atol=1e-4)
+    np.testing.assert_allclose(outputs["adapted"][1], outputs["merged"][1], atol=1e-4)
+    assert np.abs(outputs["adapted"][2] - outputs["base"][2]).max() > 0.1
 
 
 def test_processor_defaults_to_the_model_config(tiny_model):

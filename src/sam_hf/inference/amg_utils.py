@@ -1,5 +1,6 @@
-"""Pure utilities for automatic mask generation: point grids, crop boxes, stability scores, boxes and
-small-region removal (the RLE codec is `sam_hf.data.rle`).
+"""Utilities for automatic mask generation: the container of candidate masks (`MaskData`), and pure
+functions for point grids, crop boxes, stability scores, boxes and small-region removal (the RLE codec is
+`sam_hf.data.rle`).
 
 Names and conventions follow `segment_anything.utils.amg` so code written against it keeps working:
 masks are `(N, H, W)` bool, boxes are XYXY in pixels (`int64` when computed from masks), crop boxes are
@@ -9,6 +10,7 @@ masks are `(N, H, W)` bool, boxes are XYXY in pixels (`int64` when computed from
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 from itertools import product
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MaskData",
     "batched_mask_to_box",
     "box_xyxy_to_xywh",
     "build_all_layer_point_grids",
@@ -29,6 +32,64 @@ __all__ = [
     "uncrop_points",
     "upsampling_matrix",
 ]
+
+
+@dataclass
+class MaskData:
+    """Candidate masks of the automatic mask generator, one row per mask in every field.
+
+    Built per prompt batch, concatenated per crop and over crops, and filtered by index as the generator's
+    filters and NMS steps drop masks. Empty parts (a batch where nothing survived) have the same fields, so
+    `cat` and `filter` need no special case.
+
+    Attributes:
+        rles: run-length counts (see `rle_counts`) of each mask, in the frame of its crop until the
+            generator moves them to the image frame.
+        boxes: `(N, 4)` int64 XYXY boxes of the masks, inclusive max edges.
+        iou_preds: `(N,)` float32 predicted IoU.
+        points: `(N, 2)` float64 XY point prompt of each mask.
+        stability_score: `(N,)` float32 stability score.
+        crop_boxes: `(N, 4)` int64 XYXY crop box of each mask, in image pixels.
+    """
+
+    rles: list[np.ndarray] = field(default_factory=list)
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64))
+    iou_preds: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    points: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
+    stability_score: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64))
+
+    def __post_init__(self) -> None:
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"every MaskData field must have one row per mask, got lengths {lengths}")
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    @classmethod
+    def cat(cls, parts: list[MaskData]) -> MaskData:
+        """Concatenate the rows of `parts` in order (an empty list gives an empty container)."""
+        if not parts:
+            return cls()
+        columns = {}
+        for f in fields(cls):
+            values = [getattr(part, f.name) for part in parts]
+            columns[f.name] = (
+                [row for value in values for row in value] if f.name == "rles" else torch.cat(values)
+            )
+        return cls(**columns)
+
+    def filter(self, keep: torch.Tensor) -> MaskData:
+        """The rows selected by `keep`: `(N,)` bool, or int64 indices (in that order)."""
+        keep = keep.cpu()
+        if keep.dtype == torch.bool:
+            keep = keep.nonzero().flatten()
+        columns = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            columns[f.name] = [value[i] for i in keep.tolist()] if f.name == "rles" else value[keep]
+        return MaskData(**columns)
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:

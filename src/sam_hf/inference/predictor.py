@@ -7,7 +7,9 @@ return types follow the official predictor, so existing code only changes its im
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ from PIL import Image
 from ..modeling import SamHFModel
 from ..processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 __all__ = ["SamPredictor"]
 
 
@@ -23,12 +28,15 @@ class SamPredictor:
     """Caches one image's embedding and predicts masks for prompts on it.
 
     Args:
-        model: the `SamHFModel` to run (its device is used; call `.eval()` on it first if it was training).
+        model: the `SamHFModel` to run, or a PEFT model wrapping one (its adapters apply); its device is
+            used; call `.eval()` on it first if it was training. The predictor never modifies it.
         processor: image/prompt processor; built from `model.config` when None.
-        encoder_dtype: run the image encoder in this dtype: its weights are converted in place, once
-            (`torch.bfloat16` is ~3x faster than float32 on CPUs with bf16 matrix units, and on GPUs); None leaves
-            the model as it is. Embeddings are cast back to float32; the prompt encoder and mask decoder keep
-            their dtype.
+        encoder_dtype: run the image encoder in this dtype (`torch.bfloat16` is ~3x faster than float32 on
+            CPUs with bf16 matrix units, and on GPUs). Unless the encoder already has that dtype, the
+            predictor converts a copy of it, taken now (memory: the encoder's size in that dtype; build the
+            predictor after moving or changing the model); the caller's model keeps its dtype. None runs
+            the model's encoder as it is. Embeddings are cast back to float32; the prompt encoder and mask
+            decoder keep their dtype.
 
     Attributes:
         transform: the official `predictor.transform` interface (`apply_image`, `apply_coords`,
@@ -40,7 +48,7 @@ class SamPredictor:
 
     def __init__(
         self,
-        model: SamHFModel,
+        model: SamHFModel | PeftModel,
         processor: SamHFProcessor | None = None,
         encoder_dtype: torch.dtype | None = None,
     ) -> None:
@@ -53,8 +61,12 @@ class SamPredictor:
             processor if processor is not None else SamHFProcessor.from_model_config(model.config)
         )
         self.encoder_dtype = encoder_dtype
-        if encoder_dtype is not None:
-            model.image_encoder.to(encoder_dtype)
+        encoder = model.image_encoder
+        self._converted_encoder = (
+            copy.deepcopy(encoder).to(encoder_dtype)
+            if encoder_dtype is not None and encoder.pos_embed.dtype != encoder_dtype
+            else None
+        )
         self.transform = _ResizeLongestSide(self.processor)
         self.reset_image()
 
@@ -113,7 +125,10 @@ class SamPredictor:
     ) -> None:
         self.reset_image()
         with torch.inference_mode():
-            features = self.model.get_image_embeddings(pixel_values.to(self.device))
+            if self._converted_encoder is None:
+                features = self.model.get_image_embeddings(pixel_values.to(self.device))
+            else:
+                features = self._converted_encoder(pixel_values.to(self.device, self.encoder_dtype))
         # A normal (not inference-mode) float32 copy, so cached embeddings can feed decoder training.
         self.features = features.float().clone()
         self.original_size = original_size

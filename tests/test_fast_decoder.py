@@ -1,0 +1,109 @@
+"""`modeling.fast_decoder.decode_point_prompts` computes what the model's decoder computes: on a plain model,
+on a PEFT model with unmerged and merged LoRA adapters, and with `modules_to_save` copies. Tolerance: mask
+logits and IoU predictions within 1e-4 of `model(...)` (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam_hf import SamHFConfig, SamHFModel
+from sam_hf.modeling.fast_decoder import decode_point_prompts
+from sam_hf.training.lora import apply_lora
+
+
+def _model(name: str) -> SamHFModel:
+    if name == "sam-hf-tiny":
+        return SamHFModel.from_pretrained("sam-hf-tiny").eval()
+    from conftest import randomize_positional_terms
+
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset(name)).eval()
+    randomize_positional_terms(model)
+    return model
+
+
+def _inputs(model: SamHFModel, num_prompts: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    config = model.config
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    embeddings = torch.randn(1, config.mask_decoder_config.hidden_size, grid, grid, generator=generator)
+    points = torch.rand(num_prompts, 2, generator=generator) * config.vision_config.image_size
+    return embeddings, points
+
+
+def _plain_decoder(
+    model, embeddings: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own forward (a PEFT model's forward for a wrapped one): `(P, 3, 4h, 4w)`, `(P, 3)`."""
+    labels = torch.ones(1, len(points), 1, dtype=torch.long)
+    outputs = model(image_embeddings=embeddings, input_points=points[None, :, None], input_labels=labels)
+    return outputs.pred_masks[0], outputs.iou_scores[0]
+
+
+def _fast(model, embeddings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points)
+
+
+def _assert_close(actual: tuple[torch.Tensor, torch.Tensor], expected: tuple[torch.Tensor, torch.Tensor]):
+    assert actual[0].shape == expected[0].shape and actual[1].shape == expected[1].shape
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual[1], expected[1], atol=1e-4, rtol=0)
+
+
+def _lora(model: SamHFModel, **kwargs):
+    """LoRA on every attention projection of the decoder with random (non-zero) A and B."""
+    torch.manual_seed(2)
+    peft_model = apply_lora(model, r=4, init_lora_weights=False, verbose=False, **kwargs)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("name", ["tiny", "sam-hf-tiny"])
+def test_equals_model_forward(name):
+    model = _model(name)
+    embeddings, points = _inputs(model)
+    with torch.inference_mode():
+        masks, iou = _fast(model, embeddings, points)
+        _assert_close((masks, iou), _plain_decoder(model, embeddings, points))
+    grid = embeddings.shape[-1]
+    assert masks.shape == (10, 3, 4 * grid, 4 * grid) and iou.shape == (10, 3)
+
+
+@pytest.mark.parametrize("name", ["tiny", "sam-hf-tiny"])
+def test_follows_an_unmerged_lora_adapter(name):
+    """The adapter changes the decoder's logits by far more than the tolerance, and the fast path follows it."""
+    base = _model(name)
+    embeddings, points = _inputs(base)
+    with torch.inference_mode():
+        base_out = _plain_decoder(base, embeddings, points)
+    peft_model = _lora(base)
+    assert peft_model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.merged is False
+    with torch.inference_mode():
+        adapted = _plain_decoder(peft_model, embeddings, points)
+        fast = _fast(peft_model, embeddings, points)
+    assert (adapted[0] - base_out[0]).abs().max() > 0.1
+    _assert_close(fast, adapted)
+
+
+def test_follows_a_merged_adapter():
+    peft_model = _lora(_model("sam-hf-tiny"))
+    embeddings, points = _inputs(peft_model)
+    with torch.inference_mode():
+        adapted = _plain_decoder(peft_model, embeddings, points)
+        peft_model.merge_adapter()
+        _assert_close(_fast(peft_model, embeddings, points), adapted)
+        merged = peft_model.merge_and_unload()
+        assert isinstance(merged, SamHFModel)
+        _assert_close(_fast(merged, embeddings, points), adapted)
+
+
+def test_follows_modules_to_save():
+    """Fully trained copies of the upscaling and the IoU head (PEFT `modules_to_save`) are the ones used."""
+    peft_model = _lora(_model("tiny"), modules_to_save=["output_upscaling", "iou_prediction_head"])
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    embeddings, points = _inputs(peft_model)
+    with torch.inference_mode():
+        _assert_close(_fast(peft_model, embeddings, points), _plain_decoder(peft_model, embeddings, points))
