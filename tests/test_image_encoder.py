@@ -55,6 +55,7 @@ def test_bf16_encoder_in_front_of_float32_decoder(tiny_model):
     assert (mixed.pred_masks - reference.pred_masks).abs().max() < 0.1 * scale
 
 
+@pytest.mark.slow  # a full-size ViT-B encode in bf16: minutes on a CPU without bf16 instructions
 @pytest.mark.parametrize("mode", ["bf16-weights", "bf16-autocast"])
 def test_bf16_encoder_has_no_nans_at_full_size(mode):
     from sam_hf import SamHFConfig

@@ -87,7 +87,16 @@ def loop(tmp_path_factory):
 
     _sam_hf("convert", "sam-hf-tiny", str(root / "base.pth"), "--to", "meta", env=env)
     _sam_hf("convert", "sam-hf-tiny", str(root / "base_folder"), "--to", "sam_hf", env=env)
-    train = ["--dataset", str(root / "dataset"), "--lora-r", "4", "--max-steps", "4", "--learning-rate", "0.02"]
+    train = [
+        "--dataset",
+        str(root / "dataset"),
+        "--lora-r",
+        "4",
+        "--max-steps",
+        "4",
+        "--learning-rate",
+        "0.02",
+    ]
     train += ["--batch-size", "2", "--eval-prompt", "point,box"]
     stages["finetune_pth"] = _sam_hf(
         "finetune", "--model", str(root / "base.pth"), *train, "--output-dir", str(root / "ft_pth"), env=env
@@ -142,7 +151,9 @@ def test_annotate_masks_follow_the_exif_orientation(loop):
     stored = [rle_to_mask(rle) for rle in phone["masks"]]
     assert len(stored) == len(expected) > 0
     for mask in stored:
-        best = max((mask & r["segmentation"]).sum() / max((mask | r["segmentation"]).sum(), 1) for r in expected)
+        best = max(
+            (mask & r["segmentation"]).sum() / max((mask | r["segmentation"]).sum(), 1) for r in expected
+        )
         assert best > 0.98
 
 
@@ -155,11 +166,14 @@ def test_finetune_from_a_meta_pth_names_its_base_and_changes_predictions(loop):
         assert (root / name / "preprocessor_config.json").is_file(), name
         runs = json.loads((root / name / "eval_results.json").read_text())["runs"]
         assert set(runs) == {"base", "finetuned"}, name
-        base, tuned = runs["base"]["results"]["box"]["mean_iou"], runs["finetuned"]["results"]["box"]["mean_iou"]
+        base, tuned = (
+            runs["base"]["results"]["box"]["mean_iou"],
+            runs["finetuned"]["results"]["box"]["mean_iou"],
+        )
         assert base != tuned, name  # the adapter changes predictions
-    assert Path(json.loads((root / "ft_pth" / "adapter_config.json").read_text())["base_model_name_or_path"]).samefile(
-        root / "base.pth"
-    )
+    assert Path(
+        json.loads((root / "ft_pth" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    ).samefile(root / "base.pth")
 
 
 def test_evaluate_reports_base_and_finetuned_side_by_side(loop):
@@ -178,7 +192,9 @@ def test_commands_take_the_finetune_output_folder(loop):
                 str(root / f"seg_{model}"), env=env)  # fmt: skip
         outputs[model] = json.loads((root / f"seg_{model}" / "scores.json").read_text())
     assert outputs["ft_pth"] != outputs["base_folder"]  # the adapter is applied
-    _sam_hf("generate", str(photo), "--model", str(root / "ft_pth"), "--out", str(root / "gen"), *_AMG, env=env)
+    _sam_hf(
+        "generate", str(photo), "--model", str(root / "ft_pth"), "--out", str(root / "gen"), *_AMG, env=env
+    )
     assert (root / "gen" / "masks.json").is_file()
     _sam_hf("annotate", str(root / "photos"), "--model", str(root / "ft_pth"), "--out", str(root / "dataset2"),
             *_AMG, env=env)  # fmt: skip
@@ -193,4 +209,6 @@ def test_push_dry_run_holds_adapter_card_and_processor(loop):
     listed = result.stdout
     for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "preprocessor_config.json"):
         assert name in listed
-    assert "base model" in result.stderr.lower()  # a local base must travel with the adapter: said at push time
+    assert (
+        "base model" in result.stderr.lower()
+    )  # a local base must travel with the adapter: said at push time

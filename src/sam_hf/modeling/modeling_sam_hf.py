@@ -175,6 +175,9 @@ class SamHFModel(SamHFPreTrainedModel):
         input_masks: torch.Tensor | None = None,
         multimask_output: bool = True,
         labels: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        reshaped_input_sizes: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> SamHFOutput:
         """Segment `point_batch_size` prompts on each of `batch_size` images.
 
@@ -189,6 +192,10 @@ class SamHFModel(SamHFPreTrainedModel):
                 e.g. `pred_masks` of an earlier call.
             multimask_output: three masks per prompt (for ambiguous prompts) instead of one.
             labels: `(batch_size, point_batch_size, mask_size, mask_size)` target masks; gives `loss`.
+            original_sizes: `(batch_size, 2)`,
+            reshaped_input_sizes: `(batch_size, 2)` and
+            prompt_mask: `(batch_size, point_batch_size)`: processor outputs for post-processing, unused here,
+                accepted so that `model(**processor(...))` works.
 
         Any other keyword raises `TypeError` naming it (a misspelt prompt must not run unprompted).
         """
