@@ -11,6 +11,10 @@ package's one rule: a path (EXIF orientation applied), a PIL image of any mode o
 `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)` of dtype uint8, uint16 (scaled by 255 / 65535), bool or
 float in [0, 1] (scaled by 255), rounded to `(H, W, 3)` uint8 RGB. An image whose short side would resize
 to 0 px (aspect ratio beyond `2 * image_size : 1`) is refused.
+
+(Over 400 lines: one class with transformers' processor contract, images in, prompts in, masks out and the
+config's save/load, kept together as transformers keeps `SamProcessor`; image decoding is `sam_hf.data.images`
+and prompt padding `sam_hf.prompting.batching`.)
 """
 
 from __future__ import annotations

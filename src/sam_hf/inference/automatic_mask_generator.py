@@ -16,6 +16,9 @@ records) that does the expensive work once and only on what survives:
 Large temporaries are bounded to `_MAX_TEMPORARY_BYTES` on CPU: glibc serves blocks up to its dynamic mmap
 threshold (at most 32 MiB on 64-bit) from the heap and reuses them; larger ones are mapped afresh and
 page-faulted in at every allocation.
+
+(Over 400 lines: `generate()` and its per-crop and per-batch steps are one pipeline over shared settings; the
+pure pieces live in `amg_utils` and the decoder path in `modeling.fast_decoder`.)
 """
 
 from __future__ import annotations
