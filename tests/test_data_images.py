@@ -72,6 +72,8 @@ def test_array_forms():
     np.testing.assert_array_equal(to_rgb(np.concatenate([rgb, np.zeros_like(rgb[..., :1])], -1)), rgb)
     np.testing.assert_array_equal(to_rgb(rgb[..., :1]), np.repeat(rgb[..., :1], 3, -1))
     assert to_rgb(np.array([[40000, 65535, 0]], np.uint16))[0, :, 0].tolist() == [156, 255, 0]
+    # int64 0-255 data, as `datasets` decodes images stored as nested lists, is 8-bit.
+    assert to_rgb(np.array([[0, 200, 255]], np.int64))[0, :, 0].tolist() == [0, 200, 255]
     assert to_rgb(np.array([[0.8, 1.0, 0.0]], np.float64))[0, :, 0].tolist() == [204, 255, 0]
     assert to_rgb(np.array([[True, False]]))[0, :, 0].tolist() == [255, 0]
     out = to_rgb(rgb[:, ::2])  # a strided view comes back C-contiguous
@@ -81,7 +83,7 @@ def test_array_forms():
 @pytest.mark.parametrize(
     ("image", "error", "match"),
     [
-        (np.zeros((4, 5, 3), np.int64), TypeError, "cast 0-255 data to uint8"),
+        (np.full((4, 5, 3), 300, np.int64), TypeError, "integers in 0-255, got int64 in \\[300, 300\\]"),
         (np.full((4, 5), 1.5, np.float32), ValueError, "in \\[0, 1\\], got range \\[1.5, 1.5\\]"),
         (np.zeros((3, 4, 5), np.uint8), ValueError, "channels-first"),
         (Image.fromarray(np.full((2, 2), 70000, np.int32)), ValueError, "16-bit values in \\[0, 65535\\]"),

@@ -158,7 +158,7 @@ def test_train_split_without_usable_rows_stops_before_caching(tiny_model, tmp_pa
     config = FinetuneConfig(
         model=str(tmp_path / "base"), dataset=dataset, output_dir=str(tmp_path / "out"), cpu=True
     )
-    with pytest.raises(ValueError, match=r"0 of 6 rows usable") as error:
+    with pytest.raises(ValueError, match=r"got 0 of 6") as error:
         finetune(config)
     assert dataset in str(error.value) and "empty_mask" in str(error.value)
     assert not (tmp_path / "out" / "embedding_cache").exists()

@@ -10,8 +10,9 @@ The rule (`to_rgb`):
     * `np.ndarray` `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)`: grayscale is replicated to three
       channels, a fourth (alpha) channel is dropped. By dtype: uint8 as is; uint16 scaled by 255 / 65535
       (40000 -> 155.6 -> 156); float16/32/64 must lie in [0, 1] and are scaled by 255 (0.8 -> 204); bool
-      gives 0 / 255. Scaled values are rounded to the nearest integer. Other integer dtypes are refused:
-      their bit depth is ambiguous (cast to uint8 for 0-255 data, uint16 for 0-65535).
+      gives 0 / 255. Scaled values are rounded to the nearest integer. Other integer dtypes (the int64 that
+      `datasets` gives for images stored as nested lists) are taken as 8-bit when every value lies in
+      0-255, and refused otherwise: their bit depth is ambiguous (cast 0-65535 data to uint16).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
         return image
     if image.dtype == np.bool_:
         return image.astype(np.uint8) * np.uint8(255)
+    if image.dtype.kind in "iu" and image.dtype != np.uint16 and image.min() >= 0 and image.max() <= 255:
+        return image.astype(np.uint8)
     if image.dtype.kind == "u" and image.dtype.itemsize == 2:
         scaled = image.astype(np.float32) * np.float32(255.0 / 65535.0)
     elif image.dtype.kind == "f":
@@ -122,7 +125,7 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
         scaled *= np.float32(255.0)
     else:
         raise TypeError(
-            f"{name} must have dtype uint8, uint16 or float (in [0, 1]) or bool, got {image.dtype} "
-            "(cast 0-255 data to uint8, 0-65535 data to uint16)"
+            f"{name} must have dtype uint8, uint16, float (in [0, 1]) or bool, or integers in 0-255, got "
+            f"{image.dtype} in [{image.min()}, {image.max()}] (cast 0-65535 data to uint16)"
         )
     return np.rint(scaled).astype(np.uint8)
