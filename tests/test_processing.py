@@ -253,7 +253,7 @@ _IMG = np.zeros((40, 60, 3), np.uint8)
     ("kwargs", "error", "match"),
     [
         (
-            {"images": np.zeros((40, 60, 3), np.int64)},
+            {"images": np.full((40, 60, 3), 4000, np.int64)},
             TypeError,
             "images\\[0\\] must have dtype uint8, uint16",
         ),
