@@ -296,3 +296,43 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     ship_tiny.main(["--card-only", *args])
     assert (model_dir / "README.md").read_text() == card
     sys.modules.pop("ship_tiny", None)
+
+
+def test_click_stage_continues_from_a_model_with_a_frozen_encoder_and_long_click_chains(tmp_path, monkeypatch):
+    """The second stage's keys: `init_from` starts from a saved model, `freeze_image_encoder` keeps its
+    encoder, and each step runs 0 to `max_untrained_correction_iterations` forward-only correction passes
+    before the trained ones, so prompts grow past the first stage's 4 points."""
+    first = pretrain.pretrain(_tiny_recipe(steps=1), tmp_path / "stage1", "cpu")
+    config = _ROOT / "training" / "configs" / "pretrain_tiny_clicks_cpu.yaml"
+    overrides = {
+        "preset": "tiny",
+        "image_size": None,
+        "init_from": str(first),
+        "steps": 2,
+        "batch_size": 2,
+        "prompts_per_image": 2,
+        "warmup_steps": 1,
+        "max_untrained_correction_iterations": 4,
+    }
+    recipe = pretrain.load_recipe(config, overrides)
+    points_seen = []
+    model_forward = SamHFModel.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if kwargs.get("input_points") is not None:
+            points_seen.append((kwargs["input_points"].shape[-2], torch.is_grad_enabled()))
+        return model_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamHFModel, "forward", recording_forward)
+    second = pretrain.pretrain(recipe, tmp_path / "stage2", "cpu")
+    before, after = SamHFModel.from_pretrained(first), SamHFModel.from_pretrained(second)
+    trained = dict(after.named_parameters())
+    changed = {name for name, weight in before.named_parameters() if not torch.equal(weight, trained[name])}
+    assert changed and not any(name.startswith("image_encoder.") for name in changed)
+    assert any(name.startswith("mask_decoder.") for name in changed)
+    # Per step: the two first-pass halves, then `untrained` no-grad passes, then 2 trained passes.
+    untrained = [points for points, grad in points_seen if not grad]
+    assert untrained and max(points for points, _ in points_seen) > 4
+    assert sum(grad for _, grad in points_seen) == 2 * (2 + recipe["correction_iterations"])
+    with pytest.raises(ValueError, match="image_size 96 differs from init_from's 128"):
+        pretrain.pretrain({**recipe, "image_size": 96}, tmp_path / "stage3", "cpu")

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.synthetic import generate_sample
+from ..hub.loading import load_model
 from ..modeling.configuration_sam_hf import SamHFConfig
 from ..modeling.loss import sam_loss
 from ..modeling.modeling_sam_hf import SamHFModel
@@ -171,6 +172,25 @@ class _PromptedShapes(Dataset):
         }
 
 
+def _initial_model(recipe: dict) -> SamHFModel:
+    """The recipe's `init_from` model (any form `sam_hf.hub.loading.load_model` reads; a later stage starts
+    from an earlier stage's weights), else a random init of its `preset` at its `image_size`."""
+    if recipe.get("init_from"):
+        model, _, _ = load_model(recipe["init_from"], merge_adapter=True)
+        if not isinstance(model, SamHFModel):
+            raise ValueError(f"recipe init_from must name a SAM model, got {recipe['init_from']!r}")
+        if recipe.get("image_size") not in (None, model.config.vision_config.image_size):
+            raise ValueError(
+                f"recipe image_size {recipe['image_size']} differs from init_from's "
+                f"{model.config.vision_config.image_size}"
+            )
+        return model
+    config = SamHFConfig.from_preset(recipe["preset"])
+    if recipe.get("image_size"):  # a lower input resolution than the preset's (a cheaper CPU recipe)
+        config.vision_config.image_size = recipe["image_size"]
+    return SamHFModel(config)
+
+
 def _downsample(mask: np.ndarray, size: int) -> np.ndarray:
     """`(H, W)` bool -> `(size, size)` bool: area average, then majority."""
     img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BOX)
@@ -180,8 +200,9 @@ def _downsample(mask: np.ndarray, size: int) -> np.ndarray:
 def _training_loss(
     model: SamHFModel, batch: dict[str, torch.Tensor], recipe: dict, step: int
 ) -> torch.Tensor:
-    """Sum over the first pass and the correction passes of the mean `sam_loss` of both prompt halves."""
-    embeddings = model.get_image_embeddings(batch["pixel_values"])  # (B, C, g, g)
+    """Sum over the first pass and the trained correction passes of the mean `sam_loss` of both prompt halves."""
+    with torch.set_grad_enabled(not recipe.get("freeze_image_encoder", False)):
+        embeddings = model.get_image_embeddings(batch["pixel_values"])  # (B, C, g, g)
     labels = batch["labels"]  # (B, P, L, L)
     half = labels.shape[1] // 2
     out_a = model(
@@ -208,23 +229,29 @@ def _training_loss(
     logits = torch.cat([out_a.pred_masks.gather(2, best)[:, :, 0], out_b.pred_masks[:, :, 0]], dim=1)
     points, point_labels, boxes = batch["point_coords"], batch["point_labels"], batch["boxes"]
     image_size = model.config.vision_config.image_size
-    iterations = recipe["correction_iterations"] if step % recipe["correction_every"] == 0 else 0
-    for iteration in range(iterations):
+    trained = recipe["correction_iterations"] if step % recipe["correction_every"] == 0 else 0
+    # Untrained passes first (forward only, a number drawn per step), so the trained ones see long click
+    # sequences, as `sam-hf evaluate`'s k-click protocol gives, at the cost of decoder forwards alone.
+    most = recipe.get("max_untrained_correction_iterations", 0)
+    untrained = int(np.random.default_rng((recipe["seed"], step)).integers(0, most + 1)) if trained else 0
+    for iteration in range(untrained + trained):
         click, click_label = _correction_clicks(
             logits, batch["masks"], batch["index"], recipe["seed"], step, iteration
         )
         points, point_labels = append_points(
             points, point_labels, click * (image_size / logits.shape[-1]), click_label
         )
-        out = model(
-            image_embeddings=embeddings,
-            input_points=points,
-            input_labels=point_labels,
-            input_boxes=boxes,
-            input_masks=logits.detach(),
-            multimask_output=False,
-        )
-        loss = loss + _loss(out, labels, weights, processor)
+        with torch.set_grad_enabled(iteration >= untrained):
+            out = model(
+                image_embeddings=embeddings,
+                input_points=points,
+                input_labels=point_labels,
+                input_boxes=boxes,
+                input_masks=logits.detach(),
+                multimask_output=False,
+            )
+        if iteration >= untrained:
+            loss = loss + _loss(out, labels, weights, processor)
         logits = out.pred_masks[:, :, 0]
     return loss
 
@@ -299,12 +326,14 @@ def train(
     """
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe["seed"])
-    config = SamHFConfig.from_preset(recipe["preset"])
-    if recipe.get("image_size"):  # a lower input resolution than the preset's (a cheaper CPU recipe)
-        config.vision_config.image_size = recipe["image_size"]
-    model = SamHFModel(config).to(device)
+    model = _initial_model(recipe).to(device)
+    config = model.config
+    if recipe.get("freeze_image_encoder"):
+        model.image_encoder.requires_grad_(False)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"]
+        [p for p in model.parameters() if p.requires_grad],
+        lr=recipe["learning_rate"],
+        weight_decay=recipe["weight_decay"],
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
     checkpoint = out / "checkpoint.pt"
