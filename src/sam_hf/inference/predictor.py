@@ -261,7 +261,7 @@ class SamPredictor:
             low_res = outputs.pred_masks[0]  # (B, C, mask_size, mask_size)
             masks = self.processor.upscale_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
-            masks = masks > 0.0
+            masks = masks > self.model.mask_threshold
         return masks, outputs.iou_scores[0], low_res
 
     def get_image_embedding(self) -> torch.Tensor:
