@@ -217,7 +217,7 @@ def test_a_checkpoint_in_any_form_loads_through_the_resolver(shipped_pth, tmp_pa
         assert all(torch.equal(state[k], v) and state[k].dtype == torch.float32 for k, v in expected.items())
 
 
-def test_a_checkpoint_of_another_size_or_type_raises(shipped_pth, monkeypatch):
+def test_a_checkpoint_of_another_size_or_type_raises(shipped_pth):
     with pytest.raises(
         ValueError,
         match=r"does not hold a vit_b model: vision_config.image_size=128 \(expected 1024\).*"
