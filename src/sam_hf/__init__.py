@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .build_sam import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, sam_model_registry
 from .inference import SamAutomaticMaskGenerator, SamPredictor
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
 from .processing_sam_hf import SamHFProcessor
@@ -21,5 +22,10 @@ __all__ = [
     "SamHFOutput",
     "SamHFProcessor",
     "SamPredictor",
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "sam_model_registry",
 ]
 __version__ = "0.1.0"

@@ -58,7 +58,6 @@ __all__ = ["SamAutomaticMaskGenerator"]
 
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_MASK_THRESHOLD = 0.0
 _MAX_TEMPORARY_BYTES = 16 << 20
 
 
@@ -329,6 +328,7 @@ class SamAutomaticMaskGenerator:
         k_h, k_w = upsample_h.shape[1], upsample_w.shape[1]
         low_res = low_res[:, :k_h, :k_w]
         crop_h, crop_w = upsample_h.shape[0], upsample_w.shape[0]
+        mask_threshold = self.model.mask_threshold
         chunk = max(1, self._max_chunk_pixels(low_res.device) // (crop_h * crop_w))
         parts = []
         for start in range(0, low_res.shape[0], chunk):
@@ -337,12 +337,12 @@ class SamAutomaticMaskGenerator:
             logits = (upsample_w @ low_res[start : start + chunk].transpose(1, 2) @ upsample_h.T).transpose(
                 1, 2
             )
-            stability = calculate_stability_score(logits, _MASK_THRESHOLD, self.stability_score_offset)
+            stability = calculate_stability_score(logits, mask_threshold, self.stability_score_offset)
             keep = torch.ones_like(stability, dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 keep = stability >= self.stability_score_thresh
                 logits = logits[keep]
-            masks = logits > _MASK_THRESHOLD
+            masks = logits > mask_threshold
             del logits
             boxes = batched_mask_to_box(masks)
             not_at_edge = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])

@@ -153,7 +153,7 @@ class SamPredictor:
             mask_input: `(1, mask_size, mask_size)` low-resolution logits (256 for SAM), typically the
                 `low_res_logits` of a previous call (one of its masks, e.g. `low_res_logits[[best]]`).
             multimask_output: return three masks (better for an ambiguous single click) instead of one.
-            return_logits: return float logits instead of boolean masks.
+            return_logits: return float logits instead of boolean masks (`logits > model.mask_threshold`).
 
         Returns:
             masks `(C, H, W)` bool (float logits with `return_logits`), scores `(C,)` predicted IoU, and
@@ -226,7 +226,7 @@ class SamPredictor:
             boxes: `(B, 4)` XYXY model-frame boxes, or None.
             mask_input: `(B, 1, mask_size, mask_size)` low-resolution logits, or None.
             multimask_output: three masks per prompt instead of one.
-            return_logits: return float logits instead of boolean masks.
+            return_logits: return float logits instead of boolean masks (`logits > model.mask_threshold`).
 
         Returns:
             masks `(B, C, H, W)` (original image size), scores `(B, C)`, low-resolution logits
@@ -261,7 +261,7 @@ class SamPredictor:
             low_res = outputs.pred_masks[0]  # (B, C, mask_size, mask_size)
             masks = self.processor.upscale_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
-            masks = masks > 0.0
+            masks = masks > self.model.mask_threshold
         return masks, outputs.iou_scores[0], low_res
 
     def get_image_embedding(self) -> torch.Tensor:

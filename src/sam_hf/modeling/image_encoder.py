@@ -202,6 +202,11 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out),
         )
 
+    @property
+    def img_size(self) -> int:
+        """Side of the square input in pixels (`config.image_size`), official `ImageEncoderViT.img_size`."""
+        return self.config.image_size
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
