@@ -284,7 +284,9 @@ def _exportable_model(
         )
     elif hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    elif model.training or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+    elif model.training or any(
+        p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()
+    ):
         model = copy.deepcopy(model)
     if not isinstance(model, SamHFModel):
         raise TypeError(f"model must wrap a SamHFModel, got {type(model).__name__}")
