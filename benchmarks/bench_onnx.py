@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,14 +25,18 @@ from sam_hf import SamHFConfig, SamHFModel, SamHFProcessor
 from sam_hf.export import export_onnx
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: allocations, onnxruntime's first-run planning
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _median_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function; one warm-up call each (allocations, onnxruntime's first-run planning),
+    then the functions take turns, so a change of load on a shared machine reaches all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _model(name: str) -> SamHFModel:
@@ -69,9 +74,6 @@ def bench(name: str, threads: int, repeats: int) -> None:
             best = out.iou_scores[0, 0].argmax()
             processor.post_process_masks(out.pred_masks[:, :, best : best + 1], [image.shape[:2]], [resized])
 
-    torch_encoder_s = _median_seconds(torch_encoder, repeats)
-    torch_decoder_s = _median_seconds(torch_decoder, 5 * repeats)
-    print(f"{name}: PyTorch encoder {torch_encoder_s * 1e3:.1f} ms, decoder {torch_decoder_s * 1e3:.2f} ms")
     feed = {
         "image_embeddings": embeddings.numpy(),
         "point_coords": np.concatenate([point, [[0.0, 0.0]]])[None].astype(np.float32),
@@ -82,23 +84,25 @@ def bench(name: str, threads: int, repeats: int) -> None:
     }
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    for quantize in (None, "int8"):
-        with tempfile.TemporaryDirectory() as folder:
+    encoders, decoders = {"PyTorch": torch_encoder}, {"PyTorch": torch_decoder}
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, quantize in (("onnxruntime fp32", None), ("onnxruntime int8", "int8")):
             start = time.perf_counter()
-            result = export_onnx(model, folder, quantize=quantize)
-            export_s = time.perf_counter() - start
+            result = export_onnx(model, f"{folder}/{kind[-4:]}", quantize=quantize)
+            print(f"{name}: {kind} export {time.perf_counter() - start:.0f} s", flush=True)
             encoder = ort.InferenceSession(str(result.encoder), options, providers=["CPUExecutionProvider"])
             decoder = ort.InferenceSession(str(result.decoder), options, providers=["CPUExecutionProvider"])
-            encoder_s = _median_seconds(
-                lambda e=encoder: e.run(None, {"pixel_values": pixel_values.numpy()}), repeats
+            encoders[kind] = lambda e=encoder: e.run(None, {"pixel_values": pixel_values.numpy()})
+            decoders[kind] = lambda d=decoder: d.run(None, feed)
+        for stage, fns, count in (("encoder", encoders, repeats), ("decoder", decoders, 5 * repeats)):
+            seconds = _median_seconds(fns, count)
+            base = seconds["PyTorch"]
+            text = ", ".join(
+                f"{kind} {value * 1e3:.1f} ms ({base / value:.2f}x PyTorch's speed)"
+                for kind, value in seconds.items()
+                if kind != "PyTorch"
             )
-            decoder_s = _median_seconds(lambda d=decoder: d.run(None, feed), 5 * repeats)
-        kind = quantize or "fp32"
-        print(
-            f"{name}: onnxruntime {kind} (export {export_s:.0f} s): encoder {encoder_s * 1e3:.1f} ms "
-            f"({torch_encoder_s / encoder_s:.2f}x PyTorch's speed), decoder {decoder_s * 1e3:.2f} ms "
-            f"({torch_decoder_s / decoder_s:.2f}x)"
-        )
+            print(f"{name} {stage} (median of {count}): PyTorch {base * 1e3:.1f} ms, {text}", flush=True)
 
 
 def main() -> None:
