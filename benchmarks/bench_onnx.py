@@ -113,7 +113,11 @@ def main() -> None:
         "--models", default="sam-hf-tiny,vit_b", help="comma-separated: shipped names or vit_b"
     )
     parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="threads for both runtimes"
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for both runtimes (default 1: on a shared CPU, PyTorch with more OpenMP threads than "
+        "idle cores slows down many times over)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="encoder repeats (decoder: 5x as many)")
     args = parser.parse_args()
