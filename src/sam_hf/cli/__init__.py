@@ -42,6 +42,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "push",
     "demo",
+    "export",
 )
 
 

@@ -1,0 +1,69 @@
+"""`sam-hf export MODEL OUT_DIR --format onnx [--quantize int8] [--opset N]`: write the image encoder and the
+prompt encoder + mask decoder as ONNX files for onnxruntime.
+
+The decoder keeps the official `segment_anything` ONNX interface (inputs image_embeddings, point_coords,
+point_labels, mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions, low_res_masks), so
+code written for the official ONNX model runs on it. OUT_DIR/onnx_config.json says how to preprocess images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import SamHFUserError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    from ..export.onnx import DEFAULT_OPSET, QUANTIZE_CHOICES
+
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX (image encoder + prompt decoder)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="shipped name, Hub repo id, Meta .pth, sam_hf or transformers SAM folder, PEFT adapter folder "
+        "(merged into its base) or `sam-hf finetune` output folder",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created if missing)")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=None,
+        help="onnxruntime dynamic quantization of both files (default: float32)",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset version (default: {DEFAULT_OPSET})"
+    )
+    parser.add_argument(
+        "--all-masks",
+        action="store_true",
+        help="the decoder returns all four mask heads (official export script's default) instead of the "
+        "best single mask (official notebook's export)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_onnx
+
+    try:
+        result = export_onnx(
+            args.model,
+            args.out_dir,
+            quantize=args.quantize,
+            opset=args.opset,
+            return_single_mask=not args.all_masks,
+        )
+    except ImportError as error:  # the optional dependencies are missing: say which extra to install
+        raise SamHFUserError(str(error)) from error
+    kind = f"{result.quantize} " if result.quantize else ""
+    print(f"wrote {kind}ONNX files {result.encoder} and {result.decoder}; preprocessing in {result.config}")
+    return 0

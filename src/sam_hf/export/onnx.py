@@ -1,0 +1,376 @@
+"""Export a SAM model to ONNX: the image encoder, and the prompt encoder + mask decoder with the official
+`segment_anything` ONNX interface, so code written for the official ONNX decoder runs on it.
+
+Two files and two JSON files are written into the output folder:
+
+- `image_encoder.onnx`: input `pixel_values` `(1, 3, image_size, image_size)` float32, the image as
+  `SamHFProcessor` prepares it (RGB, longest side resized to `image_size`, normalised with `pixel_mean` /
+  `pixel_std` on the 0-255 scale, zero-padded at the bottom and right); output `image_embeddings`
+  `(1, C, h, w)` (256 x 64 x 64 for SAM).
+- `mask_decoder.onnx`: the interface of official `segment_anything.utils.onnx.SamOnnxModel` as exported by its
+  `scripts/export_onnx_model.py`, all inputs float32:
+    - `image_embeddings` `(1, C, h, w)`: the encoder's output;
+    - `point_coords` `(1, num_points, 2)`: XY in the resized-input frame (original pixels scaled by
+      `image_size / max(H, W)`, as official `ResizeLongestSide.apply_coords`); `num_points` is dynamic;
+    - `point_labels` `(1, num_points)`: 1 foreground, 0 background, 2 / 3 box top-left / bottom-right corner,
+      -1 padding point (add one at (0, 0) when there is no box, as the official notebook does);
+    - `mask_input` `(1, 1, 4h, 4w)`: low-resolution mask logits (e.g. a previous `low_res_masks`);
+    - `has_mask_input` `(1,)`: 1 to use `mask_input`, 0 to ignore it;
+    - `orig_im_size` `(2,)`: `(H, W)` of the original image.
+  Outputs: `masks` `(1, M, H, W)` logits at the original size (threshold at `mask_threshold`, 0.0),
+  `iou_predictions` `(1, M)`, `low_res_masks` `(1, M, 4h, 4w)` logits in the padded model frame. With
+  `return_single_mask` (the official notebook's choice and the default) M = 1: the best of the three
+  multimask outputs for a single click (one point and its padding), the single-mask output for more prompts
+  (the official `SamOnnxModel.select_masks` rule); otherwise M = 4, the single-mask output then the three
+  multimask ones, as the official script's default.
+- `onnx_config.json`: the files, their inputs and outputs, the preprocessing and the mask threshold;
+  `preprocessor_config.json`: the processor, so `SamHFProcessor.from_pretrained(out_dir)` preprocesses.
+
+Both ONNX graphs run the package's own modules (`SamHFModel.image_encoder`, `prompt_encoder.embed_points`,
+`prompt_encoder.mask_downscaling`, `mask_decoder.predict_masks`, `SamHFProcessor.upscale_masks`), traced by
+torch's TorchScript-based exporter (`dynamo=False`): the size of `masks` depends on the *values* of
+`orig_im_size`, which tracing records as a data-dependent resize, while `torch.export` would need the sizes
+as unbacked symbols. With `quantize="int8"`, both graphs get onnxruntime's dynamic quantization (int8
+weights of matrix products, activations quantized at run time).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modeling import SamHFModel
+from ..processing_sam_hf import SamHFProcessor
+
+__all__ = [
+    "CONFIG_FILE",
+    "DECODER_FILE",
+    "DECODER_INPUTS",
+    "DECODER_OUTPUTS",
+    "DEFAULT_OPSET",
+    "ENCODER_FILE",
+    "MASK_THRESHOLD",
+    "QUANTIZE_CHOICES",
+    "ExportResult",
+    "export_onnx",
+]
+
+ENCODER_FILE = "image_encoder.onnx"
+DECODER_FILE = "mask_decoder.onnx"
+CONFIG_FILE = "onnx_config.json"
+DEFAULT_OPSET = 17
+QUANTIZE_CHOICES = ("int8",)
+# Logit threshold of a mask, as official `Sam.mask_threshold`.
+MASK_THRESHOLD = 0.0
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+_MISSING_EXTRA = 'ONNX export needs onnx and onnxruntime: pip install "sam_hf[onnx]"'
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_onnx` wrote.
+
+    Args:
+        encoder: the image encoder `.onnx` file.
+        decoder: the prompt encoder + mask decoder `.onnx` file (official `SamOnnxModel` interface).
+        config: `onnx_config.json`: inputs, outputs, preprocessing, mask threshold.
+        processor: `preprocessor_config.json`, read by `SamHFProcessor.from_pretrained(out_dir)`.
+        quantize: None for float32 graphs, "int8" for dynamically quantized ones.
+    """
+
+    encoder: Path
+    decoder: Path
+    config: Path
+    processor: Path
+    quantize: str | None = None
+
+
+class _ImageEncoderGraph(nn.Module):
+    """`pixel_values` -> `image_embeddings` through the model's encoder."""
+
+    def __init__(self, model: SamHFModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_embeddings(pixel_values)
+
+
+class _PromptDecoderGraph(nn.Module):
+    """The official ONNX decoder interface (see module docstring) over the model's own prompt encoder,
+    mask decoder and the processor's mask upscaling."""
+
+    def __init__(self, model: SamHFModel, processor: SamHFProcessor, return_single_mask: bool):
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.processor = processor
+        self.return_single_mask = return_single_mask
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        orig_im_size: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        prompt_encoder = self.prompt_encoder
+        sparse = prompt_encoder.embed_points(point_coords, point_labels)  # (1, num_points, C)
+        # A blend instead of a branch, so one graph serves both cases.
+        no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        low_res_masks, iou_predictions = self.mask_decoder.predict_masks(
+            image_embeddings, prompt_encoder.get_dense_pe(), sparse, None, dense
+        )
+        if self.return_single_mask:
+            low_res_masks, iou_predictions = _select_single_mask(
+                low_res_masks, iou_predictions, point_coords.shape[1]
+            )
+        resized = _resized_size(orig_im_size, self.processor.image_size)
+        masks = self.processor.upscale_masks(low_res_masks, resized, orig_im_size.to(torch.int64))
+        return masks, iou_predictions, low_res_masks
+
+
+def _select_single_mask(
+    masks: torch.Tensor, iou_predictions: torch.Tensor, num_points: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official `SamOnnxModel.select_masks` rule without control flow: with at most two prompt points (a
+    click and its padding point) the best-scored multimask output, else the single-mask output (index 0).
+
+    Args:
+        masks: `(1, num_mask_tokens, h, w)` and iou_predictions `(1, num_mask_tokens)`, single-mask head first.
+        num_points: number of prompt points, padding and box corners included.
+    """
+    # Shift the single-mask head's score by -1000 (<= 2 points) or +1000 (>= 3) so argmax picks as above.
+    shift = iou_predictions.new_tensor([1000.0] + [0.0] * (iou_predictions.shape[1] - 1))
+    best = torch.argmax(iou_predictions + (num_points - 2.5) * shift, dim=1)
+    rows = torch.arange(masks.shape[0])
+    return masks[rows, best][:, None], iou_predictions[rows, best][:, None]
+
+
+def _resized_size(orig_im_size: torch.Tensor, image_size: int) -> torch.Tensor:
+    """`(H, W)` after resizing the longest side to `image_size`, as `SamHFProcessor.get_preprocess_shape`
+    rounds it, in tensor operations so the exported graph computes it from its input."""
+    size = orig_im_size.to(torch.float32)
+    return torch.floor(size * (image_size / size.max()) + 0.5).to(torch.int64)
+
+
+def export_onnx(
+    model: SamHFModel | nn.Module | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    quantize: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    return_single_mask: bool = True,
+    processor: SamHFProcessor | None = None,
+) -> ExportResult:
+    """Write the image encoder and the prompt encoder + mask decoder of `model` as ONNX files (see the module
+    docstring for their inputs, outputs and the preprocessing the encoder expects).
+
+    Args:
+        model: a `SamHFModel`, a PEFT model wrapping one (its adapter is merged into a copy first), or any form
+            `sam_hf.hub.load_model` accepts (shipped name, Hub id, Meta .pth, sam_hf / transformers folder,
+            adapter or `sam-hf finetune` output folder). A float32 CPU copy is exported when the model is in
+            another dtype, on another device or in training mode; the caller's model is left as it is.
+        out_dir: folder to write into (created if missing; files of an earlier export are replaced).
+        quantize: None for float32 graphs, or "int8" for onnxruntime dynamic quantization of both.
+        opset: ONNX opset version, at least 14 (the exporter's attention needs it).
+        return_single_mask: the decoder returns one mask per call (the official notebook's export) instead of
+            all four mask heads (the official script's default).
+        processor: the processor whose image size and normalisation the graphs assume; by default the one
+            loaded with the model, else one matching `model.config`.
+
+    Returns:
+        `ExportResult` with the paths written.
+
+    Raises:
+        ImportError: onnx or onnxruntime is not installed (names the `sam_hf[onnx]` extra).
+        ValueError: `quantize` or `opset` is not supported, or `model` names no model.
+        TypeError: `model` is neither a model nor a name of one.
+    """
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an int >= 14 (scaled_dot_product_attention needs 14), got {opset!r}")
+    _require_onnx()
+    model, processor = _exportable_model(model, processor)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vision = model.config.vision_config
+    size, grid = vision.image_size, vision.image_size // vision.patch_size
+    channels = model.mask_decoder.iou_token.weight.shape[1]
+    mask_size = model.config.mask_size
+    encoder_path, decoder_path = out / ENCODER_FILE, out / DECODER_FILE
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        traced = Path(scratch) if quantize else out
+        with torch.inference_mode(False), torch.no_grad():
+            _export(
+                _ImageEncoderGraph(model),
+                (torch.zeros(1, 3, size, size),),
+                traced / ENCODER_FILE,
+                ["pixel_values"],
+                ["image_embeddings"],
+                None,
+                opset,
+            )
+            decoder_inputs = (
+                torch.zeros(1, channels, grid, grid),
+                torch.tensor([[[size / 2, size / 3], [0.0, 0.0], [size / 4, size / 5]]]),
+                torch.tensor([[1.0, 0.0, -1.0]]),
+                torch.zeros(1, 1, mask_size, mask_size),
+                torch.tensor([1.0]),
+                torch.tensor([size * 1.5, size * 2.0]),
+            )
+            _export(
+                _PromptDecoderGraph(model, processor, return_single_mask),
+                decoder_inputs,
+                traced / DECODER_FILE,
+                list(DECODER_INPUTS),
+                list(DECODER_OUTPUTS),
+                {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+                opset,
+            )
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            for name in (ENCODER_FILE, DECODER_FILE):
+                quantize_dynamic(traced / name, out / name, weight_type=QuantType.QInt8)
+    processor_path = Path(processor.save_pretrained(out))
+    config_path = out / CONFIG_FILE
+    config = _describe_export(model, processor, channels, grid, quantize, opset, return_single_mask)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return ExportResult(encoder_path, decoder_path, config_path, processor_path, quantize)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"{_MISSING_EXTRA} ({error})") from error
+
+
+def _exportable_model(
+    model: SamHFModel | nn.Module | str | os.PathLike, processor: SamHFProcessor | None
+) -> tuple[SamHFModel, SamHFProcessor]:
+    """A float32, CPU, eval-mode `SamHFModel` (a merged copy for an adapter) and its processor."""
+    if isinstance(model, (str, os.PathLike)):
+        from ..hub import load_model
+
+        model, loaded_processor, _ = load_model(model, merge_adapter=True)
+        processor = processor or loaded_processor
+    elif not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a SamHFModel, a PEFT model wrapping one, or a model name or path, got "
+            f"{type(model).__name__}"
+        )
+    elif hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    elif model.training or any(
+        p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()
+    ):
+        model = copy.deepcopy(model)
+    if not isinstance(model, SamHFModel):
+        raise TypeError(f"model must wrap a SamHFModel, got {type(model).__name__}")
+    model = model.float().cpu().eval()
+    return model, processor or SamHFProcessor.from_model_config(model.config)
+
+
+def _export(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None,
+    opset: int,
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export, which cannot express the decoder's
+        # value-dependent output size (module docstring); tracer warnings concern Python scalars we keep constant.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def _describe_export(
+    model: SamHFModel,
+    processor: SamHFProcessor,
+    channels: int,
+    grid: int,
+    quantize: str | None,
+    opset: int,
+    return_single_mask: bool,
+) -> dict[str, Any]:
+    size, mask_size = processor.image_size, model.config.mask_size
+    num_masks = 1 if return_single_mask else model.mask_decoder.num_mask_tokens
+    return {
+        "source_model": model.name_or_path or None,
+        "opset": opset,
+        "quantize": quantize,
+        "image_encoder": {
+            "file": ENCODER_FILE,
+            "inputs": {"pixel_values": [1, 3, size, size]},
+            "outputs": {"image_embeddings": [1, channels, grid, grid]},
+        },
+        "mask_decoder": {
+            "file": DECODER_FILE,
+            "interface": "segment_anything.utils.onnx.SamOnnxModel",
+            "return_single_mask": return_single_mask,
+            "inputs": {
+                "image_embeddings": [1, channels, grid, grid],
+                "point_coords": [1, "num_points", 2],
+                "point_labels": [1, "num_points"],
+                "mask_input": [1, 1, mask_size, mask_size],
+                "has_mask_input": [1],
+                "orig_im_size": [2],
+            },
+            "outputs": {
+                "masks": [1, num_masks, "H", "W"],
+                "iou_predictions": [1, num_masks],
+                "low_res_masks": [1, num_masks, mask_size, mask_size],
+            },
+        },
+        "preprocessing": {
+            "image_size": size,
+            "resize": "longest side to image_size, bilinear; (H, W) -> int(H * s + 0.5), int(W * s + 0.5), "
+            "s = image_size / max(H, W)",
+            "channels": "RGB",
+            "pixel_mean": list(processor.pixel_mean),
+            "pixel_std": list(processor.pixel_std),
+            "value_range": "0-255 before normalisation",
+            "pad": "zeros at the bottom and right, after normalisation, to image_size x image_size",
+            "layout": "NCHW float32",
+            "point_coords": "original XY pixels times s",
+        },
+        "mask_threshold": MASK_THRESHOLD,
+    }
