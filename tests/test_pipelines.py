@@ -19,6 +19,8 @@ from sam_hf.modeling.checkpoint_io import save_transformers_checkpoint
 # Thresholds at which the shipped model keeps a few dozen masks on the photo below (transformers' defaults,
 # 0.88 / 0.95, keep 2), so that the comparison covers many masks.
 OPEN = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.5}
+# A coarse grid (13 masks on the photo below) where a test compares the pipeline with the generator.
+GRID = {"points_per_side": 8}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,12 @@ def sam_hf_folder(shipped, tmp_path_factory):
     shipped.save_pretrained(folder)
     SamHFProcessor.from_pretrained("sam-hf-tiny").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def plain_records(shipped, photo):
+    """The generator's records without the options under test."""
+    return SamAutomaticMaskGenerator(shipped, **GRID, **OPEN).generate(photo)
 
 
 def _mask_array(masks: list) -> np.ndarray:
@@ -107,28 +115,31 @@ def test_matches_transformers_pipeline_on_the_same_weights(shipped, sam_hf_folde
     ],
     ids=["small-regions", "crops-own-nms", "transformers-names"],
 )
-def test_generator_options_reach_the_generator(shipped, sam_hf_folder, photo, options):
+def test_generator_options_reach_the_generator(shipped, sam_hf_folder, photo, plain_records, options):
     """Each option gives what `SamAutomaticMaskGenerator` gives with it, under SAM's or transformers' names."""
-    names = {"crops_n_layers": "crop_n_layers", "crops_nms_thresh": "crop_nms_thresh", "points_per_crop": "points_per_side"}
+    names = {
+        "crops_n_layers": "crop_n_layers",
+        "crops_nms_thresh": "crop_nms_thresh",
+        "points_per_crop": "points_per_side",
+    }
     generator_options = {names.get(k, k): v for k, v in options.items()}
-    generator_options.setdefault("points_per_side", 16)
-    records = SamAutomaticMaskGenerator(shipped, **OPEN, **generator_options).generate(photo)
-    plain = SamAutomaticMaskGenerator(shipped, **OPEN, points_per_side=16).generate(photo)
+    records = SamAutomaticMaskGenerator(shipped, **{**GRID, **OPEN, **generator_options}).generate(photo)
 
-    pipe = pipeline("mask-generation", model=str(sam_hf_folder), device="cpu", points_per_side=16, **OPEN)
+    pipe = pipeline("mask-generation", model=str(sam_hf_folder), device="cpu", **GRID, **OPEN)
     result = pipe(photo, **options)
     assert len(result["masks"]) == len(records) > 0
     for mask, record in zip(result["masks"], records, strict=True):
         np.testing.assert_array_equal(mask.numpy(), record["segmentation"])
     torch.testing.assert_close(result["scores"], torch.tensor([r["predicted_iou"] for r in records]))
     # the option changed the result (else this test would pass with the option dropped)
-    assert len(plain) != len(records) or any(
-        not np.array_equal(p["segmentation"], r["segmentation"]) for p, r in zip(plain, records, strict=True)
+    assert len(plain_records) != len(records) or any(
+        not np.array_equal(p["segmentation"], r["segmentation"])
+        for p, r in zip(plain_records, records, strict=True)
     )
 
 
 def test_coco_rle_and_boxes_decode_to_the_binary_masks(sam_hf_folder, photo):
-    pipe = pipeline("mask-generation", model=str(sam_hf_folder), device="cpu", points_per_side=16, **OPEN)
+    pipe = pipeline("mask-generation", model=str(sam_hf_folder), device="cpu", **GRID, **OPEN)
     binary = pipe(photo, min_mask_region_area=40)
     coco = pipe(
         photo, min_mask_region_area=40, output_mode="coco_rle", output_rle_mask=True, output_bboxes_mask=True
@@ -142,20 +153,19 @@ def test_coco_rle_and_boxes_decode_to_the_binary_masks(sam_hf_folder, photo):
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item(), ys.max().item()]
 
 
-def test_sam_hf_convert_output_and_loaded_models(shipped, photo, tmp_path):
+def test_sam_hf_convert_output_and_loaded_models(shipped, photo, plain_records, tmp_path):
     """A folder `sam-hf convert` wrote (no processor file: the processor comes from the config) and a loaded
     model give the generator's masks; a list of images gives a list of results."""
     assert main(["convert", "sam-hf-tiny", str(tmp_path / "converted")]) == 0
-    expected = SamAutomaticMaskGenerator(shipped, points_per_side=16, **OPEN).generate(photo)
     for model in (str(tmp_path / "converted"), shipped):
-        pipe = pipeline("mask-generation", model=model, device="cpu", points_per_side=16, **OPEN)
+        pipe = pipeline("mask-generation", model=model, device="cpu", **GRID, **OPEN)
         assert pipe.image_processor.image_size == shipped.config.vision_config.image_size
         results = pipe([photo, Image.fromarray(photo)])
         assert len(results) == 2
         for result in results:
-            assert len(result["masks"]) == len(expected) > 0
+            assert len(result["masks"]) == len(plain_records) > 0
             np.testing.assert_array_equal(
-                torch.stack(result["masks"]).numpy(), np.stack([r["segmentation"] for r in expected])
+                torch.stack(result["masks"]).numpy(), np.stack([r["segmentation"] for r in plain_records])
             )
 
 

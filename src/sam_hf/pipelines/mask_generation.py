@@ -197,9 +197,9 @@ class SamHFMaskGenerationPipeline(Pipeline):
             "masks": masks,
             "scores": torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32),
             "stability_scores": torch.tensor([r["stability_score"] for r in records], dtype=torch.float32),
-            "point_coords": torch.tensor([r["point_coords"][0] for r in records], dtype=torch.float64).reshape(
-                -1, 2
-            ),
+            "point_coords": torch.tensor(
+                [r["point_coords"][0] for r in records], dtype=torch.float64
+            ).reshape(-1, 2),
         }
         if output_bboxes_mask:
             xywh = torch.tensor([r["bbox"] for r in records], dtype=torch.int64).reshape(-1, 4)
