@@ -191,3 +191,25 @@ def test_transformers_model_without_image_processor_raises(shipped):
 
     with pytest.raises(ValueError, match="needs its image processor"):
         pipeline("mask-generation", model=SamModel(to_transformers_config(shipped.config)), device="cpu")
+
+
+def test_the_processor_saved_with_the_model_is_used(shipped, photo, plain_records, tmp_path):
+    """Pixel statistics saved beside the weights reach the generator (its default would match the config)."""
+    processor = SamHFProcessor(
+        image_size=shipped.config.vision_config.image_size,
+        mask_size=shipped.config.mask_size,
+        pixel_mean=(100.0, 100.0, 100.0),
+        pixel_std=(50.0, 50.0, 50.0),
+    )
+    shipped.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    result = pipeline("mask-generation", model=str(tmp_path), device="cpu", **GRID, **OPEN)(photo)
+    records = SamAutomaticMaskGenerator(shipped, **GRID, **OPEN, processor=processor).generate(photo)
+    assert len(result["masks"]) == len(records) > 0
+    np.testing.assert_array_equal(
+        torch.stack(result["masks"]).numpy(), np.stack([r["segmentation"] for r in records])
+    )
+    assert len(records) != len(plain_records) or any(
+        not np.array_equal(p["segmentation"], r["segmentation"])
+        for p, r in zip(plain_records, records, strict=True)
+    )
