@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .build_sam import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, sam_model_registry
 from .inference import SamAutomaticMaskGenerator, SamPredictor
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
+from .pipelines import SamHFMaskGenerationPipeline, register_mask_generation_pipeline
 from .processing_sam_hf import SamHFProcessor
 
 AutoConfig.register("sam_hf", SamHFConfig)
@@ -13,11 +14,14 @@ AutoModel.register(SamHFConfig, SamHFModel)
 # saved model loads with AutoModel.from_pretrained(path, trust_remote_code=True) where sam_hf is not installed.
 SamHFConfig.register_for_auto_class()
 SamHFModel.register_for_auto_class("AutoModel")
+# transformers.pipeline("mask-generation", model=<a sam_hf model>) then runs SamAutomaticMaskGenerator.
+register_mask_generation_pipeline()
 
 __all__ = [
     "SAM_HF_PRESETS",
     "SamAutomaticMaskGenerator",
     "SamHFConfig",
+    "SamHFMaskGenerationPipeline",
     "SamHFModel",
     "SamHFOutput",
     "SamHFProcessor",

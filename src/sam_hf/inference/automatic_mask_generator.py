@@ -54,9 +54,9 @@ from .predictor import SamPredictor
 if TYPE_CHECKING:
     from peft import PeftModel
 
-__all__ = ["SamAutomaticMaskGenerator"]
+__all__ = ["OUTPUT_MODES", "SamAutomaticMaskGenerator"]
 
-_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MAX_TEMPORARY_BYTES = 16 << 20
 
@@ -92,6 +92,8 @@ class SamAutomaticMaskGenerator:
             the agreement with fp32). The caller's model keeps its dtype.
         max_chunk_pixels: full-resolution logits held at once (bounds memory on large images); default
             16 MiB of float32 on CPU, 64 MiB on other devices.
+        processor: the `SamHFProcessor` saved with the model (pixel statistics, sizes); by default the one
+            matching `model.config`.
 
     Attributes:
         predictor: a `SamPredictor` on the same model, as in the official generator (code written for it
@@ -117,6 +119,7 @@ class SamAutomaticMaskGenerator:
         *,
         precision: str = "fp32",
         max_chunk_pixels: int | None = None,
+        processor: SamHFProcessor | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
@@ -135,15 +138,15 @@ class SamAutomaticMaskGenerator:
                 f"point_grids must hold one grid per crop layer ({crop_n_layers + 1} for "
                 f"crop_n_layers={crop_n_layers}), got {len(self.point_grids)}"
             )
-        if output_mode not in _OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
         if points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        self.predictor = SamPredictor(model, encoder_dtype=_PRECISIONS[precision])
+        self.predictor = SamPredictor(model, processor, encoder_dtype=_PRECISIONS[precision])
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
