@@ -96,7 +96,8 @@ class SamHFProcessor(BaseImageProcessor):
         self.pixel_std = tuple(float(v) for v in pixel_std)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({json.dumps(self.to_dict())})"
+        fields = ("image_size", "mask_size", "pixel_mean", "pixel_std")
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)}' for k in fields)})"
 
     # ------------------------------------------------------------------ construction and serialisation
 
@@ -153,6 +154,25 @@ class SamHFProcessor(BaseImageProcessor):
         if config.get("processor_class") == cls.__name__:
             return cls(**{k: config[k] for k in ("image_size", "mask_size", "pixel_mean", "pixel_std")})
         return cls(**_from_transformers_config(config))
+
+    def to_transformers(self) -> Any:
+        """transformers' `SamProcessor` with this processor's frame: `size.longest_edge` and `pad_size` are
+        `image_size`, `mask_size` is `mask_size`, and the mean/std are on transformers' [0, 1] scale. Its
+        `save_pretrained` writes what `SamProcessor.from_pretrained` and transformers' mask-generation pipeline
+        read beside a transformers SAM checkpoint (`sam_hf.modeling.checkpoint_io.save_transformers_checkpoint`)."""
+        from transformers import SamImageProcessor, SamProcessor
+
+        image, mask = self.image_size, self.mask_size
+        return SamProcessor(
+            image_processor=SamImageProcessor(
+                size={"longest_edge": image},
+                pad_size={"height": image, "width": image},
+                mask_size={"longest_edge": mask},
+                mask_pad_size={"height": mask, "width": mask},
+                image_mean=[v / 255 for v in self.pixel_mean],
+                image_std=[v / 255 for v in self.pixel_std],
+            )
+        )
 
     # ------------------------------------------------------------------ images
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
 import sys
 from pathlib import Path
 
-__all__ = ["save_remote_code"]
+__all__ = ["remote_code_files", "save_remote_code"]
+
+# The saved configs whose `auto_map` names remote code: the model's and the processor's.
+_CONFIG_NAMES = ("config.json", "preprocessor_config.json")
 
 
 def save_remote_code(module_name: str, folder: str | os.PathLike) -> list[Path]:
@@ -61,6 +65,26 @@ def save_remote_code(module_name: str, folder: str | os.PathLike) -> list[Path]:
         target.write_text(source, encoding="utf-8")
         written.append(target)
     return written
+
+
+def remote_code_files(folder: str | os.PathLike) -> list[Path]:
+    """The source files in `folder` that its configs' `auto_map` entries need: each module named there and the
+    modules it imports relatively, as transformers collects them. What must travel with the folder (an upload)."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    folder = Path(folder)
+    files: set[Path] = set()
+    for config_name in _CONFIG_NAMES:
+        config = folder / config_name
+        if not config.is_file():
+            continue
+        auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map") or {}
+        for reference in auto_map.values():
+            module = folder / f"{reference.rpartition('.')[0]}.py"
+            if "--" not in reference and module.is_file():  # `repo--module.Class` names code in another repo
+                files.add(module)
+                files.update(Path(f) for f in get_relative_import_files(module))
+    return sorted(files)
 
 
 def _flatten_relative_imports(source: str, module_name: str) -> tuple[str, list[str]]:
