@@ -22,6 +22,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
+from ..processing_sam_hf import PROCESSOR_CONFIG_NAME
 from ..remote_code import remote_code_files
 from .cards import build_model_card, is_generated_card, local_base_note, public_name
 from .loading import ADAPTER_CONFIG_NAME, adapter_base_model, load_model, load_processor
@@ -87,12 +88,12 @@ def build_commit_operations(
                 shutil.copy2(path, staging_dir / path.name)
                 if path.suffix == ".json" and path.name != ADAPTER_CONFIG_NAME:
                     _publish_local_paths_by_name(staging_dir / path.name)
-    for path in remote_code_files(folder):  # a full model's source, for `trust_remote_code=True`
+    for path in remote_code_files(folder):  # the model and processor source, for `trust_remote_code=True`
         shutil.copy2(path, staging_dir / path.name)
     if merge_adapter:
         model, processor, _ = load_model(folder, merge_adapter=True, verbose=False)
         save_model(model, staging_dir, processor)
-    else:  # the processor config and source, also beside an adapter or a model saved without them
+    if not (staging_dir / PROCESSOR_CONFIG_NAME).is_file():  # the repo must load with SamHFProcessor alone
         load_processor(folder).save_pretrained(staging_dir)
     readme = staging_dir / "README.md"
     if not readme.is_file() or is_generated_card(readme.read_text(encoding="utf-8")):
