@@ -42,9 +42,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import load_processor, save_model
+    from ..hub import load_processor, locate_model, save_model
     from ..modeling import SamHFConfig, SamHFModel
 
+    locate_model(args.source)  # an unknown name or unreachable Hub fails here, before any download is tried
     kwargs = {"config": SamHFConfig.from_preset(args.preset)} if args.preset else {}
     model = SamHFModel.from_pretrained(args.source, dtype="auto", **kwargs)
     save_model(model, args.output, load_processor(args.source, model.config), format=args.to)
