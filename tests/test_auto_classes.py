@@ -105,7 +105,9 @@ def test_saved_and_shipped_folders_load_with_remote_code_where_sam_hf_is_absent(
     for name, folder in folders.items():
         model = tiny_model if name == "saved" else SamHFModel.from_pretrained("sam-hf-tiny").eval()
         expected = _segment(model, load_processor(folder), photo_path)
-        torch.testing.assert_close(torch.load(folder / "pred_masks.pt"), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            torch.load(folder / "pred_masks.pt", weights_only=True), expected, rtol=0, atol=1e-6
+        )
 
 
 def test_convert_writes_the_processor_beside_every_format(tmp_path, photo_path):
