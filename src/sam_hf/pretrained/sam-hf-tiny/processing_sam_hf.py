@@ -120,9 +120,10 @@ class SamHFProcessor(BaseImageProcessor):
             "pixel_std": list(self.pixel_std),
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: Any = None) -> str:
         """Write `preprocessor_config.json` and this module's source (with the modules it imports, for
-        `trust_remote_code=True`) into `save_directory`, created if missing; returns the config's path."""
+        `trust_remote_code=True`) into `save_directory`, created if missing; returns the config's path.
+        `max_shard_size` is what transformers' `push_to_hub` passes, unused: there are no weights."""
         from .remote_code import save_remote_code
 
         save_remote_code(type(self).__module__, save_directory)
