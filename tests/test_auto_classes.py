@@ -71,6 +71,7 @@ def test_auto_classes_give_the_sam_hf_classes_for_saved_and_shipped_folders(tiny
         }
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: 16-39 s here
 def test_saved_and_shipped_folders_load_with_remote_code_where_sam_hf_is_absent(
     tiny_model, tmp_path, photo_path
 ):
