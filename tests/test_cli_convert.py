@@ -78,10 +78,14 @@ def test_half_precision_is_kept(tiny_model, tmp_path):
 
 def test_output_kind_is_checked(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "ours")
-    with pytest.raises(ValueError, match="OUT must be a file path for --to meta, got the existing folder"):
+    with pytest.raises(
+        ValueError, match="output must be a file path for the meta format, got the existing folder"
+    ):
         _convert(tmp_path / "ours", tmp_path, "--to", "meta", "--debug")
     (tmp_path / "file").write_text("")
-    with pytest.raises(ValueError, match="OUT must be a folder for --to transformers, got the existing file"):
+    with pytest.raises(
+        ValueError, match="output must be a folder for the transformers format, got the existing file"
+    ):
         _convert(tmp_path / "ours", tmp_path / "file", "--to", "transformers", "--debug")
 
 

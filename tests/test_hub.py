@@ -371,6 +371,25 @@ def test_merged_upload_is_a_full_model_equal_to_the_adapter(trained_adapter, tmp
         build_commit_operations(tmp_path / "base", staging, merge_adapter=True)
 
 
+def test_model_upload_carries_the_source_its_auto_map_names(tiny_model, tmp_path):
+    from transformers import AutoModel, AutoProcessor
+
+    from sam_hf.hub import save_model
+
+    save_model(tiny_model, tmp_path / "model")
+    (tmp_path / "model" / "notes.py").write_text("print('not named by any auto_map')\n")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    paths = [op.path_in_repo for op in build_commit_operations(tmp_path / "model", staging, "user/sam")]
+    assert {"modeling_sam_hf.py", "configuration_sam_hf.py", "processing_sam_hf.py", "images.py"} <= set(
+        paths
+    )
+    assert "notes.py" not in paths
+    # what the repo will hold loads through the Auto classes as the folder did
+    assert AutoProcessor.from_pretrained(staging).to_dict() == load_processor(tmp_path / "model").to_dict()
+    assert type(AutoModel.from_pretrained(staging)) is type(tiny_model)
+
+
 # `sam-hf push`
 
 

@@ -22,6 +22,7 @@ from sam_hf.hub import (
     MODEL_KINDS,
     load_model,
     load_pretrained,
+    load_processor,
     locate_model,
     portable_model_name,
     push_to_hub,
@@ -255,6 +256,30 @@ def test_finetune_from_the_shipped_model_pushes_a_portable_adapter(finetuned, mo
     model, _, resolved = load_model(copy, verbose=False)
     assert resolved.base == "sam-hf-tiny"
     torch.testing.assert_close(_masks(model), _masks(load_pretrained(out, verbose=False)))
+    # and through PEFT's and transformers' Auto classes (PEFT imports SamHFModel for a shipped base, once allowed)
+    from peft import AutoPeftModel
+    from transformers import AutoProcessor
+
+    auto = AutoPeftModel.from_pretrained(copy, import_allowlist=["sam_hf"]).eval()
+    torch.testing.assert_close(_masks(auto), _masks(model), rtol=0, atol=1e-4)
+    assert AutoProcessor.from_pretrained(copy).to_dict() == load_processor("sam-hf-tiny").to_dict()
+
+
+def test_finetune_output_and_merged_hold_the_processor_and_source(finetuned):
+    from transformers import AutoModel, AutoProcessor
+
+    out = finetuned["shipped"]
+    for folder in (out, out / "merged"):
+        processor_config = json.loads((folder / "preprocessor_config.json").read_text())
+        assert processor_config["auto_map"]["AutoProcessor"] == "processing_sam_hf.SamHFProcessor"
+        assert (folder / "processing_sam_hf.py").is_file() and (folder / "images.py").is_file()
+        assert AutoProcessor.from_pretrained(folder).image_size == 128
+    assert json.loads((out / "merged" / "config.json").read_text())["auto_map"]["AutoModel"] == (
+        "modeling_sam_hf.SamHFModel"
+    )
+    torch.testing.assert_close(
+        _masks(AutoModel.from_pretrained(out / "merged")), _masks(load_pretrained(out, merge_adapter=True))
+    )
 
 
 def test_finetune_output_says_merged_is_the_full_model(finetuned):
@@ -314,3 +339,91 @@ def test_hub_model_and_hub_adapter_repos_load(tiny_model, tmp_path):
     adapter, _, resolved = load_model("acme/sam-lora", verbose=False, **hub)
     assert (resolved.kind, resolved.base) == ("hub", "sam-hf-tiny")
     torch.testing.assert_close(_masks(adapter), _masks(trained))
+
+
+# Hub names that cannot be loaded fail at once with the cause; the Hub is asked once, or not at all offline
+
+
+class _Hub:
+    """Stands in for `HfApi.model_info`: counts the requests and answers with `error` (None: the repo exists)."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error, self.requests = error, 0
+
+    def model_info(self, repo_id, **kwargs):
+        self.requests += 1
+        if self.error is not None:
+            raise self.error
+
+
+def _hub_answering(monkeypatch, error: Exception | None) -> _Hub:
+    import huggingface_hub
+
+    hub = _Hub(error)
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "model_info", lambda self, repo_id, **kwargs: hub.model_info(repo_id)
+    )
+    return hub
+
+
+def test_unknown_hub_name_is_no_such_model_after_one_request(monkeypatch, tmp_path):
+    import httpx2
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    response = httpx2.Response(
+        404, request=httpx2.Request("GET", "https://huggingface.co/api/models/sam-hf-tiy")
+    )
+    hub = _hub_answering(monkeypatch, RepositoryNotFoundError("404 Repository Not Found", response=response))
+    with pytest.raises(ValueError, match=r"no such model: 'sam-hf-tiy' .*; did you mean sam-hf-tiny\?"):
+        load_model("sam-hf-tiy", cache_dir=tmp_path, verbose=False)
+    assert hub.requests == 1
+
+
+def test_unreachable_hub_is_named_as_the_cause(monkeypatch, tmp_path, capsys):
+    hub = _hub_answering(monkeypatch, ConnectionError("[Errno -2] Name or service not known"))
+    with pytest.raises(
+        ValueError, match=r"the Hub is unreachable \(ConnectionError: .*\) and 'acme/sam' is not in"
+    ):
+        load_model("acme/sam", cache_dir=tmp_path, verbose=False)
+    assert hub.requests == 1
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
+    argv = [
+        "segment",
+        str(tmp_path / "image.png"),
+        "--model",
+        "sam_hf/sam-hf-tiy",
+        "--point",
+        "1,1",
+        "--out",
+        "o",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"^sam-hf segment: error: --model: the Hub is unreachable .*did you mean sam-hf-tiny\?$", err, re.M
+    )
+
+
+def test_offline_mode_loads_cached_repos_without_requests_and_refuses_others(
+    tiny_model, monkeypatch, tmp_path
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub = _hub_answering(monkeypatch, AssertionError("no request may be made offline"))
+    with pytest.raises(
+        ValueError, match=r"'acme/sam-tiy' is not in the local Hub cache, .*\(HF_HUB_OFFLINE is set\)"
+    ):
+        load_model("acme/sam-tiy", cache_dir=tmp_path, verbose=False)
+    tiny_model.save_pretrained(_cached_hub_repo(tmp_path, "acme/sam-tiny"))
+    model, _, resolved = load_model("acme/sam-tiny", cache_dir=tmp_path, verbose=False)
+    assert resolved.kind == "hub" and hub.requests == 0
+    torch.testing.assert_close(_masks(model), _masks(tiny_model))
+
+
+def test_unreachable_hub_falls_back_to_the_cache(tiny_model, monkeypatch, tmp_path):
+    hub = _hub_answering(monkeypatch, ConnectionError("[Errno -2] Name or service not known"))
+    tiny_model.save_pretrained(_cached_hub_repo(tmp_path, "acme/sam-tiny"))
+    model, _, _ = load_model("acme/sam-tiny", cache_dir=tmp_path, verbose=False)
+    assert hub.requests == 1
+    torch.testing.assert_close(_masks(model), _masks(tiny_model))

@@ -16,6 +16,7 @@ from sam_hf.data.synthetic import generate_sample
 from sam_hf.modeling.configuration_sam_hf import SAM_HF_PRESETS
 from sam_hf.pretrained import SHIPPED_MODELS, shipped_model_path
 from sam_hf.processing_sam_hf import SamHFProcessor
+from sam_hf.remote_code import remote_code_files
 from sam_hf.training import pretrain
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -263,8 +264,8 @@ def test_shipped_card_is_the_template_rendered_from_the_run_record(monkeypatch):
 
 
 def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatch):
-    """A one-step run of the tiny preset through `ship_tiny.py --run`: weights and processor config land in
-    the model folder, the record and the `sam-hf evaluate` results in the records folder, the card says them."""
+    """A one-step run of the tiny preset through `ship_tiny.py --run`: weights, processor config and source land
+    in the model folder, the record and the `sam-hf evaluate` results in the records folder, the card says them."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
     import ship_tiny
 
@@ -274,13 +275,17 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
         ship_tiny.main(["--run", str(tmp_path), "--model-dir", str(model_dir)])
     args = ["--model-dir", str(model_dir), "--records", str(records), "--name", "tiny_run"]
     ship_tiny.main(["--run", str(run), *args, "--num-images", "2"])
-    assert sorted(path.name for path in model_dir.iterdir()) == [
+    source = {path.name for path in remote_code_files(model_dir)}  # for trust_remote_code without sam_hf
+    assert {"modeling_sam_hf.py", "processing_sam_hf.py"} <= source
+    assert {path.name for path in model_dir.iterdir()} == source | {
         "README.md",
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
-    ]
-    assert "auto_map" not in json.loads((model_dir / "config.json").read_text())
+    }
+    assert json.loads((model_dir / "config.json").read_text())["auto_map"]["AutoModel"] == (
+        "modeling_sam_hf.SamHFModel"
+    )
     model = SamHFModel.from_pretrained(model_dir)
     assert model.config.mask_size == 32
     assert SamHFProcessor.from_pretrained(model_dir).image_size == model.config.vision_config.image_size

@@ -131,3 +131,26 @@ def test_trainer_reduces_loss_and_changes_only_lora(tiny_model, tmp_path):
     }
     assert changed == set()
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_readme_trainer_section_runs_as_written(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Fine-tune with `transformers.Trainer`", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    trainer, loaded = namespace["trainer"], namespace["model"]
+    assert trainer.state.global_step == 2
+    assert [entry for entry in trainer.state.log_history if "train_loss" in entry]
+    saved = tmp_path / "sam-trainer" / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json"} <= {
+        p.name for p in saved.iterdir()
+    }
+    trained = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    reloaded = loaded.state_dict()
+    assert trained and any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # training moved B
+    for key, value in trained.items():
+        assert torch.equal(reloaded[key], value), key

@@ -2,6 +2,7 @@
 
     python training/ship_tiny.py --run RUN          # after `pretrain_tiny.py --out RUN` has finished
     python training/ship_tiny.py --card-only        # re-render the card from the committed record
+    python training/ship_tiny.py --source-only      # refresh the source files and auto_map from the package
 
 With `--run`: the run's model (weights, config) and a processor config for its input size go to
 `src/sam_hf/pretrained/sam-hf-tiny/`; `RUN/recipe.json` and `RUN/train_log.jsonl` to
@@ -26,9 +27,10 @@ from safetensors.torch import load_file
 from sam_hf import SamHFModel
 from sam_hf.cli import main as sam_hf_cli
 from sam_hf.data.synthetic import synthetic_dataset
-from sam_hf.hub import CARD_MARKER, card_template_path
+from sam_hf.hub import CARD_MARKER, card_template_path, load_model, save_model
 from sam_hf.pretrained import shipped_model_path
-from sam_hf.processing_sam_hf import SamHFProcessor
+from sam_hf.processing_sam_hf import PROCESSOR_CONFIG_NAME
+from sam_hf.remote_code import remote_code_files
 
 _ROOT = Path(__file__).resolve().parent
 RECORDS = _ROOT / "runs"
@@ -45,18 +47,30 @@ TARGETS = {"box": 0.85, "point": 0.70}  # issue 5's accuracy targets, quoted in 
 
 
 def ship_weights(run: Path, model_dir: Path) -> None:
-    """`run/model` (a `save_pretrained` folder) -> `model_dir`: weights, config and the matching processor config.
-
-    Not the modeling code `save_pretrained` copied beside the weights for `trust_remote_code` (nor the config's
-    `auto_map` pointing at it): inside the package the classes are the package's own.
-    """
+    """`run/model` (a `save_pretrained` folder) -> `model_dir`: weights and config as the run wrote them, then the
+    source and processor (`ship_source`)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "model" / "model.safetensors", model_dir / "model.safetensors")
     config = json.loads((run / "model" / "config.json").read_text())
-    config.pop("auto_map")
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    SamHFProcessor.from_model_config(SamHFModel.config_class.from_pretrained(model_dir)).save_pretrained(
-        model_dir
+    ship_source(model_dir)
+
+
+def ship_source(model_dir: Path) -> None:
+    """Write the package's current modeling and processor source into `model_dir`, with the `auto_map` of
+    `config.json` and the processor config (`sam_hf.hub.save_model`), so a copy of the folder loads with
+    `trust_remote_code=True` where sam_hf is not installed. Weights and the rest of the config stay as they are.
+    """
+    model, processor, _ = load_model(model_dir, verbose=False)
+    with tempfile.TemporaryDirectory() as saved:
+        save_model(model, saved, processor)
+        for path in remote_code_files(saved):
+            shutil.copyfile(path, model_dir / path.name)
+        shutil.copyfile(Path(saved) / PROCESSOR_CONFIG_NAME, model_dir / PROCESSOR_CONFIG_NAME)
+        auto_map = json.loads((Path(saved) / "config.json").read_text())["auto_map"]
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(
+        json.dumps({**config, "auto_map": auto_map}, indent=2, sort_keys=True) + "\n"
     )
 
 
@@ -144,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="finished pretrain_tiny.py run folder")
     source.add_argument("--card-only", action="store_true", help="only re-render the card from the record")
+    source.add_argument(
+        "--source-only",
+        action="store_true",
+        help="only refresh the modeling and processor source and auto_map",
+    )
     parser.add_argument("--model-dir", type=Path, default=shipped_model_path("sam-hf-tiny"))
     parser.add_argument("--records", type=Path, default=RECORDS, help="folder of the run records")
     parser.add_argument("--name", default=NAME, help="record file prefix (the recipe's file name)")
@@ -157,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
         ship_weights(args.run, args.model_dir)
         copy_record(args.run, args.records, args.name)
         evaluate(args.model_dir, args.records, args.name, args.num_images)
+    if args.source_only:
+        ship_source(args.model_dir)
+        print(f"wrote the source and auto_map into {args.model_dir}")
+        return
     (args.model_dir / "README.md").write_text(render_card(args.model_dir, args.records, args.name))
     print(f"wrote {args.model_dir / 'README.md'}")
 

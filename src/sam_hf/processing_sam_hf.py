@@ -29,22 +29,39 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import IMAGE_FORMS, to_rgb
 from .modeling.modeling_sam_hf import shipped_model_folder
 from .prompting.batching import pad_points
 
-__all__ = ["PROCESSOR_CONFIG_NAME", "SamHFProcessor", "validate_boxes", "validate_points"]
+__all__ = [
+    "PROCESSOR_AUTO_CLASSES",
+    "PROCESSOR_CONFIG_NAME",
+    "SamHFProcessor",
+    "validate_boxes",
+    "validate_points",
+]
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 _TRANSFORMERS_PROCESSOR_CONFIG_NAME = "processor_config.json"
+# The transformers Auto classes that resolve to this class (`sam_hf/__init__.py` registers it with both).
+PROCESSOR_AUTO_CLASSES = ("AutoProcessor", "AutoImageProcessor")
+# What `from_pretrained` passes on to the Hub download; the Auto classes add `_from_auto`, `trust_remote_code`.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 _VALID_POINT_LABELS = (1, 0, -1)
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
-class SamHFProcessor:
+class SamHFProcessor(BaseImageProcessor):
     """Prepares images and prompts for `SamHFModel` and maps its masks back to the images.
+
+    It is both the processor and the image processor of a sam_hf model: `AutoProcessor.from_pretrained` and
+    `AutoImageProcessor.from_pretrained` give it for a saved model once `sam_hf` is imported, and with
+    `trust_remote_code=True` where it is not (its `save_pretrained` writes its source and `auto_map`).
+    transformers' `BaseImageProcessor` is its base for that registration only: none of its preprocessing
+    methods are used.
 
     Args:
         image_size: side of the square model frame (1024 for SAM); the longest image side is resized to it.
@@ -72,13 +89,15 @@ class SamHFProcessor:
                 raise ValueError(f"{name} must have 3 values (R, G, B), got {list(value)}")
         if min(pixel_std) <= 0:
             raise ValueError(f"pixel_std must be positive, got {list(pixel_std)}")
+        super().__init__()
         self.image_size = image_size
         self.mask_size = mask_size
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
         self.pixel_std = tuple(float(v) for v in pixel_std)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({json.dumps(self.to_dict())})"
+        fields = ("image_size", "mask_size", "pixel_mean", "pixel_std")
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)}' for k in fields)})"
 
     # ------------------------------------------------------------------ construction and serialisation
 
@@ -88,17 +107,26 @@ class SamHFProcessor:
         return cls(image_size=config.vision_config.image_size, mask_size=config.mask_size)
 
     def to_dict(self) -> dict[str, Any]:
+        """The saved configuration: this class's fields, its class name under the keys transformers' Auto
+        classes read, and `auto_map` naming its module for `trust_remote_code`."""
+        name = type(self).__name__
         return {
-            "processor_class": type(self).__name__,
+            "processor_class": name,
+            "image_processor_type": name,
+            "auto_map": dict.fromkeys(PROCESSOR_AUTO_CLASSES, f"{_module_file_stem(type(self))}.{name}"),
             "image_size": self.image_size,
             "mask_size": self.mask_size,
             "pixel_mean": list(self.pixel_mean),
             "pixel_std": list(self.pixel_std),
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `preprocessor_config.json` into `save_directory` (created if missing); returns the file path."""
-        os.makedirs(save_directory, exist_ok=True)
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: Any = None) -> str:
+        """Write `preprocessor_config.json` and this module's source (with the modules it imports, for
+        `trust_remote_code=True`) into `save_directory`, created if missing; returns the config's path.
+        `max_shard_size` is what transformers' `push_to_hub` passes, unused: there are no weights."""
+        from .remote_code import save_remote_code
+
+        save_remote_code(type(self).__module__, save_directory)
         path = os.path.join(save_directory, PROCESSOR_CONFIG_NAME)
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
@@ -117,15 +145,35 @@ class SamHFProcessor:
 
         Args:
             pretrained_model_name_or_path: local folder, Hub repo id or shipped model name (`"sam-hf-tiny"`).
-            kwargs: passed to `huggingface_hub.hf_hub_download` for Hub repos (e.g. `revision`).
+            kwargs: `cache_dir`, `revision`, `token`, ... passed to `huggingface_hub.hf_hub_download` for Hub
+                repos; `trust_remote_code` and the other arguments transformers' Auto classes pass are ignored.
         """
         location = os.fspath(shipped_model_folder(pretrained_model_name_or_path))
-        config = _read_processor_config(location, kwargs)
+        config = _read_processor_config(location, {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
         if "image_processor" in config:  # transformers processor_config.json nests the image processor
             config = config["image_processor"]
         if config.get("processor_class") == cls.__name__:
             return cls(**{k: config[k] for k in ("image_size", "mask_size", "pixel_mean", "pixel_std")})
         return cls(**_from_transformers_config(config))
+
+    def to_transformers(self) -> Any:
+        """transformers' `SamProcessor` with this processor's frame: `size.longest_edge` and `pad_size` are
+        `image_size`, `mask_size` is `mask_size`, and the mean/std are on transformers' [0, 1] scale. Its
+        `save_pretrained` writes what `SamProcessor.from_pretrained` and transformers' mask-generation pipeline
+        read beside a transformers SAM checkpoint (`sam_hf.modeling.checkpoint_io.save_transformers_checkpoint`)."""
+        from transformers import SamImageProcessor, SamProcessor
+
+        image, mask = self.image_size, self.mask_size
+        return SamProcessor(
+            image_processor=SamImageProcessor(
+                size={"longest_edge": image},
+                pad_size={"height": image, "width": image},
+                mask_size={"longest_edge": mask},
+                mask_pad_size={"height": mask, "width": mask},
+                image_mean=[v / 255 for v in self.pixel_mean],
+                image_std=[v / 255 for v in self.pixel_std],
+            )
+        )
 
     # ------------------------------------------------------------------ images
 
@@ -594,6 +642,11 @@ def _image_masks(masks: Any, mask_size: int, index: int) -> np.ndarray:
             f"{mask_size}), e.g. pred_masks of an earlier call, got {array.shape}"
         )
     return array
+
+
+def _module_file_stem(cls: type) -> str:
+    """The file name (without `.py`) of the module defining `cls`: what `auto_map` names in a saved folder."""
+    return cls.__module__.rpartition(".")[2]
 
 
 def _read_processor_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:

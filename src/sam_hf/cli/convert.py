@@ -2,14 +2,14 @@
 
 IN is anything `SamHFModel.from_pretrained` reads (a sam_hf or transformers folder or Hub repo, a Meta `.pth`).
 OUT is a folder for `sam_hf` and `transformers`, a file for `meta`. Tensors are copied bit for bit, so a
-model fine-tuned here runs in transformers (`SamModel.from_pretrained(OUT)`) and in Meta's code
-(`sam_model_registry[variant](checkpoint=OUT)`).
+model fine-tuned here runs in transformers (`SamModel.from_pretrained(OUT)`, `SamProcessor.from_pretrained(OUT)`)
+and in Meta's code (`sam_model_registry[variant](checkpoint=OUT)`). The folders hold the processor config too,
+at the model's input size (`sam_hf.hub.save_model`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 __all__ = ["add_parser", "run"]
 
@@ -42,21 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import load_processor, locate_model, save_model
     from ..modeling import SamHFConfig, SamHFModel
-    from ..modeling.checkpoint_io import save_meta_checkpoint, save_transformers_checkpoint
 
-    folder_output = args.to != "meta"
-    if folder_output and os.path.isfile(args.output):
-        raise ValueError(f"OUT must be a folder for --to {args.to}, got the existing file {args.output}")
-    if not folder_output and os.path.isdir(args.output):
-        raise ValueError(f"OUT must be a file path for --to meta, got the existing folder {args.output}")
+    locate_model(args.source)  # an unknown name or unreachable Hub fails here, before any download is tried
     kwargs = {"config": SamHFConfig.from_preset(args.preset)} if args.preset else {}
     model = SamHFModel.from_pretrained(args.source, dtype="auto", **kwargs)
-    if args.to == "sam_hf":
-        model.save_pretrained(args.output)
-    elif args.to == "transformers":
-        save_transformers_checkpoint(model.config, model.state_dict(), args.output)
-    else:
-        save_meta_checkpoint(model.state_dict(), args.output)
+    save_model(model, args.output, load_processor(args.source, model.config), format=args.to)
     print(f"wrote {args.to} checkpoint {args.output} from {args.source}")
     return 0

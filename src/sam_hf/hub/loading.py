@@ -10,6 +10,11 @@ The forms (`MODEL_KINDS`), all accepted by `load_model` and so by every command'
     - `"finetune_output"`: the folder `sam-hf finetune` writes: the adapter at top level (or the full model
       with `--lora-r 0`), the adapter merged into its base in `merged/`, run records beside them.
 
+A Hub repo id is checked with one request before anything is downloaded, so a typo, an unknown repo or an
+unreachable Hub fails at once with that cause (and a near miss of a shipped name is pointed out) instead of
+after huggingface_hub's retries of every file. With `HF_HUB_OFFLINE=1`, or when the Hub is unreachable, a repo
+in the local Hub cache loads from there without any request.
+
 Every model is also given a *portable name*, the form that resolves on any machine where it can: the
 shipped name, the Hub id, else the absolute local path. A loaded model carries it as `name_or_path`, which is
 what PEFT records as an adapter's base (`base_model_name_or_path`), so an adapter trained on a shipped or Hub
@@ -18,6 +23,7 @@ model reloads anywhere, and one trained on a local file says which file must tra
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -53,6 +59,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 FINETUNE_CONFIG_NAME = "finetune_config.json"
 MERGED_FOLDER = "merged"
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `namespace/name`
+_HUB_PROBE_TIMEOUT_S = 10  # one request that a Hub repo exists, before any download
 
 _KIND_TEXT = {
     "shipped": "shipped model",
@@ -121,33 +128,42 @@ def locate_model(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Resolved
     Raises:
         ValueError: it is none of the forms; the message says what was found and what is expected.
     """
+    return _locate(name_or_path, hub_kwargs)[0]
+
+
+def _locate(
+    name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]
+) -> tuple[ResolvedModel, dict[str, Any]]:
+    """`locate_model`, and the Hub arguments to load it with (`local_files_only` when only the cache can)."""
     text = os.fspath(name_or_path)
     if not text:
         raise ValueError(f"name_or_path must name a model; {_EXPECTED}; got {text!r}")
     name = portable_model_name(text)
     shipped = shipped_model_path(name)
     if shipped is not None:
-        return ResolvedModel("shipped", name, str(shipped))
+        return ResolvedModel("shipped", name, str(shipped)), hub_kwargs
     path = Path(text)
     if path.is_file():
-        return ResolvedModel("meta", name, name)
+        return ResolvedModel("meta", name, name), hub_kwargs
     if path.is_dir():
         base = adapter_base_model(path)
         if (path / FINETUNE_CONFIG_NAME).is_file():
-            return ResolvedModel("finetune_output", name, name, base)
+            return ResolvedModel("finetune_output", name, name, base), hub_kwargs
         if base is not None:
-            return ResolvedModel("adapter", name, name, base)
+            return ResolvedModel("adapter", name, name, base), hub_kwargs
         if not (path / "config.json").is_file():
             found = sorted(p.name for p in path.iterdir())[:12]
             raise ValueError(
                 f"{text!r} has no config.json or {ADAPTER_CONFIG_NAME} (found: {found}); {_EXPECTED}"
             )
-        return ResolvedModel(resolve_checkpoint(path).format, name, name)
+        return ResolvedModel(resolve_checkpoint(path).format, name, name), hub_kwargs
     if not _HUB_ID.fullmatch(text):
         raise ValueError(
             f"{text!r} is no local file or folder, and no Hub repo id (namespace/name); {_EXPECTED}"
+            f"{_near_miss(text)}"
         )
-    return ResolvedModel("hub", name, None, _hub_adapter_base(text, hub_kwargs))
+    hub_kwargs = _reach_hub(text, hub_kwargs)
+    return ResolvedModel("hub", name, None, _hub_adapter_base(text, hub_kwargs)), hub_kwargs
 
 
 def load_model(
@@ -174,7 +190,7 @@ def load_model(
         (`model.name_or_path`, what PEFT records as the base of an adapter trained on it); the processor saved
         with the model (else with its base, else matching its config); what was loaded.
     """
-    resolved = locate_model(name_or_path, **hub_kwargs)
+    resolved, hub_kwargs = _locate(name_or_path, hub_kwargs)
     location = resolved.path or resolved.name
     model_kwargs = dict(hub_kwargs, **({"dtype": dtype} if dtype is not None else {}))
     merged_folder = Path(location) / MERGED_FOLDER
@@ -216,8 +232,8 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> torch.nn.
 def load_processor(name_or_path: str | os.PathLike, config: Any = None) -> SamHFProcessor:
     """The processor of a model in any form: the one saved with it, else with its base model, else the one
     matching the model config (`config`, when given, else the model's)."""
-    resolved = locate_model(name_or_path)
-    processor = _processor(resolved.path or resolved.name, None)
+    resolved, hub_kwargs = _locate(name_or_path, {})
+    processor = _processor(resolved.path or resolved.name, None, hub_kwargs)
     if processor is not None:
         return processor
     if resolved.base is not None:
@@ -241,6 +257,78 @@ def adapter_base_model(folder: str | os.PathLike) -> str | None:
             f"path), got {base!r}"
         )
     return portable_model_name(base)
+
+
+def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Hub arguments to load `repo_id` with, after one request that the repo exists; the cache alone
+    (`local_files_only`) when offline (`HF_HUB_OFFLINE`, `local_files_only`) or when the Hub is unreachable.
+
+    Raises:
+        ValueError: no such repo or revision, a gated repo without access, or neither the Hub nor the local
+            cache has it; the message gives the cause and a shipped name `repo_id` nearly matches.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cached = any(_cached_file(repo_id, name, hub_kwargs) for name in ("config.json", ADAPTER_CONFIG_NAME))
+    if hub_kwargs.get("local_files_only") or constants.is_offline_mode():
+        if cached:
+            return {**hub_kwargs, "local_files_only": True}
+        why = "local_files_only is set" if hub_kwargs.get("local_files_only") else "HF_HUB_OFFLINE is set"
+        raise ValueError(
+            f"{repo_id!r} is not in the local Hub cache, and the Hub is not consulted ({why}){_near_miss(repo_id)}"
+        )
+    revision = hub_kwargs.get("revision")
+    try:
+        HfApi().model_info(
+            repo_id, revision=revision, token=hub_kwargs.get("token"), timeout=_HUB_PROBE_TIMEOUT_S
+        )
+    except RevisionNotFoundError as error:
+        raise ValueError(f"the Hub repo {repo_id!r} has no revision {revision!r}") from error
+    except GatedRepoError as error:
+        raise ValueError(
+            f"the Hub repo {repo_id!r} is gated: accept its terms on the Hub and log in (hf auth login or HF_TOKEN)"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ValueError(
+            f"no such model: {repo_id!r} is no local file or folder, no shipped model and no Hub repo visible "
+            f"with your token{_near_miss(repo_id)}; {_EXPECTED}"
+        ) from error
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "no"
+        raise ValueError(
+            f"the Hub answered {status} for {repo_id!r} ({error}); retry later{_near_miss(repo_id)}"
+        ) from error
+    except (
+        Exception
+    ) as error:  # no answer at all (DNS, connection, timeout), whatever the HTTP client's types
+        if cached:
+            return {**hub_kwargs, "local_files_only": True}
+        raise ValueError(
+            f"the Hub is unreachable ({type(error).__name__}: {error}) and {repo_id!r} is not in the local Hub "
+            f"cache; connect, or set HF_HUB_OFFLINE=1 and use a model cached or on disk{_near_miss(repo_id)}"
+        ) from error
+    return hub_kwargs
+
+
+def _cached_file(repo_id: str, filename: str, hub_kwargs: dict[str, Any]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    file = try_to_load_from_cache(
+        repo_id, filename, cache_dir=hub_kwargs.get("cache_dir"), revision=hub_kwargs.get("revision")
+    )
+    return isinstance(file, str)
+
+
+def _near_miss(name: str) -> str:
+    """`"; did you mean sam-hf-tiny?"` when `name` is a near miss of a shipped model name, else `""`."""
+    close = difflib.get_close_matches(name.removeprefix("sam_hf/"), SHIPPED_MODELS, n=1, cutoff=0.8)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _hub_adapter_base(repo_id: str, hub_kwargs: dict[str, Any]) -> str | None:

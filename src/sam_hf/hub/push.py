@@ -1,6 +1,7 @@
 """Hub uploads of fine-tuned SamHF models: one guarded commit with weights, processor config, results, card.
 
-`push_to_hub` stages the folder's top-level weights, configs and results in a temporary folder, adds the card
+`push_to_hub` stages the folder's top-level weights, configs and results, the source files its configs' `auto_map`
+names (so the repo loads with `trust_remote_code=True`) and the processor in a temporary folder, adds the card
 (unless the folder holds a README the user wrote, which is uploaded unchanged), and sends everything in one
 `create_commit` whose `parent_commit` is the branch head read just before, so a branch that moved in the
 meantime makes the push fail instead of interleaving commits. The token comes from huggingface_hub's usual
@@ -22,8 +23,10 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
 from ..processing_sam_hf import PROCESSOR_CONFIG_NAME
+from ..remote_code import remote_code_files
 from .cards import build_model_card, is_generated_card, local_base_note, public_name
-from .loading import ADAPTER_CONFIG_NAME, adapter_base_model, load_pretrained, load_processor
+from .loading import ADAPTER_CONFIG_NAME, adapter_base_model, load_model, load_processor
+from .saving import save_model
 
 __all__ = ["HubPushError", "PushResult", "build_commit_operations", "push_to_hub"]
 
@@ -85,8 +88,11 @@ def build_commit_operations(
                 shutil.copy2(path, staging_dir / path.name)
                 if path.suffix == ".json" and path.name != ADAPTER_CONFIG_NAME:
                     _publish_local_paths_by_name(staging_dir / path.name)
+    for path in remote_code_files(folder):  # the model and processor source, for `trust_remote_code=True`
+        shutil.copy2(path, staging_dir / path.name)
     if merge_adapter:
-        load_pretrained(folder, merge_adapter=True, verbose=False).save_pretrained(staging_dir)
+        model, processor, _ = load_model(folder, merge_adapter=True, verbose=False)
+        save_model(model, staging_dir, processor)
     if not (staging_dir / PROCESSOR_CONFIG_NAME).is_file():  # the repo must load with SamHFProcessor alone
         load_processor(folder).save_pretrained(staging_dir)
     readme = staging_dir / "README.md"

@@ -189,6 +189,7 @@ def finetune(
 
     from ..data.reader import load_segmentation_dataset
     from ..hub.loading import FINETUNE_CONFIG_NAME, MERGED_FOLDER, load_model
+    from ..hub.saving import save_model
     from .embeddings import cache_image_embeddings
 
     accelerator = _accelerator(config)
@@ -327,16 +328,11 @@ def finetune(
     accelerator.wait_for_everyone()
     if step >= total_steps and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        # SAM has no vocabulary: skip PEFT's check of the base's embeddings, which looks the base up online.
-        unwrapped.save_pretrained(
-            config.output_dir, **({"save_embedding_layers": False} if config.lora_r > 0 else {})
-        )
-        processor.save_pretrained(config.output_dir)
+        save_model(unwrapped, config.output_dir, processor)
         summary["output_dir"] = config.output_dir
         if config.lora_r > 0 and config.merge:
             merged_dir = os.path.join(config.output_dir, MERGED_FOLDER)
-            unwrapped.merge_and_unload().save_pretrained(merged_dir)
-            processor.save_pretrained(merged_dir)
+            save_model(unwrapped.merge_and_unload(), merged_dir, processor)
             summary["merged_dir"] = merged_dir
         with open(os.path.join(config.output_dir, FINETUNE_CONFIG_NAME), "w") as f:
             json.dump(asdict(config), f, indent=2)

@@ -83,7 +83,7 @@ def pretrain(
 
     Args:
         recipe: from `load_recipe`.
-        out: run folder: `checkpoint.pt`, `train_log.jsonl`, and at the end `model/` (`save_pretrained`) and
+        out: run folder: `checkpoint.pt`, `train_log.jsonl`, and at the end `model/` (`sam_hf.hub.save_model`) and
             `recipe.json` (recipe, device, timing).
         device: torch device (default: cuda if available, else cpu).
         num_workers: data-loading worker processes.
@@ -99,7 +99,9 @@ def pretrain(
     state = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
     if state["step"] + 1 < recipe["steps"]:
         return None
-    model.save_pretrained(out / "model")
+    from ..hub.saving import save_model
+
+    save_model(model, out / "model")
     (out / "recipe.json").write_text(
         json.dumps(
             {

@@ -1,0 +1,286 @@
+"""Configuration of SamHF: a composite of the image encoder, prompt encoder and mask decoder sections.
+
+The three SAM variants (ViT-B/L/H) and a tiny test model live in one presets table, `SAM_HF_PRESETS`;
+`SamHFConfig.from_preset(name)` builds a config from it. Fields the architecture fixes (the image
+embedding grid, the low-resolution mask size) are derived in `__init__`, never stored twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+__all__ = [
+    "SAM_HF_PRESETS",
+    "SamHFConfig",
+    "SamHFMaskDecoderConfig",
+    "SamHFPromptEncoderConfig",
+    "SamHFVisionConfig",
+]
+
+
+class SamHFVisionConfig(PretrainedConfig):
+    """ViT image encoder with windowed and global attention and a convolutional neck.
+
+    Args:
+        image_size: side of the square input the encoder sees (the processor pads to it).
+        patch_size: side of a patch; the embedding grid is `image_size // patch_size` on each side.
+        hidden_size: ViT width.
+        num_hidden_layers: ViT depth.
+        num_attention_heads: heads per ViT block.
+        mlp_ratio: MLP width as a multiple of `hidden_size`.
+        output_channels: channels of the image embedding the neck produces.
+        window_size: side of the attention windows in non-global blocks.
+        global_attn_indexes: indices of the blocks that attend over the whole grid.
+        qkv_bias: whether the qkv projection has a bias.
+        use_rel_pos: decomposed relative position terms in attention (as in SAM).
+        layer_norm_eps: epsilon of every LayerNorm in the encoder.
+    """
+
+    model_type = "sam_hf_vision"
+    base_config_key = "vision_config"
+
+    def __init__(
+        self,
+        image_size: int = 1024,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        output_channels: int = 256,
+        window_size: int = 14,
+        global_attn_indexes: list[int] | tuple[int, ...] = (2, 5, 8, 11),
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        layer_norm_eps: float = 1e-6,
+        **kwargs: Any,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.mlp_ratio = mlp_ratio
+        self.output_channels = output_channels
+        self.window_size = window_size
+        self.global_attn_indexes = list(global_attn_indexes)
+        self.qkv_bias = qkv_bias
+        self.use_rel_pos = use_rel_pos
+        self.layer_norm_eps = layer_norm_eps
+        super().__init__(**kwargs)
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size must be a multiple of patch_size, got {image_size} and {patch_size}"
+            )
+        if any(not 0 <= i < num_hidden_layers for i in self.global_attn_indexes):
+            raise ValueError(
+                f"global_attn_indexes must index blocks in [0, {num_hidden_layers}), got {self.global_attn_indexes}"
+            )
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid (64 for SAM)."""
+        return self.image_size // self.patch_size
+
+
+class SamHFPromptEncoderConfig(PretrainedConfig):
+    """Prompt encoder: random-Fourier point/box embeddings and a convolutional dense-mask embedding.
+
+    Args:
+        hidden_size: width of prompt tokens; must equal the image embedding's channels.
+        mask_input_channels: channels of the mask downscaling network's middle layer.
+    """
+
+    model_type = "sam_hf_prompt_encoder"
+    base_config_key = "prompt_encoder_config"
+
+    def __init__(self, hidden_size: int = 256, mask_input_channels: int = 16, **kwargs: Any):
+        self.hidden_size = hidden_size
+        self.mask_input_channels = mask_input_channels
+        super().__init__(**kwargs)
+
+
+class SamHFMaskDecoderConfig(PretrainedConfig):
+    """Two-way transformer mask decoder with multimask output and an IoU head.
+
+    Args:
+        hidden_size: width of tokens and of the image embedding inside the decoder.
+        num_hidden_layers: two-way attention blocks.
+        num_attention_heads: heads of every decoder attention.
+        mlp_dim: MLP width inside each two-way block.
+        attention_downsample_rate: internal width reduction of the cross attentions.
+        num_multimask_outputs: masks predicted for an ambiguous prompt (one more is the single-mask output).
+        iou_head_depth: layers of the IoU prediction MLP.
+        iou_head_hidden_dim: width of the IoU prediction MLP.
+    """
+
+    model_type = "sam_hf_mask_decoder"
+    base_config_key = "mask_decoder_config"
+
+    def __init__(
+        self,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        **kwargs: Any,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.mlp_dim = mlp_dim
+        self.attention_downsample_rate = attention_downsample_rate
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_head_depth = iou_head_depth
+        self.iou_head_hidden_dim = iou_head_hidden_dim
+        super().__init__(**kwargs)
+
+
+_SAM_DECODER = {"hidden_size": 256, "num_attention_heads": 8, "mlp_dim": 2048}
+
+# name: (vision section, prompt-encoder section, mask-decoder section)
+SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
+    "vit_b": (
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "global_attn_indexes": [2, 5, 8, 11],
+        },
+        {"hidden_size": 256},
+        _SAM_DECODER,
+    ),
+    "vit_l": (
+        {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [5, 11, 17, 23],
+        },
+        {"hidden_size": 256},
+        _SAM_DECODER,
+    ),
+    "vit_h": (
+        {
+            "hidden_size": 1280,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [7, 15, 23, 31],
+        },
+        {"hidden_size": 256},
+        _SAM_DECODER,
+    ),
+    # A few-hundred-kilobyte model with SAM's exact structure, for tests.
+    "tiny": (
+        {
+            "image_size": 128,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "output_channels": 32,
+            "window_size": 3,
+            "global_attn_indexes": [1],
+        },
+        {"hidden_size": 32, "mask_input_channels": 4},
+        {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
+    ),
+    # The shipped sam-hf-tiny (trained on procedural shapes by training/pretrain_tiny.py): a 128 px input,
+    # 8 px patches (a 16x16 grid, 64x64 low-resolution masks), a 6-block ViT and a 128-wide decoder.
+    "sam_hf_tiny": (
+        {
+            "image_size": 128,
+            "patch_size": 8,
+            "hidden_size": 160,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "output_channels": 128,
+            "window_size": 8,
+            "global_attn_indexes": [2, 5],
+        },
+        {"hidden_size": 128, "mask_input_channels": 16},
+        {"hidden_size": 128, "num_attention_heads": 8, "mlp_dim": 512, "iou_head_hidden_dim": 128},
+    ),
+}
+
+
+class SamHFConfig(PretrainedConfig):
+    """Configuration of `SamHFModel`.
+
+    Args:
+        vision_config: image encoder section (`SamHFVisionConfig` or its dict).
+        prompt_encoder_config: prompt encoder section (`SamHFPromptEncoderConfig` or its dict).
+        mask_decoder_config: mask decoder section (`SamHFMaskDecoderConfig` or its dict).
+        initializer_range: std of the truncated-normal init of linear layers when training from scratch.
+
+    Derived (not stored): `image_embedding_size` (64 for SAM) and `mask_size` (4x that: 256), the side
+    of the low-resolution mask logits the decoder predicts and accepts as `input_masks`.
+    """
+
+    model_type = "sam_hf"
+    sub_configs = {
+        "vision_config": SamHFVisionConfig,
+        "prompt_encoder_config": SamHFPromptEncoderConfig,
+        "mask_decoder_config": SamHFMaskDecoderConfig,
+    }
+
+    def __init__(
+        self,
+        vision_config: SamHFVisionConfig | dict | None = None,
+        prompt_encoder_config: SamHFPromptEncoderConfig | dict | None = None,
+        mask_decoder_config: SamHFMaskDecoderConfig | dict | None = None,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ):
+        self.vision_config = _as_section(SamHFVisionConfig, vision_config)
+        self.prompt_encoder_config = _as_section(SamHFPromptEncoderConfig, prompt_encoder_config)
+        self.mask_decoder_config = _as_section(SamHFMaskDecoderConfig, mask_decoder_config)
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        widths = {
+            "vision_config.output_channels": self.vision_config.output_channels,
+            "prompt_encoder_config.hidden_size": self.prompt_encoder_config.hidden_size,
+            "mask_decoder_config.hidden_size": self.mask_decoder_config.hidden_size,
+        }
+        if len(set(widths.values())) != 1:
+            raise ValueError(f"SamHFConfig sections must share one embedding width, got {widths}")
+
+    @property
+    def image_embedding_size(self) -> int:
+        return self.vision_config.embedding_size
+
+    @property
+    def mask_size(self) -> int:
+        return 4 * self.vision_config.embedding_size
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> SamHFConfig:
+        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `tiny`, `sam_hf_tiny`)."""
+        if name not in SAM_HF_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(SAM_HF_PRESETS)}, got {name!r}")
+        vision, prompt, decoder = SAM_HF_PRESETS[name]
+        return cls(
+            vision_config=dict(vision),
+            prompt_encoder_config=dict(prompt),
+            mask_decoder_config=dict(decoder),
+            **kwargs,
+        )
+
+
+def _as_section(
+    section_class: type[PretrainedConfig], value: PretrainedConfig | dict | None
+) -> PretrainedConfig:
+    if value is None:
+        return section_class()
+    if isinstance(value, dict):
+        return section_class(**{k: v for k, v in value.items() if k != "model_type"})
+    if isinstance(value, section_class):
+        return value
+    raise TypeError(f"expected {section_class.__name__}, a dict or None, got {type(value).__name__}")

@@ -1,0 +1,283 @@
+"""SamHFModel: Segment Anything as a `transformers` `PreTrainedModel`.
+
+Parameter names follow Meta's released checkpoints (`image_encoder.*`, `prompt_encoder.*`,
+`mask_decoder.*`), so `.pth` files load without renaming and LoRA target names match the official code.
+All coordinates here are in the model frame: the `image_size x image_size` padded input the processor makes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .checkpoint_io import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
+from .common import FanInLinear, LayerNorm2d
+from .configuration_sam_hf import SamHFConfig
+from .image_encoder import Attention as EncoderAttention
+from .image_encoder import ImageEncoderViT
+from .loss import sam_loss
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+
+__all__ = ["SamHFModel", "SamHFOutput"]
+
+
+@dataclass
+class SamHFOutput(ModelOutput):
+    """Output of `SamHFModel.forward`.
+
+    Args:
+        loss: scalar training loss (`sam_loss`), only when `labels` are given.
+        pred_masks: `(batch_size, point_batch_size, num_masks, mask_size, mask_size)` float mask logits at low
+            resolution (mask_size = 256 for SAM), in the padded model frame; num_masks is 3 with
+            `multimask_output` and 1 without.
+        iou_scores: `(batch_size, point_batch_size, num_masks)` predicted IoU of each mask.
+        image_embeddings: `(batch_size, channels, grid, grid)` image embeddings (256 x 64 x 64 for SAM),
+            returned so callers can reuse them for further prompts.
+    """
+
+    loss: torch.Tensor | None = None
+    pred_masks: torch.Tensor | None = None
+    iou_scores: torch.Tensor | None = None
+    image_embeddings: torch.Tensor | None = None
+
+
+class SamHFPreTrainedModel(PreTrainedModel):
+    config_class = SamHFConfig
+    base_model_prefix = "sam_hf"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ImageEncoderBlock", "TwoWayAttentionBlock"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Transformer projections get the small ViT init; layers with no residual around them (convolutions,
+        # `FanInLinear` in the hypernetwork and IoU MLPs) get fan-in scaling. With 0.02 everywhere the path to
+        # the mask logits shrinks the signal ~1e5x (a fresh model's logits were constant to 1e-5) and a model
+        # trained from scratch sat for ~400 steps predicting one constant logit everywhere.
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, FanInLinear):
+                std = module.in_features**-0.5
+            elif isinstance(module, nn.Conv2d):
+                std = module.weight[0].numel() ** -0.5
+            elif isinstance(module, nn.ConvTranspose2d):
+                std = module.in_channels**-0.5  # kernel == stride here: in_channels inputs per output pixel
+            else:
+                std = self.config.initializer_range
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, LayerNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=1.0)
+        elif isinstance(module, EncoderAttention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
+        elif isinstance(module, ImageEncoderViT):
+            init.zeros_(module.pos_embed)
+        elif isinstance(module, PositionEmbeddingRandom):
+            init.normal_(module.positional_encoding_gaussian_matrix, std=1.0)
+
+
+def shipped_model_folder(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The package folder of a shipped model name (`"sam-hf-tiny"`); anything else, or an existing local path of
+    that name, is returned unchanged. Without the `sam_hf` package (this code copied next to weights for
+    `trust_remote_code`) there are no shipped models."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    try:  # looked up at run time: these files must import without the package
+        pretrained = importlib.import_module("sam_hf.pretrained")
+    except ImportError:
+        return name_or_path
+    folder = pretrained.shipped_model_path(name_or_path)
+    return name_or_path if folder is None else str(folder)
+
+
+class SamHFModel(SamHFPreTrainedModel):
+    def __init__(self, config: SamHFConfig):
+        super().__init__(config)
+        vision = config.vision_config
+        self.image_encoder = ImageEncoderViT(vision)
+        self.prompt_encoder = PromptEncoder(
+            config.prompt_encoder_config, vision.embedding_size, vision.image_size
+        )
+        self.mask_decoder = MaskDecoder(config.mask_decoder_config)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
+    ) -> SamHFModel:
+        """Load any SAM checkpoint: a local path or a Hub repo id in one of three formats.
+
+        - sam_hf folders/repos (config.json with model_type "sam_hf"): the usual transformers loading, every
+          `PreTrainedModel.from_pretrained` argument applies.
+        - transformers SAM folders/repos (facebook/sam-vit-base, ...; model_type "sam"): the config is translated,
+          parameters renamed (`checkpoint_conversion.from_transformers_state_dict`).
+        - the name of a model shipped inside the `sam_hf` package (`"sam-hf-tiny"`), unless a local path of
+          that name exists.
+        - Meta state dict files (sam_vit_b_01ec64.pth, ...): the architecture is read from tensor shapes; pass
+          `config=` for a model whose decoder does not have SAM's 8 heads.
+
+        For the last two, `config`, `dtype` (a torch dtype, its name, or "auto" to keep the checkpoint's) and the
+        Hub arguments (`revision`, `token`, `cache_dir`, ...) are accepted; a `.pth` stored in a Hub repo is read
+        after `huggingface_hub.hf_hub_download`. Weights load strictly: a checkpoint with missing, extra or
+        mis-shaped tensors raises ValueError listing them; pickles are read with `weights_only=True` only.
+        """
+        if pretrained_model_name_or_path is None:  # transformers' config= + state_dict= loading
+            return super().from_pretrained(None, *model_args, **kwargs)
+        location = shipped_model_folder(pretrained_model_name_or_path)
+        checkpoint = resolve_checkpoint(location, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+        if checkpoint.format == "sam_hf":
+            model = super().from_pretrained(location, *model_args, **kwargs)
+        else:
+            former_dtype_name = kwargs.pop("torch_dtype", None)
+            config, dtype = kwargs.pop("config", None), kwargs.pop("dtype", None) or former_dtype_name
+            unsupported = sorted(set(kwargs) - set(HUB_KWARGS)) + (["*model_args"] if model_args else [])
+            if unsupported:
+                raise TypeError(
+                    f"from_pretrained of a {checkpoint.format} checkpoint accepts config, dtype and "
+                    f"{HUB_KWARGS}, got {unsupported}"
+                )
+            model = load_foreign_checkpoint(cls, checkpoint, config, dtype)
+        if location is not pretrained_model_name_or_path:
+            # A shipped model is named by its name, not by the installing machine's package folder: PEFT
+            # records `name_or_path` as an adapter's base, and the name resolves on every machine.
+            model.name_or_path = model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
+        return model
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings.
+
+        Runs in the image encoder's dtype, so `model.image_encoder.to(torch.bfloat16)` gives a bf16 encoder in
+        front of a float32 decoder.
+        """
+        return self.image_encoder(pixel_values.to(self.image_encoder.pos_embed.dtype))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        labels: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        reshaped_input_sizes: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> SamHFOutput:
+        """Segment `point_batch_size` prompts on each of `batch_size` images.
+
+        Args:
+            pixel_values: `(batch_size, 3, image_size, image_size)` processed images; or give
+            image_embeddings: `(batch_size, C, grid, grid)` from `get_image_embeddings` (cached).
+            input_points: `(batch_size, point_batch_size, num_points, 2)` XY in the model frame.
+            input_labels: `(batch_size, point_batch_size, num_points)`: 1 foreground, 0 background,
+                -1 not-a-point, 2/3 box corners, -10 padding (masked out).
+            input_boxes: `(batch_size, point_batch_size, 4)` XYXY in the model frame; a NaN row means no box.
+            input_masks: `(batch_size, point_batch_size, mask_size, mask_size)` low-resolution mask logits,
+                e.g. `pred_masks` of an earlier call.
+            multimask_output: three masks per prompt (for ambiguous prompts) instead of one.
+            labels: `(batch_size, point_batch_size, mask_size, mask_size)` target masks; gives `loss`.
+            original_sizes: `(batch_size, 2)`,
+            reshaped_input_sizes: `(batch_size, 2)` and
+            prompt_mask: `(batch_size, point_batch_size)`: processor outputs for post-processing, unused here,
+                accepted so that `model(**processor(...))` works.
+
+        Any other keyword raises `TypeError` naming it (a misspelt prompt must not run unprompted).
+        """
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("pass exactly one of pixel_values or image_embeddings")
+        if image_embeddings is None:
+            image_embeddings = self.get_image_embeddings(pixel_values)
+        batch_size = image_embeddings.shape[0]
+        points, point_labels, boxes, masks, point_batch = self._flatten_prompts(
+            batch_size, input_points, input_labels, input_boxes, input_masks
+        )
+        sparse, token_mask, dense = self.prompt_encoder(
+            points, point_labels, boxes, masks, batch_size * point_batch
+        )
+        decoder_dtype = self.mask_decoder.iou_token.weight.dtype
+        pred_masks, iou_scores = self.mask_decoder(
+            image_embeddings.to(decoder_dtype).repeat_interleave(point_batch, dim=0),
+            self.prompt_encoder.get_dense_pe().to(decoder_dtype),
+            sparse.to(decoder_dtype),
+            token_mask,
+            dense.to(decoder_dtype),
+            multimask_output,
+        )
+        pred_masks = pred_masks.reshape(batch_size, point_batch, *pred_masks.shape[1:])
+        iou_scores = iou_scores.reshape(batch_size, point_batch, -1)
+        loss = sam_loss(pred_masks.float(), iou_scores.float(), labels) if labels is not None else None
+        return SamHFOutput(
+            loss=loss, pred_masks=pred_masks, iou_scores=iou_scores, image_embeddings=image_embeddings
+        )
+
+    def _flatten_prompts(
+        self,
+        batch_size: int,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ):
+        """Check prompt shapes and flatten `(batch_size, point_batch_size, ...)` to `(batch_size * point_batch_size, ...)`."""
+        if (points is None) != (labels is None):
+            raise ValueError("input_points and input_labels must be given together")
+        mask_size = self.config.mask_size
+        expected = {
+            "input_points": (points, 4, "(batch_size, point_batch_size, num_points, 2)"),
+            "input_labels": (labels, 3, "(batch_size, point_batch_size, num_points)"),
+            "input_boxes": (boxes, 3, "(batch_size, point_batch_size, 4)"),
+            "input_masks": (masks, 4, f"(batch_size, point_batch_size, {mask_size}, {mask_size})"),
+        }
+        point_batch = None
+        for name, (tensor, ndim, form) in expected.items():
+            if tensor is None:
+                continue
+            if tensor.dim() != ndim or tensor.shape[0] != batch_size:
+                raise ValueError(
+                    f"{name} must have shape {form} with batch_size={batch_size}, got {tuple(tensor.shape)}"
+                )
+            if point_batch is not None and tensor.shape[1] != point_batch:
+                raise ValueError(
+                    f"{name} has point_batch_size {tensor.shape[1]}, other prompts have {point_batch}"
+                )
+            point_batch = tensor.shape[1]
+        if points is not None and (points.shape[-1] != 2 or labels.shape != points.shape[:-1]):
+            raise ValueError(
+                f"input_points must be (..., num_points, 2) and input_labels (..., num_points), "
+                f"got {tuple(points.shape)} and {tuple(labels.shape)}"
+            )
+        if boxes is not None and boxes.shape[-1] != 4:
+            raise ValueError(
+                f"input_boxes must have shape (batch_size, point_batch_size, 4), got {tuple(boxes.shape)}"
+            )
+        if masks is not None and tuple(masks.shape[2:]) != (mask_size, mask_size):
+            raise ValueError(
+                f"input_masks must be low-resolution mask logits of shape (batch_size, point_batch_size, "
+                f"{mask_size}, {mask_size}) such as pred_masks of a previous call, got {tuple(masks.shape)}"
+            )
+        point_batch = point_batch or 1
+        flat = batch_size * point_batch
+        if points is not None:
+            points = points.reshape(flat, -1, 2).float()
+            labels = labels.reshape(flat, -1).long()
+        if boxes is not None:
+            boxes = boxes.reshape(flat, 4).float()
+        if masks is not None:
+            masks = masks.reshape(flat, 1, mask_size, mask_size)
+        return points, labels, boxes, masks, point_batch
