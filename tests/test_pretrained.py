@@ -303,7 +303,9 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     sys.modules.pop("ship_tiny", None)
 
 
-def test_click_stage_continues_from_a_model_with_a_frozen_encoder_and_long_click_chains(tmp_path, monkeypatch):
+def test_click_stage_continues_from_a_model_with_a_frozen_encoder_and_long_click_chains(
+    tmp_path, monkeypatch
+):
     """The second stage's keys: `init_from` starts from a saved model, `freeze_image_encoder` keeps its
     encoder, and each step runs 0 to `max_untrained_correction_iterations` forward-only correction passes
     before the trained ones, so prompts grow past the first stage's 4 points."""

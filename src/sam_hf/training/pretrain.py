@@ -6,7 +6,10 @@
 
 Two recipes: `configs/pretrain_tiny_cpu.yaml` (the shipped weights: the preset's 128 px input, bf16 autocast;
 about 84 minutes on a 2-core CPU) and `configs/pretrain_tiny.yaml` (192 px in float32; ~6 hours on that CPU,
-minutes on a GPU).
+minutes on a GPU). A second stage, `configs/pretrain_tiny_clicks_cpu.yaml`, starts from a model (`init_from`, any
+form `hub.loading.load_model` reads), keeps its image encoder (`freeze_image_encoder`) and runs up to
+`max_untrained_correction_iterations` forward-only correction passes before the trained ones, so the decoder
+learns prompts of many clicks.
 
 Each step draws `batch_size` fresh images of `sam_hf.data.synthetic` (split "train"; sample indices
 are `step * batch_size + i`, so the data order is a function of the step) and `prompts_per_image` objects
