@@ -1,12 +1,46 @@
-"""Shared fixtures: tiny models for behaviour, a seeded full-size official SAM for parity, real photos."""
+"""Shared fixtures: tiny models for behaviour, a seeded full-size official SAM for parity, real photos; a
+fresh interpreter where sam_hf cannot be imported."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
 from sam_hf import SamHFConfig, SamHFModel
+
+# Run first in the subprocess: any import of sam_hf fails, as where it is not installed.
+_BLOCK_SAM_HF = """
+import importlib.abc, sys
+
+class _NoSamHF(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sam_hf" or name.startswith("sam_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, _NoSamHF())
+"""
+
+
+def run_without_sam_hf(script: str, modules_cache: str | os.PathLike) -> str:
+    """Run `script` (dedented) in a fresh interpreter where `import sam_hf` fails, offline, with transformers'
+    remote-code modules under `modules_cache`; returns its stdout, fails the test if it fails."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(modules_cache))
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_SAM_HF + textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def randomize_positional_terms(module: torch.nn.Module, seed: int = 0) -> None:

@@ -4,11 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +13,11 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor
 
+from conftest import run_without_sam_hf
 from sam_hf import SamHFModel, SamHFProcessor
 from sam_hf.hub import load_model, load_processor, save_model
 from sam_hf.pretrained import shipped_model_path
 from sam_hf.training.lora import apply_lora
-
-# Run first in the subprocess: any import of sam_hf fails, as where it is not installed.
-_BLOCK_SAM_HF = """
-import importlib.abc, sys
-
-class _NoSamHF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "sam_hf" or name.startswith("sam_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, _NoSamHF())
-"""
 
 _POINTS = [[[200.0, 150.0]], [[300.0, 380.0]]]  # two one-point prompts on the photo, XY pixels
 # An adapter reloaded by AutoPeftModel has a state dict equal to the trained one's, yet its logits (up to ~27 in
@@ -79,7 +63,7 @@ def test_saved_and_shipped_folders_load_with_remote_code_where_sam_hf_is_absent(
     folders = {"saved": tmp_path / "saved", "shipped": tmp_path / "shipped"}
     save_model(tiny_model, folders["saved"])
     shutil.copytree(shipped_model_path("sam-hf-tiny"), folders["shipped"])
-    script = _BLOCK_SAM_HF + textwrap.dedent(
+    stdout = run_without_sam_hf(
         f"""
         import sys, torch
         from transformers import AutoImageProcessor, AutoModel, AutoProcessor
@@ -94,14 +78,10 @@ def test_saved_and_shipped_folders_load_with_remote_code_where_sam_hf_is_absent(
                 torch.save(model(**inputs).pred_masks, folder + "/pred_masks.pt")
             print(name, type(model).__module__, type(processor).__module__)
         assert not [m for m in sys.modules if m.split(".")[0] == "sam_hf"]
-        """
+        """,
+        tmp_path / "modules",
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for line in result.stdout.splitlines():  # the classes came from the folders' copied source
+    for line in stdout.splitlines():  # the classes came from the folders' copied source
         assert all(module.startswith("transformers_modules.") for module in line.split()[1:]), line
     for name, folder in folders.items():
         model = tiny_model if name == "saved" else SamHFModel.from_pretrained("sam-hf-tiny").eval()

@@ -381,9 +381,8 @@ def test_model_upload_carries_the_source_its_auto_map_names(tiny_model, tmp_path
     staging = tmp_path / "staging"
     staging.mkdir()
     paths = [op.path_in_repo for op in build_commit_operations(tmp_path / "model", staging, "user/sam")]
-    assert {"modeling_sam_hf.py", "configuration_sam_hf.py", "processing_sam_hf.py", "images.py"} <= set(
-        paths
-    )
+    source = {"modeling_sam_hf.py", "configuration_sam_hf.py", "processing_sam_hf.py", "images.py"}
+    assert source | {"mask_generation.py", "automatic_mask_generator.py"} <= set(paths)  # + the pipeline's
     assert "notes.py" not in paths
     # what the repo will hold loads through the Auto classes as the folder did
     assert AutoProcessor.from_pretrained(staging).to_dict() == load_processor(tmp_path / "model").to_dict()

@@ -4,6 +4,9 @@ transformers `SamModel` with the same weights, the generator's options through t
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +15,10 @@ from pycocotools import mask as mask_utils
 from transformers import SamImageProcessorPil, SamModel, pipeline
 from transformers.pipelines.mask_generation import MaskGenerationPipeline
 
+from conftest import run_without_sam_hf
 from sam_hf import SamAutomaticMaskGenerator, SamHFMaskGenerationPipeline, SamHFModel, SamHFProcessor
 from sam_hf.cli import main
+from sam_hf.hub import save_model
 from sam_hf.modeling.checkpoint_io import save_transformers_checkpoint
 
 # Thresholds at which the shipped model keeps a few dozen masks on the photo below (transformers' defaults,
@@ -169,6 +174,19 @@ def test_sam_hf_convert_output_and_loaded_models(shipped, photo, plain_records, 
             )
 
 
+def test_a_saved_folder_loads_without_asking_to_run_remote_code(sam_hf_folder, monkeypatch):
+    """With sam_hf imported, nothing of the folder's saved source runs, so transformers has nothing to ask."""
+
+    def ask(prompt: str = "") -> str:
+        pytest.fail(f"transformers asked: {prompt}")
+
+    monkeypatch.setattr("builtins.input", ask)
+    assert (
+        type(pipeline("mask-generation", model=str(sam_hf_folder), device="cpu"))
+        is SamHFMaskGenerationPipeline
+    )
+
+
 @pytest.mark.parametrize(
     "options, error, match",
     [
@@ -213,3 +231,48 @@ def test_the_processor_saved_with_the_model_is_used(shipped, photo, plain_record
         not np.array_equal(p["segmentation"], r["segmentation"])
         for p, r in zip(plain_records, records, strict=True)
     )
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: 20-40 s here
+def test_a_saved_folder_runs_as_remote_code_where_sam_hf_is_absent(shipped, photo, tmp_path):
+    """A copy of a folder `save_model` wrote, in a process where sam_hf cannot be imported: with
+    `trust_remote_code=True`, transformers' pipeline loads the pipeline, model and processor from the folder's
+    source and gives the masks that the installed pipeline gives on the same folder without `trust_remote_code`.
+    """
+    save_model(shipped, tmp_path / "saved")
+    folder = tmp_path / "copy"  # as a download or `cp -r` gives it: nothing points back into the package
+    shutil.copytree(tmp_path / "saved", folder)
+    photo_path, remote_path = tmp_path / "photo.png", tmp_path / "remote.pt"
+    Image.fromarray(photo).save(photo_path)
+    stdout = run_without_sam_hf(
+        f"""
+        import sys, torch
+        from transformers import pipeline
+
+        try:
+            import sam_hf
+        except ModuleNotFoundError as error:
+            print(error)
+        pipe = pipeline(
+            "mask-generation", model={str(folder)!r}, trust_remote_code=True, device="cpu", **{GRID | OPEN!r}
+        )
+        torch.save(pipe({str(photo_path)!r}, output_bboxes_mask=True), {str(remote_path)!r})
+        print(type(pipe).__module__, type(pipe.model).__module__, type(pipe.image_processor).__module__)
+        assert not [m for m in sys.modules if m.split(".")[0] == "sam_hf"]
+        """,
+        tmp_path / "modules",
+    )
+    blocked, modules = stdout.splitlines()
+    assert blocked == "No module named 'sam_hf'"
+    assert all(module.startswith("transformers_modules.copy.") for module in modules.split()), modules
+    assert "custom_pipelines" in json.loads((folder / "config.json").read_text())
+    pipe = pipeline("mask-generation", model=str(folder), device="cpu", **GRID, **OPEN)
+    assert type(pipe) is SamHFMaskGenerationPipeline
+    expected, remote = (
+        pipe(str(photo_path), output_bboxes_mask=True),
+        torch.load(remote_path, weights_only=True),
+    )
+    assert len(expected["masks"]) > 0
+    assert torch.equal(torch.stack(remote["masks"]), torch.stack(expected["masks"]))
+    for key in ("scores", "bounding_boxes"):
+        assert torch.equal(remote[key], expected[key]), key

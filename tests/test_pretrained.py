@@ -276,15 +276,17 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     args = ["--model-dir", str(model_dir), "--records", str(records), "--name", "tiny_run"]
     ship_tiny.main(["--run", str(run), *args, "--num-images", "2"])
     source = {path.name for path in remote_code_files(model_dir)}  # for trust_remote_code without sam_hf
-    assert {"modeling_sam_hf.py", "processing_sam_hf.py"} <= source
+    assert {"modeling_sam_hf.py", "processing_sam_hf.py", "mask_generation.py"} <= source
     assert {path.name for path in model_dir.iterdir()} == source | {
         "README.md",
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
     }
-    assert json.loads((model_dir / "config.json").read_text())["auto_map"]["AutoModel"] == (
-        "modeling_sam_hf.SamHFModel"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_sam_hf.SamHFModel"
+    assert (
+        config["custom_pipelines"]["mask-generation"]["impl"] == "mask_generation.SamHFMaskGenerationPipeline"
     )
     model = SamHFModel.from_pretrained(model_dir)
     assert model.config.mask_size == 32

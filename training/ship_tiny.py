@@ -57,9 +57,10 @@ def ship_weights(run: Path, model_dir: Path) -> None:
 
 
 def ship_source(model_dir: Path) -> None:
-    """Write the package's current modeling and processor source into `model_dir`, with the `auto_map` of
-    `config.json` and the processor config (`sam_hf.hub.save_model`), so a copy of the folder loads with
-    `trust_remote_code=True` where sam_hf is not installed. Weights and the rest of the config stay as they are.
+    """Write the package's current modeling, processor and pipeline source into `model_dir`, with the `auto_map`
+    and `custom_pipelines` of `config.json` and the processor config (`sam_hf.hub.save_model`), so a copy of the
+    folder loads with `trust_remote_code=True` (Auto classes and `pipeline("mask-generation")`) where sam_hf is
+    not installed. Weights and the rest of the config stay as they are.
     """
     model, processor, _ = load_model(model_dir, verbose=False)
     with tempfile.TemporaryDirectory() as saved:
@@ -67,10 +68,11 @@ def ship_source(model_dir: Path) -> None:
         for path in remote_code_files(saved):
             shutil.copyfile(path, model_dir / path.name)
         shutil.copyfile(Path(saved) / PROCESSOR_CONFIG_NAME, model_dir / PROCESSOR_CONFIG_NAME)
-        auto_map = json.loads((Path(saved) / "config.json").read_text())["auto_map"]
+        written = json.loads((Path(saved) / "config.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
+    remote_code = {key: written[key] for key in ("auto_map", "custom_pipelines")}
     (model_dir / "config.json").write_text(
-        json.dumps({**config, "auto_map": auto_map}, indent=2, sort_keys=True) + "\n"
+        json.dumps({**config, **remote_code}, indent=2, sort_keys=True) + "\n"
     )
 
 

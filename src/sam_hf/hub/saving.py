@@ -5,8 +5,11 @@ Auto classes, with transformers' own classes (the transformers format), or with 
 The formats (`SAVE_FORMATS`):
     - `"sam_hf"`: a folder: `config.json` with `auto_map`, `model.safetensors` and the modeling source
       (`SamHFModel.save_pretrained`), `preprocessor_config.json` with `auto_map` and the processor source
-      (`SamHFProcessor.save_pretrained`). A PEFT adapter is written as PEFT writes it
-      (`adapter_config.json`, `adapter_model.safetensors`), with the processor beside it.
+      (`SamHFProcessor.save_pretrained`), and the mask-generation pipeline's source named in `config.json`'s
+      `custom_pipelines` (`save_pipeline_code`), so the folder runs in `transformers.pipeline` with
+      `trust_remote_code=True` where sam_hf is absent. A PEFT adapter is written as PEFT writes it
+      (`adapter_config.json`, `adapter_model.safetensors`), with the processor beside it; its pipeline is its
+      base model's.
     - `"transformers"`: a folder `transformers.SamModel.from_pretrained` and `SamProcessor.from_pretrained`
       load: `config.json`, `model.safetensors` and transformers' `processor_config.json` at the model's frame
       (e.g. 128 px for sam-hf-tiny, not transformers' 1024-px default).
@@ -24,11 +27,13 @@ from typing import Any
 import torch
 
 from ..modeling.checkpoint_io import save_meta_checkpoint, save_transformers_checkpoint
+from ..pipelines.mask_generation import CUSTOM_PIPELINES, SamHFMaskGenerationPipeline
 from ..pretrained import shipped_model_name
 from ..processing_sam_hf import SamHFProcessor
+from ..remote_code import save_remote_code
 from .loading import ADAPTER_CONFIG_NAME
 
-__all__ = ["SAVE_FORMATS", "save_model"]
+__all__ = ["SAVE_FORMATS", "save_model", "save_pipeline_code"]
 
 SAVE_FORMATS = ("sam_hf", "transformers", "meta")
 
@@ -90,8 +95,24 @@ def save_model(
         _record_base_loader(Path(output) / ADAPTER_CONFIG_NAME)
     else:
         model.save_pretrained(output)
+        save_pipeline_code(output)
     processor.save_pretrained(output)
     return output
+
+
+def save_pipeline_code(folder: str | os.PathLike) -> None:
+    """Write the mask-generation pipeline's source (with the modules it imports, flattened) into a saved
+    sam_hf model folder and name it in its `config.json`'s `custom_pipelines`.
+
+    transformers' `pipeline("mask-generation", model=folder, trust_remote_code=True)` then loads the pipeline
+    class from that source and the model with `AutoModel`, without sam_hf. Where sam_hf is imported, its
+    `SamHFConfig` drops `custom_pipelines` and the installed pipeline runs without `trust_remote_code`.
+    """
+    save_remote_code(SamHFMaskGenerationPipeline.__module__, folder)
+    config_path = Path(folder) / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = CUSTOM_PIPELINES
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _record_base_loader(adapter_config: Path) -> None:

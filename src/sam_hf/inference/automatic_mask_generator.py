@@ -33,8 +33,8 @@ from torchvision.ops import batched_nms, box_area
 
 from ..data.images import to_rgb
 from ..data.rle import area_from_rle, coco_encode_rle, rle_counts, rle_to_mask
-from ..modeling import SamHFModel
 from ..modeling.fast_decoder import decode_point_prompts
+from ..modeling.modeling_sam_hf import SamHFModel
 from ..processing_sam_hf import SamHFProcessor
 from .amg_utils import (
     MaskData,

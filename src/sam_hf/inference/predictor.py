@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..modeling import SamHFModel
+from ..modeling.modeling_sam_hf import SamHFModel
 from ..processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
 
 if TYPE_CHECKING:

@@ -7,31 +7,36 @@ RLE. `SamHFMaskGenerationPipeline` keeps its call and its output (`{"masks": [..
 (`min_mask_region_area`, `crop_n_layers`, a separate `crop_nms_thresh`, `output_mode`, `precision`) is a
 pipeline option.
 
-Importing sam_hf installs it as the `"mask-generation"` task (`register_mask_generation_pipeline`): a sam_hf
-model gets this class; any other model (transformers' `SamModel`, SAM-HQ, ...) gets transformers' own
-`MaskGenerationPipeline`, unchanged.
+Two routes reach it:
+    - installed: `import sam_hf` makes it the `"mask-generation"` task (`sam_hf.pipelines.registration`): a
+      sam_hf model gets this class; any other model (transformers' `SamModel`, SAM-HQ, ...) gets transformers'
+      own `MaskGenerationPipeline`, unchanged.
+    - remote code: every sam_hf folder the package writes (`sam_hf.hub.save_model`) holds this module's source,
+      flattened with the modules it imports (`sam_hf.remote_code`), and names it in `config.json`'s
+      `custom_pipelines` (`CUSTOM_PIPELINES`), so `pipeline("mask-generation", model=folder,
+      trust_remote_code=True)` runs it where sam_hf is not installed. This module therefore imports only
+      modules that travel as remote code (no `sam_hf.hub`, no package `__init__`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForMaskGeneration
 from transformers.image_utils import load_image as load_image_url
-from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import Pipeline
 from transformers.pipelines.mask_generation import MaskGenerationPipeline
 
 from ..data.images import to_rgb
 from ..data.rle import coco_encode_rle, rle_to_mask
-from ..hub.loading import load_processor
 from ..inference.automatic_mask_generator import OUTPUT_MODES, SamAutomaticMaskGenerator
-from ..modeling import SamHFConfig, SamHFModel
+from ..modeling.configuration_sam_hf import SamHFConfig
+from ..modeling.modeling_sam_hf import SamHFModel
 from ..processing_sam_hf import SamHFProcessor
 
-__all__ = ["SamHFMaskGenerationPipeline", "register_mask_generation_pipeline"]
+__all__ = ["CUSTOM_PIPELINES", "TASK", "SamHFMaskGenerationPipeline"]
 
 TASK = "mask-generation"
 # transformers' `MaskGenerationPipeline` argument -> the `SamAutomaticMaskGenerator` argument it means.
@@ -65,13 +70,18 @@ _UNSUPPORTED = {
 }
 
 
+def _config_processor(model: Any) -> SamHFProcessor:
+    return SamHFProcessor.from_model_config(model.config)
+
+
 class SamHFMaskGenerationPipeline(Pipeline):
     """Segment everything in an image with a sam_hf model, in the form of transformers' mask-generation pipeline.
 
     Built by `transformers.pipeline("mask-generation", model=...)` once sam_hf is imported; `model` may be a
     folder written by `SamHFModel.save_pretrained` or `sam-hf convert`, a Hub id of such a model, or a loaded
-    `SamHFModel` (a PEFT model wrapping one works too). Constructing it with another model returns
-    transformers' `MaskGenerationPipeline` for that model.
+    `SamHFModel` (a PEFT model wrapping one works too). Where sam_hf is not installed, a folder or Hub repo the
+    package wrote loads it as remote code: `pipeline("mask-generation", model=..., trust_remote_code=True)`.
+    Constructing it with another model returns transformers' `MaskGenerationPipeline` for that model.
 
     Options, given to `pipeline(...)` or to each call: every `SamAutomaticMaskGenerator` argument under its
     name (`points_per_side`, `points_per_batch`, `pred_iou_thresh`, `stability_score_thresh`,
@@ -86,8 +96,7 @@ class SamHFMaskGenerationPipeline(Pipeline):
 
     Args:
         model: a `SamHFModel` or a PEFT model wrapping one.
-        image_processor: its `SamHFProcessor`; by default the one saved with the model (found from
-            `model.name_or_path`), else the one matching `model.config`.
+        image_processor: its `SamHFProcessor`; by default `find_processor(model)`.
         **kwargs: `transformers.Pipeline` arguments (`device`, ...) and the options above.
 
     Raises:
@@ -102,6 +111,14 @@ class SamHFMaskGenerationPipeline(Pipeline):
     _load_image_processor = None
     _load_feature_extractor = False
     _load_tokenizer = False
+    # transformers' soft load would turn the image processor's `auto_map` into a `...VideoProcessor` remote-code
+    # reference and ask whether to run it.
+    _load_video_processor = False
+    # `(model) -> SamHFProcessor` for a model given without its processor. Installed, the registration sets
+    # `sam_hf.hub.load_processor`'s search: the processor saved with the model (`model.name_or_path`, in any
+    # form the package resolves), else the one matching its config. As remote code, transformers' `pipeline`
+    # loads the processor saved in the folder and passes it; this default serves only a model object.
+    find_processor: Callable[[Any], Any] = staticmethod(_config_processor)
 
     def __new__(cls, model: Any = None, **kwargs: Any) -> Pipeline:
         if _is_sam_hf(model):
@@ -114,8 +131,9 @@ class SamHFMaskGenerationPipeline(Pipeline):
         return MaskGenerationPipeline(model=model, **kwargs)
 
     def __init__(self, model: SamHFModel | Any, image_processor: Any = None, **kwargs: Any) -> None:
-        if not isinstance(image_processor, SamHFProcessor):
-            image_processor = _model_processor(model)
+        # By name: loaded as remote code, the processor's class and this module's copy of it are distinct classes.
+        if type(image_processor).__name__ != SamHFProcessor.__name__:
+            image_processor = self.find_processor(model)
         super().__init__(model=model, image_processor=image_processor, **kwargs)
 
     def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:
@@ -209,26 +227,19 @@ class SamHFMaskGenerationPipeline(Pipeline):
         return outputs
 
 
-def register_mask_generation_pipeline() -> None:
-    """Make `transformers.pipeline("mask-generation", ...)` build `SamHFMaskGenerationPipeline` for sam_hf models.
-
-    Registers `SamHFModel` as an `AutoModelForMaskGeneration` (the model class the task loads) and replaces the
-    task's pipeline class, keeping transformers' default model and task type; other models still get
-    transformers' `MaskGenerationPipeline` (see `SamHFMaskGenerationPipeline.__new__`). The registry entry is
-    replaced in place rather than through `PIPELINE_REGISTRY.register_pipeline`, which logs an "Overwriting"
-    warning at every import.
-    """
-    AutoModelForMaskGeneration.register(SamHFConfig, SamHFModel, exist_ok=True)
-    entry = PIPELINE_REGISTRY.supported_tasks[TASK]
-    PIPELINE_REGISTRY.supported_tasks[TASK] = {**entry, "impl": SamHFMaskGenerationPipeline}
+# `config.json`'s `custom_pipelines`, which `sam_hf.hub.save_model` writes: transformers' `pipeline` then loads this
+# class from the folder's copy of this module (with `trust_remote_code=True`) and the model with `AutoModel`.
+CUSTOM_PIPELINES = {
+    TASK: {
+        "impl": f"{__name__.rpartition('.')[2]}.{SamHFMaskGenerationPipeline.__name__}",
+        "pt": ["AutoModel"],
+        "type": "image",
+    }
+}
 
 
 def _is_sam_hf(model: Any) -> bool:
+    """`model` is a `SamHFModel` (or a PEFT model on one): by its config, as the model class loaded as remote
+    code is not the installed one."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return isinstance(base, SamHFModel)
-
-
-def _model_processor(model: Any) -> SamHFProcessor:
-    """The processor saved with the model named `model.name_or_path`, else the one matching its config."""
-    name = getattr(model, "name_or_path", None)
-    return load_processor(name, model.config) if name else SamHFProcessor.from_model_config(model.config)
+    return getattr(getattr(base, "config", None), "model_type", None) == SamHFConfig.model_type
