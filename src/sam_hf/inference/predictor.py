@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from ..modeling.modeling_sam_hf import SamHFModel
 from ..processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
@@ -21,7 +22,7 @@ from ..processing_sam_hf import SamHFProcessor, validate_boxes, validate_points
 if TYPE_CHECKING:
     from peft import PeftModel
 
-__all__ = ["SamPredictor"]
+__all__ = ["ResizeLongestSide", "SamPredictor"]
 
 
 class SamPredictor:
@@ -67,7 +68,7 @@ class SamPredictor:
             if encoder_dtype is not None and encoder.pos_embed.dtype != encoder_dtype
             else None
         )
-        self.transform = _ResizeLongestSide(self.processor)
+        self.transform = ResizeLongestSide(self.processor.image_size, self.processor)
         self.reset_image()
 
     @property
@@ -274,27 +275,63 @@ class SamPredictor:
             raise RuntimeError(f"An image must be set with .set_image(...) before {purpose}.")
 
 
-class _ResizeLongestSide:
-    """Official `ResizeLongestSide` methods used through `predictor.transform`, backed by the processor."""
+class ResizeLongestSide:
+    """The official `segment_anything.utils.transforms.ResizeLongestSide`, backed by `SamHFProcessor` (the home of
+    the resizing and coordinate arithmetic): resize images so that their longest side is `target_length`, and
+    map XY pixel coordinates and XYXY boxes into the resized frame.
 
-    def __init__(self, processor: SamHFProcessor):
+    Also importable as `sam_hf.utils.transforms.ResizeLongestSide`, the official path. `SamPredictor.transform`
+    is one, built on the predictor's processor.
+
+    Args:
+        target_length: the model's input side (`model.image_encoder.img_size`).
+        processor: the processor whose frame to use (its `image_size` must be `target_length`); by default one
+            with SAM's settings (its mask size plays no part in these transforms).
+
+    Raises:
+        ValueError: `processor.image_size` differs from `target_length`.
+    """
+
+    def __init__(self, target_length: int, processor: SamHFProcessor | None = None) -> None:
+        if processor is None:
+            processor = SamHFProcessor(image_size=target_length, mask_size=target_length)
+        if processor.image_size != target_length:
+            raise ValueError(
+                f"processor.image_size must equal target_length, got {processor.image_size} and {target_length}"
+            )
         self.processor = processor
-        self.target_length = processor.image_size
+        self.target_length = target_length
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """`(oldh, oldw)` after resizing the longest side to `long_side_length` (rounded as official SAM)."""
+        return ResizeLongestSide(long_side_length).processor.get_preprocess_shape(oldh, oldw)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """`(H, W, 3)` image -> resized `(h, w, 3)`, longest side `target_length`."""
+        """`(H, W, 3)` uint8 image -> resized `(h, w, 3)` uint8 (PIL bilinear), longest side `target_length`."""
         return self.processor.resize_image(image)
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` float images -> `(B, C, h, w)`, longest side `target_length`: bilinear with
+        antialiasing, as official `apply_image_torch` means to (close to `apply_image`, not equal to it). The
+        official method computes the size from dims `(B, C)` instead of `(H, W)`
+        (facebookresearch/segment-anything#218); this one uses `(H, W)`."""
+        if not isinstance(image, torch.Tensor) or image.dim() != 4:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a (B, C, H, W) float tensor, got {got}")
+        size = self.processor.get_preprocess_shape(*image.shape[-2:])
+        return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
 
     def apply_coords(
         self, coords: np.ndarray | torch.Tensor, original_size: Sequence[int]
     ) -> np.ndarray | torch.Tensor:
-        """`(..., 2)` XY pixels -> model frame."""
+        """`(..., 2)` XY pixels of an image of `original_size` `(H, W)` -> the resized frame."""
         return self.processor.transform_coords(coords, original_size)
 
     def apply_boxes(
         self, boxes: np.ndarray | torch.Tensor, original_size: Sequence[int]
     ) -> np.ndarray | torch.Tensor:
-        """Boxes -> `(B, 4)` XYXY in the model frame."""
+        """XYXY pixel boxes of an image of `original_size` `(H, W)` -> `(B, 4)` XYXY in the resized frame."""
         return self.processor.transform_boxes(boxes, original_size).reshape(-1, 4)
 
     apply_coords_torch = apply_coords
