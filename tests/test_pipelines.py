@@ -20,6 +20,7 @@ from sam_hf import SamAutomaticMaskGenerator, SamHFMaskGenerationPipeline, SamHF
 from sam_hf.cli import main
 from sam_hf.hub import save_model
 from sam_hf.modeling.checkpoint_io import save_transformers_checkpoint
+from sam_hf.pretrained import shipped_model_path
 
 # Thresholds at which the shipped model keeps a few dozen masks on the photo below (transformers' defaults,
 # 0.88 / 0.95, keep 2), so that the comparison covers many masks.
@@ -234,15 +235,17 @@ def test_the_processor_saved_with_the_model_is_used(shipped, photo, plain_record
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and transformers: 20-40 s here
-def test_a_saved_folder_runs_as_remote_code_where_sam_hf_is_absent(shipped, photo, tmp_path):
-    """A copy of a folder `save_model` wrote, in a process where sam_hf cannot be imported: with
-    `trust_remote_code=True`, transformers' pipeline loads the pipeline, model and processor from the folder's
-    source and gives the masks that the installed pipeline gives on the same folder without `trust_remote_code`.
+def test_saved_and_shipped_folders_run_as_remote_code_where_sam_hf_is_absent(shipped, photo, tmp_path):
+    """Copies of a folder `save_model` wrote and of the shipped sam-hf-tiny, in a process where sam_hf cannot be
+    imported: with `trust_remote_code=True`, transformers' pipeline loads the pipeline, model and processor from
+    each folder's source and gives the masks that the installed pipeline gives on it without `trust_remote_code`.
     """
-    save_model(shipped, tmp_path / "saved")
-    folder = tmp_path / "copy"  # as a download or `cp -r` gives it: nothing points back into the package
-    shutil.copytree(tmp_path / "saved", folder)
-    photo_path, remote_path = tmp_path / "photo.png", tmp_path / "remote.pt"
+    # Copies, as a download or `cp -r` gives them: nothing points back into the package.
+    folders = {"saved": tmp_path / "saved", "shipped": tmp_path / "shipped"}
+    save_model(shipped, tmp_path / "written")
+    shutil.copytree(tmp_path / "written", folders["saved"])
+    shutil.copytree(shipped_model_path("sam-hf-tiny"), folders["shipped"])
+    photo_path = tmp_path / "photo.png"
     Image.fromarray(photo).save(photo_path)
     stdout = run_without_sam_hf(
         f"""
@@ -253,26 +256,25 @@ def test_a_saved_folder_runs_as_remote_code_where_sam_hf_is_absent(shipped, phot
             import sam_hf
         except ModuleNotFoundError as error:
             print(error)
-        pipe = pipeline(
-            "mask-generation", model={str(folder)!r}, trust_remote_code=True, device="cpu", **{GRID | OPEN!r}
-        )
-        torch.save(pipe({str(photo_path)!r}, output_bboxes_mask=True), {str(remote_path)!r})
-        print(type(pipe).__module__, type(pipe.model).__module__, type(pipe.image_processor).__module__)
+        for folder in {[str(f) for f in folders.values()]!r}:
+            pipe = pipeline("mask-generation", model=folder, trust_remote_code=True, device="cpu", **{GRID | OPEN!r})
+            torch.save(pipe({str(photo_path)!r}, output_bboxes_mask=True), folder + "/remote.pt")
+            print(type(pipe).__module__, type(pipe.model).__module__, type(pipe.image_processor).__module__)
         assert not [m for m in sys.modules if m.split(".")[0] == "sam_hf"]
         """,
         tmp_path / "modules",
     )
-    blocked, modules = stdout.splitlines()
+    blocked, *modules = stdout.splitlines()
     assert blocked == "No module named 'sam_hf'"
-    assert all(module.startswith("transformers_modules.copy.") for module in modules.split()), modules
-    assert "custom_pipelines" in json.loads((folder / "config.json").read_text())
-    pipe = pipeline("mask-generation", model=str(folder), device="cpu", **GRID, **OPEN)
-    assert type(pipe) is SamHFMaskGenerationPipeline
-    expected, remote = (
-        pipe(str(photo_path), output_bboxes_mask=True),
-        torch.load(remote_path, weights_only=True),
-    )
-    assert len(expected["masks"]) > 0
-    assert torch.equal(torch.stack(remote["masks"]), torch.stack(expected["masks"]))
-    for key in ("scores", "bounding_boxes"):
-        assert torch.equal(remote[key], expected[key]), key
+    for name, folder in folders.items():
+        loaded = modules.pop(0).split()
+        assert all(module.startswith(f"transformers_modules.{name}.") for module in loaded), loaded
+        assert "custom_pipelines" in json.loads((folder / "config.json").read_text())
+        pipe = pipeline("mask-generation", model=str(folder), device="cpu", **GRID, **OPEN)
+        assert type(pipe) is SamHFMaskGenerationPipeline
+        expected = pipe(str(photo_path), output_bboxes_mask=True)
+        remote = torch.load(folder / "remote.pt", weights_only=True)
+        assert len(expected["masks"]) > 0
+        assert torch.equal(torch.stack(remote["masks"]), torch.stack(expected["masks"])), name
+        for key in ("scores", "bounding_boxes"):
+            assert torch.equal(remote[key], expected[key]), (name, key)

@@ -7,7 +7,7 @@ embedding grid, the low-resolution mask size) are derived in `__init__`, never s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
@@ -230,6 +230,11 @@ class SamHFConfig(PretrainedConfig):
         "prompt_encoder_config": SamHFPromptEncoderConfig,
         "mask_decoder_config": SamHFMaskDecoderConfig,
     }
+    # True once `import sam_hf` has installed its "mask-generation" pipeline: a saved config's `custom_pipelines`
+    # (that pipeline saved as remote code, for where sam_hf is absent) is then dropped, as transformers' `pipeline`
+    # demands `trust_remote_code=True` for every task a config names there. A copy of this class loaded as remote
+    # code keeps it.
+    pipelines_registered: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -243,6 +248,8 @@ class SamHFConfig(PretrainedConfig):
         self.prompt_encoder_config = _as_section(SamHFPromptEncoderConfig, prompt_encoder_config)
         self.mask_decoder_config = _as_section(SamHFMaskDecoderConfig, mask_decoder_config)
         self.initializer_range = initializer_range
+        if self.pipelines_registered:
+            kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
         widths = {
             "vision_config.output_channels": self.vision_config.output_channels,

@@ -23,6 +23,7 @@ from .common import FanInLinear, LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
 from .image_encoder import Attention as EncoderAttention
 from .image_encoder import ImageEncoderViT
+from .image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upscale_masks
 from .loss import sam_loss
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
@@ -105,6 +106,21 @@ def shipped_model_folder(name_or_path: str | os.PathLike) -> str | os.PathLike:
 
 
 class SamHFModel(SamHFPreTrainedModel):
+    """SAM: image encoder, prompt encoder and mask decoder, under the official `Sam`'s submodule names.
+
+    Besides transformers' `forward`, it has the official `Sam`'s end-to-end call, `model(batched_input,
+    multimask_output=...)` (see `forward`), with its `preprocess`, `postprocess_masks`, `pixel_mean` and
+    `pixel_std`.
+
+    Attributes:
+        mask_threshold: logit above which a pixel belongs to a mask (0.0, as official `Sam.mask_threshold`);
+            `SamPredictor` and `SamAutomaticMaskGenerator` binarise with it.
+        image_format: channel order the model expects, "RGB" (official `Sam.image_format`).
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
     def __init__(self, config: SamHFConfig):
         super().__init__(config)
         vision = config.vision_config
@@ -165,9 +181,35 @@ class SamHFModel(SamHFPreTrainedModel):
         """
         return self.image_encoder(pixel_values.to(self.image_encoder.pos_embed.dtype))
 
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        """`(3, 1, 1)` SAM's RGB mean on the 0-255 scale, on the model's device (official `Sam.pixel_mean`)."""
+        return torch.tensor(SAM_PIXEL_MEAN, device=self.device).view(-1, 1, 1)
+
+    @property
+    def pixel_std(self) -> torch.Tensor:
+        """`(3, 1, 1)` SAM's RGB std on the 0-255 scale, on the model's device (official `Sam.pixel_std`)."""
+        return torch.tensor(SAM_PIXEL_STD, device=self.device).view(-1, 1, 1)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """`(3, h, w)` RGB on the 0-255 scale, longest side resized to `image_size` -> normalised and padded
+        `(3, image_size, image_size)` float32, as official `Sam.preprocess` (SAM's statistics; a model saved with
+        other statistics: use its `SamHFProcessor`)."""
+        if x.dim() != 3 or x.shape[0] != 3:
+            raise ValueError(f"x must be a (3, h, w) RGB image tensor, got shape {tuple(x.shape)}")
+        return normalize_and_pad(x[None], self.image_encoder.img_size, SAM_PIXEL_MEAN, SAM_PIXEL_STD)[0]
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """`(B, C, mask_size, mask_size)` logits -> `(B, C, H, W)` float32 logits at `original_size` `(H, W)`,
+        the padding beyond `input_size` (the resized image's `(h, w)`) removed, as official
+        `Sam.postprocess_masks`."""
+        return upscale_masks(masks, self.image_encoder.img_size, input_size, original_size)
+
     def forward(
         self,
-        pixel_values: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | list[dict[str, Any]] | None = None,
         image_embeddings: torch.Tensor | None = None,
         input_points: torch.Tensor | None = None,
         input_labels: torch.Tensor | None = None,
@@ -198,7 +240,21 @@ class SamHFModel(SamHFPreTrainedModel):
                 accepted so that `model(**processor(...))` works.
 
         Any other keyword raises `TypeError` naming it (a misspelt prompt must not run unprompted).
+
+        The official `Sam.forward(batched_input, multimask_output)` runs when `pixel_values` is a list (one dict
+        per image, as in the official predictor notebook's batched section), under `torch.inference_mode()`:
+            - `image`: `(3, h, w)` RGB tensor on the 0-255 scale, longest side already resized to `image_size`
+              (`ResizeLongestSide(model.image_encoder.img_size).apply_image`, then `permute(2, 0, 1)`);
+            - `original_size`: `(H, W)` of the image before resizing;
+            - optional prompts in the resized frame: `point_coords` `(B, N, 2)` XY with `point_labels` `(B, N)`,
+              `boxes` `(B, 4)` XYXY, `mask_inputs` `(B, 1, mask_size, mask_size)` logits.
+        It returns one dict per image: `masks` `(B, C, H, W)` bool at `original_size`, `iou_predictions`
+        `(B, C)`, `low_res_logits` `(B, C, mask_size, mask_size)`; `C` is 3 with `multimask_output`, else 1.
         """
+        if isinstance(pixel_values, list):
+            if isinstance(image_embeddings, bool):  # official positional call: model(batched_input, False)
+                multimask_output = image_embeddings
+            return self._forward_batched_input(pixel_values, multimask_output)
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("pass exactly one of pixel_values or image_embeddings")
         if image_embeddings is None:
@@ -225,6 +281,44 @@ class SamHFModel(SamHFPreTrainedModel):
         return SamHFOutput(
             loss=loss, pred_masks=pred_masks, iou_scores=iou_scores, image_embeddings=image_embeddings
         )
+
+    def _forward_batched_input(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
+        """The official `Sam.forward`: see `forward`."""
+        for index, record in enumerate(batched_input):
+            missing = {"image", "original_size"} - set(record) if isinstance(record, dict) else None
+            if missing is None or missing:
+                raise ValueError(
+                    f"batched_input[{index}] must be a dict with 'image' and 'original_size' (and optional "
+                    f"prompts), got {type(record).__name__ if missing is None else f'no {sorted(missing)}'}"
+                )
+        with torch.inference_mode():
+            pixel_values = torch.stack([self.preprocess(record["image"]) for record in batched_input])
+            embeddings = self.get_image_embeddings(pixel_values)
+            outputs = []
+            for record, embedding in zip(batched_input, embeddings, strict=True):
+                points, boxes, masks = (record.get(k) for k in ("point_coords", "boxes", "mask_inputs"))
+                prediction = self(
+                    image_embeddings=embedding[None],
+                    input_points=None if points is None else points[None],
+                    input_labels=None if points is None else record["point_labels"][None],
+                    input_boxes=None if boxes is None else boxes[None],
+                    input_masks=None if masks is None else masks[:, 0][None],
+                    multimask_output=multimask_output,
+                )
+                low_res = prediction.pred_masks[0]  # (B, C, mask_size, mask_size)
+                upscaled = self.postprocess_masks(
+                    low_res, record["image"].shape[-2:], record["original_size"]
+                )
+                outputs.append(
+                    {
+                        "masks": upscaled > self.mask_threshold,
+                        "iou_predictions": prediction.iou_scores[0],
+                        "low_res_logits": low_res,
+                    }
+                )
+        return outputs
 
     def _flatten_prompts(
         self,

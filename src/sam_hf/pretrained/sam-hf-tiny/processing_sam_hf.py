@@ -32,6 +32,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .images import IMAGE_FORMS, to_rgb
+from .image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upscale_masks
 from .modeling_sam_hf import shipped_model_folder
 from .batching import pad_points
 
@@ -74,8 +75,8 @@ class SamHFProcessor(BaseImageProcessor):
         self,
         image_size: int = 1024,
         mask_size: int = 256,
-        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
-        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+        pixel_std: Sequence[float] = SAM_PIXEL_STD,
     ):
         for name, value in (("image_size", image_size), ("mask_size", mask_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -236,10 +237,7 @@ class SamHFProcessor(BaseImageProcessor):
             raise ValueError(
                 f"resized_images must fit in {self.image_size}x{self.image_size}, got {height}x{width}"
             )
-        mean = torch.tensor(self.pixel_mean, device=resized_images.device).view(-1, 1, 1)
-        std = torch.tensor(self.pixel_std, device=resized_images.device).view(-1, 1, 1)
-        normalized = (resized_images.float() - mean) / std
-        return F.pad(normalized, (0, self.image_size - width, 0, self.image_size - height))
+        return normalize_and_pad(resized_images, self.image_size, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------ prompts
 
@@ -471,12 +469,7 @@ class SamHFProcessor(BaseImageProcessor):
         self, masks: torch.Tensor, reshaped_input_size: Sequence[int], original_size: Sequence[int]
     ) -> torch.Tensor:
         """`(N, C, mask_size, mask_size)` logits of one image -> `(N, C, H, W)` float32 logits."""
-        if masks.shape[0] == 0:
-            return masks.new_zeros((0, masks.shape[1], *original_size), dtype=torch.float32)
-        size = self.image_size
-        masks = F.interpolate(masks.float(), (size, size), mode="bilinear", align_corners=False)
-        masks = masks[..., : reshaped_input_size[0], : reshaped_input_size[1]]
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        return upscale_masks(masks, self.image_size, reshaped_input_size, original_size)
 
     def mask_to_label(
         self, mask: np.ndarray | torch.Tensor, original_size: Sequence[int] | None = None

@@ -68,8 +68,9 @@ def save_remote_code(module_name: str, folder: str | os.PathLike) -> list[Path]:
 
 
 def remote_code_files(folder: str | os.PathLike) -> list[Path]:
-    """The source files in `folder` that its configs' `auto_map` entries need: each module named there and the
-    modules it imports relatively, as transformers collects them. What must travel with the folder (an upload)."""
+    """The source files in `folder` that its configs' `auto_map` entries and `config.json`'s `custom_pipelines`
+    need: each module named there and the modules it imports relatively, as transformers collects them. What
+    must travel with the folder (an upload)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     folder = Path(folder)
@@ -78,8 +79,10 @@ def remote_code_files(folder: str | os.PathLike) -> list[Path]:
         config = folder / config_name
         if not config.is_file():
             continue
-        auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map") or {}
-        for reference in auto_map.values():
+        record = json.loads(config.read_text(encoding="utf-8"))
+        references = list((record.get("auto_map") or {}).values())
+        references += [task["impl"] for task in (record.get("custom_pipelines") or {}).values()]
+        for reference in references:
             module = folder / f"{reference.rpartition('.')[0]}.py"
             if "--" not in reference and module.is_file():  # `repo--module.Class` names code in another repo
                 files.add(module)
