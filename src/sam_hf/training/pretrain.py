@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from ..data.synthetic import generate_sample
 from ..hub.loading import load_model
 from ..modeling.configuration_sam_hf import SamHFConfig
+from ..modeling.image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad
 from ..modeling.loss import sam_loss
 from ..modeling.modeling_sam_hf import SamHFModel
 from ..processing_sam_hf import SamHFProcessor
@@ -57,8 +58,6 @@ from ..prompting.simulation import correction_clicks, sample_box, sample_points
 
 __all__ = ["load_recipe", "pretrain", "train"]
 
-_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-_PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 _MAX_POINTS = 3  # points of a single-mask prompt (box prompts use none)
 _AUTOCAST = (None, "bf16")
 
@@ -163,11 +162,12 @@ class _PromptedShapes(Dataset):
                     )
                 )
         coords, point_labels = pad_points(points, num_points=_MAX_POINTS)
-        pixels = (sample.image.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
+        image = torch.from_numpy(sample.image).permute(2, 0, 1)[None]
+        pixels = normalize_and_pad(image, image.shape[-1], SAM_PIXEL_MEAN, SAM_PIXEL_STD)[0]
         low_res = np.stack([_downsample(m, self.mask_size) for m in masks])
         labels = masks if recipe["loss_at_image_size"] else low_res
         return {
-            "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1),
+            "pixel_values": pixels,
             "labels": torch.from_numpy(labels.astype(np.float32)),
             "masks": torch.from_numpy(low_res),
             "point_coords": torch.from_numpy(coords),
