@@ -4,7 +4,7 @@ Layout of the output folder `out` (the same as `sam-hf annotate`'s, see `sam_hf.
 command that reads annotate output reads this one with no extra flags):
 
 - `out/` itself is a `DatasetDict.save_to_disk` folder with a `train` and (with two or more images) a `test`
-  split (`assign_splits`), one row per image that has a record, with `dataset_features()`: annotate's
+  split (`assign_splits`; a single image may form a `test` split alone), one row per image that has a record, with `dataset_features()`: annotate's
   columns plus, per mask, the provenance columns of `PROVENANCE_COLUMNS`;
 - `out/data/<split>.parquet` and `out/annotations.json` (COCO instances, provenance on each annotation);
 - `out/work/records/<index:08d>.json`: the source of truth, one record per image touched, rewritten atomically
@@ -281,7 +281,7 @@ class LabelStore:
                 {
                     name: rows.select([i for i, split in enumerate(splits) if split == name])
                     for name in ("train", "test")
-                    if name == "train" or name in splits
+                    if name in splits  # one image alone may be in test: an empty split would not reload
                 }
             )
             dataset.save_to_disk(str(self.out))
