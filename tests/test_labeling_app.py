@@ -3,7 +3,7 @@ command's argument errors, and the exported Space."""
 
 import io
 import os
-import runpy
+import re
 import shutil
 import signal
 import socket
@@ -78,6 +78,18 @@ def _canvas(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(page.request.get(source).body())).convert("RGB"))
 
 
+def _click(page, x: int, y: int) -> None:
+    """Click image pixel (x, y) where the page draws the image: Gradio centres it in its element at natural
+    size or smaller (`object-fit: scale-down`) and maps a click back with the same rule."""
+    image = page.locator("#sam-hf-canvas img")
+    width, height, natural_width, natural_height = image.evaluate(
+        "i => [i.clientWidth, i.clientHeight, i.naturalWidth, i.naturalHeight]"
+    )
+    scale = min(width / natural_width, height / natural_height, 1.0)
+    left, top = (width - natural_width * scale) / 2, (height - natural_height * scale) / 2
+    image.click(position={"x": left + x * scale, "y": top + y * scale})
+
+
 def _status(page, text: str) -> None:
     page.locator("#sam-hf-status").get_by_text(text).wait_for(timeout=_TIMEOUT_MS)
 
@@ -86,12 +98,24 @@ def _status(page, text: str) -> None:
 @pytest.mark.skipif(_CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_label_in_the_browser(photos, tmp_path):
     sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="needs playwright (pip install playwright; it drives the system chromium)"
+        "playwright.sync_api",
+        reason="needs playwright (pip install playwright; it drives the system chromium)",
     )
     out = tmp_path / "labels"
     port = _free_port()
     process, url = _start(
-        ["label", str(photos), "--model", "sam-hf-tiny", "--out", str(out), "--port", str(port), "--device", "cpu"]
+        [
+            "label",
+            str(photos),
+            "--model",
+            "sam-hf-tiny",
+            "--out",
+            str(out),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ]
         + ["--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.5", "--points-per-side", "8"]
     )
     try:
@@ -104,13 +128,10 @@ def test_label_in_the_browser(photos, tmp_path):
             assert before.shape == (300, 451, 3)  # chelsea.jpg, the first image by name, at its own size
 
             # Assisted-manual: a positive click on the cat's head, then a second one that refines the mask.
-            image = page.locator("#sam-hf-canvas img")
-            box = image.bounding_box()
-            scale = box["width"] / before.shape[1]
-            image.click(position={"x": 180 * scale, "y": 110 * scale})
+            _click(page, 180, 110)
             _status(page, "after 1 click(s)")
             assert page.locator("#sam-hf-candidates input[type=radio]").count() == 3
-            image.click(position={"x": 260 * scale, "y": 150 * scale})
+            _click(page, 260, 150)
             _status(page, "after 2 click(s)")
             shown = _canvas(page)
             outline = np.all(shown == _PENDING, axis=-1)
@@ -131,12 +152,12 @@ def test_label_in_the_browser(photos, tmp_path):
                 f"document.querySelectorAll('#sam-hf-prefilled input[type=radio]').length === {offered - 1}",
                 timeout=_TIMEOUT_MS,
             )
-            image.click(position={"x": 60 * scale, "y": 250 * scale})
+            _click(page, 60, 250)
             _status(page, "after 1 click(s)")
+            page.screenshot(path=str(_screenshot_path(tmp_path)), full_page=True)
             page.locator("#sam-hf-class input, #sam-hf-class textarea").first.fill("floor")
             page.locator("#sam-hf-accept").click()
             _status(page, "3 object(s) accepted")
-            page.screenshot(path=str(_screenshot_path(tmp_path)), full_page=True)
 
             page.locator("body").click(position={"x": 5, "y": 5})
             page.keyboard.press("n")  # next image: finishes this one
@@ -157,6 +178,8 @@ def test_label_in_the_browser(photos, tmp_path):
     assert sorted(row["stage"]) == ["auto", "manual", "semi"]
     stage = dict(zip(row["stage"], range(3), strict=True))
     assert row["num_clicks"][stage["manual"]] == 2
+    # The first click, as the browser placed it on the drawn image, reached the session in image pixels.
+    assert np.abs(np.array(row["point_coords"][stage["manual"]]) - [180, 110]).max() <= 1.0
     assert row["num_clicks"][stage["semi"]] == 1
     assert row["num_clicks"][stage["auto"]] == 0
     assert row["class_name"][stage["semi"]] == "floor"
@@ -172,3 +195,81 @@ def _screenshot_path(tmp_path: Path) -> Path:
         _SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         return _SCREENSHOT
     return tmp_path / "label_app.png"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--out is required"),
+        (["--out", "labels", "--port", "0"], "--port must be between 1 and 65535, got 0"),
+        (["--out", "labels", "--pred-iou-thresh", "1.5"], r"--pred-iou-thresh must be in \[0, 1\], got 1.5"),
+        (["--out", "labels", "--points-per-side", "0"], "--points-per-side must be at least 1, got 0"),
+        (["--export-space", "space", "--retrain"], "--export-space and --retrain cannot be combined"),
+    ],
+)
+def test_label_argument_errors(photos, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sam-hf label: error: ")
+    assert len(error.strip().splitlines()) == 1
+    assert re.search(message, error), error
+
+
+def test_label_input_errors(photos, tmp_path, capsys):
+    assert (
+        main(["label", str(tmp_path / "missing"), "--model", "sam-hf-tiny", "--out", str(tmp_path / "a")])
+        == 2
+    )
+    assert "IMAGES_OR_DATASET" in capsys.readouterr().err
+    assert (
+        main(["label", str(photos), "--model", str(tmp_path / "no-model.pth"), "--out", str(tmp_path / "b")])
+        == 2
+    )
+    assert "sam-hf label: error: --model: " in capsys.readouterr().err
+
+
+def test_label_without_gradio_says_how_to_install_it(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--out", str(tmp_path / "labels")]) == 2
+    assert 'pip install "sam_hf[app]"' in capsys.readouterr().err
+
+
+def test_label_refuses_a_dataset_another_session_writes(photos, tmp_path, capsys):
+    from sam_hf.labeling import LabelSession
+
+    out = tmp_path / "labels"
+    with LabelSession(model="sam-hf-tiny", images=photos, out=out, device="cpu"):
+        assert main(["label", str(photos), "--model", "sam-hf-tiny", "--out", str(out), "--retrain"]) == 2
+    error = capsys.readouterr().err
+    assert "sam-hf label: error: --out: " in error and "is being labelled by process" in error
+
+
+@pytest.mark.slow
+def test_export_space_builds_the_page_without_launching(photos, tmp_path):
+    space = tmp_path / "space"
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(space)]) == 0
+    assert sorted(p.name for p in (space / "images").iterdir()) == ["chelsea.jpg", "coffee.png"]
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    import gradio
+
+    assert f"gradio=={gradio.__version__}" in requirements and any(
+        r.startswith("torch") for r in requirements
+    )
+    card = (space / "README.md").read_text()
+    assert (
+        "sdk: gradio" in card and f"sdk_version: {gradio.__version__}" in card and "app_file: app.py" in card
+    )
+    # As a Space runs it, minus the launch: app.py imports the sam_hf copy beside it and builds the page.
+    probe = (
+        "import runpy, gradio, sam_hf; namespace = runpy.run_path('app.py'); "
+        "print(sam_hf.__file__); print(type(namespace['demo']).__name__, namespace['session'].num_images)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=space, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    package, built = result.stdout.strip().splitlines()[-2:]
+    assert Path(package).resolve().is_relative_to(space.resolve())
+    assert built == "Blocks 2"
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(space)]) == 2

@@ -124,11 +124,15 @@ def run(args: argparse.Namespace) -> int:
 def open_session(args: argparse.Namespace) -> Any:
     """The `LabelSession` the command's arguments describe (the model checked before anything loads)."""
     from ..labeling import LabelSession
+    from ..labeling.store import DatasetLockedError
 
     model = _checked_model(args.model)
     device = resolve_device(args.device)
-    with user_input(f"IMAGES_OR_DATASET {args.images}"):
-        return LabelSession(model=model, images=args.images, out=args.out, device=device)
+    try:
+        with user_input(f"IMAGES_OR_DATASET {args.images}"):
+            return LabelSession(model=model, images=args.images, out=args.out, device=device)
+    except DatasetLockedError as error:
+        raise SamHFUserError(f"--out: {error}") from error
 
 
 def serve(session: Any, args: argparse.Namespace) -> None:

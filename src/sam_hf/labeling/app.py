@@ -7,7 +7,7 @@ the second click. All events share one queue of concurrency 1, so the session se
 Gradio is imported only here (and lazily by `sam-hf label`), so `sam_hf.labeling` works without the `[app]`
 extra. Keyboard shortcuts are a document `keydown` listener (gradio 6 takes page JavaScript in
 `Blocks.launch(js=...)`, see `launch`) that clicks the page's buttons, and skip keys typed into text fields:
-`a` or Enter accept, `z` or Backspace undo, `n` next image.
+`a` or Enter accept, `z` or Backspace undo, `n` next image (which also marks the image finished).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def build_app(
             with gr.Column(scale=3):
                 canvas = gr.Image(
                     label="click on the image",
+                    height=640,
                     interactive=False,
                     format="png",
                     elem_id="sam-hf-canvas",
@@ -159,6 +160,13 @@ def build_app(
                 session.accept(class_name=name.strip() or None)
             return "", *_view(session)
 
+        def on_undo() -> tuple:
+            session.undo()
+            return _view(session)
+
+        def on_prefilled_choice(choice: str | None) -> tuple:
+            return _view(session, chosen_prefilled=0 if choice is None else _candidate_index(choice))
+
         @_user_errors
         def on_delete(choice: str | None) -> tuple:
             if choice is not None:
@@ -220,7 +228,7 @@ def build_app(
         tool.change(lambda: None, None, corner, **_CONCURRENCY)
         candidates.input(on_candidate, candidates, view, **_CONCURRENCY)
         events([accept.click, class_name.submit], on_accept, class_name, [class_name, *view], **_CONCURRENCY)
-        undo.click(lambda: _view(session, undo=True), None, view, **_CONCURRENCY)
+        undo.click(on_undo, None, view, **_CONCURRENCY)
         delete.click(on_delete, objects, view, **_CONCURRENCY)
         next_.click(lambda *a: on_image(1, *a), [pred_iou, stability], view, **_CONCURRENCY)
         previous.click(lambda *a: on_image(-1, *a), [pred_iou, stability], view, **_CONCURRENCY)
@@ -231,6 +239,7 @@ def build_app(
             view,
             **_CONCURRENCY,
         )
+        prefilled.input(on_prefilled_choice, prefilled, view, **_CONCURRENCY)
         accept_prefilled.click(lambda c: on_prefilled(True, c), prefilled, view, **_CONCURRENCY)
         reject_prefilled.click(lambda c: on_prefilled(False, c), prefilled, view, **_CONCURRENCY)
         retrain.click(on_retrain, None, [timer, progress], **_CONCURRENCY)
@@ -253,20 +262,23 @@ def launch(
         **kwargs: passed on to `gradio.Blocks.launch`.
     """
     _, url, _ = demo.launch(
-        server_name=host, server_port=port, prevent_thread_lock=not block, js=SHORTCUTS_JS, **kwargs
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        js=SHORTCUTS_JS,
+        **kwargs,
     )
     return url
 
 
-def _view(session: LabelSession, corner: tuple[int, int] | None = None, undo: bool = False) -> tuple:
+def _view(session: LabelSession, corner: tuple[int, int] | None = None, chosen_prefilled: int = 0) -> tuple:
     """Everything the page shows, read from the session: canvas, status, candidates, objects, mode, pre-filled
-    masks, rounds table. `undo` first undoes the last click or box."""
-    if undo:
-        session.undo()
+    masks (`chosen_prefilled` selected and tinted), rounds table."""
     proposal = session.proposal
     prefilled = session.prefilled
     objects = session.objects
-    canvas = _overlay(session.image, objects, proposal, prefilled, corner)
+    chosen_prefilled = min(chosen_prefilled, len(prefilled) - 1)
+    canvas = _overlay(session.image, objects, proposal, prefilled, chosen_prefilled, corner)
     lines = [
         f"**{session.image_name}** — image {session.image_index + 1} of {session.num_images}, "
         f"{len(objects)} object(s) accepted"
@@ -290,7 +302,7 @@ def _view(session: LabelSession, corner: tuple[int, int] | None = None, undo: bo
         gr.Radio(choices, value=chosen),
         gr.Dropdown(object_choices, value=None),
         session.mode,
-        gr.Radio(prefilled_choices, value=prefilled_choices[0] if prefilled_choices else None),
+        gr.Radio(prefilled_choices, value=prefilled_choices[chosen_prefilled] if prefilled else None),
         _rounds_table(session),
     )
 
@@ -348,13 +360,21 @@ def _xyxy(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def _overlay(
-    image: np.ndarray, objects: list, proposal: Any, prefilled: list, corner: tuple[int, int] | None
+    image: np.ndarray,
+    objects: list,
+    proposal: Any,
+    prefilled: list,
+    chosen_prefilled: int,
+    corner: tuple[int, int] | None,
 ) -> Image.Image:
-    """The image with accepted objects tinted in their colours, pre-filled masks outlined, the pending mask
-    tinted and outlined, and its clicks, box and a pending box corner drawn."""
+    """The image with accepted objects tinted in their colours, pre-filled masks outlined (the chosen one
+    also tinted), the pending mask tinted and outlined, and its clicks, box and a pending box corner drawn."""
     canvas = image.astype(np.float32)
     for index, obj in enumerate(objects):
         canvas[obj.mask] = 0.5 * canvas[obj.mask] + 0.5 * _COLOURS[index % len(_COLOURS)]
+    if prefilled:
+        mask = prefilled[chosen_prefilled].mask
+        canvas[mask] = 0.6 * canvas[mask] + 0.4 * np.array(_PREFILLED, np.float32)
     if proposal is not None:
         mask = proposal.mask
         canvas[mask] = 0.45 * canvas[mask] + 0.55 * np.array(_PENDING, np.float32)
