@@ -221,7 +221,7 @@ def test_label_input_errors(photos, tmp_path, capsys):
         main(["label", str(tmp_path / "missing"), "--model", "sam-hf-tiny", "--out", str(tmp_path / "a")])
         == 2
     )
-    assert "IMAGES_OR_DATASET" in capsys.readouterr().err
+    assert "IMAGES_OR_DATASET must be a folder of images or a dataset folder" in capsys.readouterr().err
     assert (
         main(["label", str(photos), "--model", str(tmp_path / "no-model.pth"), "--out", str(tmp_path / "b")])
         == 2

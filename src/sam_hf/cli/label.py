@@ -85,6 +85,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not Path(args.images).is_dir():  # before any model loads
+        raise SamHFUserError(
+            f"IMAGES_OR_DATASET must be a folder of images or a dataset folder, got {args.images!r}"
+        )
     if args.port is not None and not 0 < args.port < 65536:
         raise SamHFUserError(f"--port must be between 1 and 65535, got {args.port}")
     if args.export_space is not None:
@@ -185,7 +191,18 @@ def _retrain(session: Any, push_to_hub: str | None) -> int:
         raise RuntimeError(f"retraining failed: {job.error}")
     session.poll_retrain()
     for stats in session.round_stats():
-        print(" ".join(f"{key}={value}" for key, value in stats.items()))
+        print(_round_line(stats))
     if push_to_hub is not None:
         session.export(push_to_hub=push_to_hub)
     return 0
+
+
+def _round_line(stats: dict[str, Any]) -> str:
+    """One line of `LabelSession.round_stats()`: the model of the round and what labelling with it cost."""
+    stages = ", ".join(f"{stage} {count}" for stage, count in stats["objects_per_stage"].items())
+    clicks, seconds = stats["clicks_per_object"], stats["seconds_per_mask"]
+    return (
+        f"round {stats['round']} ({stats['model_id']}): {stats['objects']} objects ({stages}); "
+        f"clicks per object {'-' if clicks is None else f'{clicks:.2f}'}; "
+        f"seconds per mask {'-' if seconds is None else f'{seconds:.1f}'}"
+    )

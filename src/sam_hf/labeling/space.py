@@ -11,6 +11,7 @@ model; a shipped name or Hub id is referenced by name), and `sam_hf/` (a copy of
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,14 +33,17 @@ session = LabelSession(model={model}, images=str(HERE / "images"), out=str(OUT))
 demo = build_app(session)
 
 if __name__ == "__main__":
-    launch(demo)
+    try:
+        launch(demo)
+    finally:
+        session.close()  # writes the dataset and releases its lock
 '''
 
 _CARD = """---
 {{ card_data }}
 ---
 
-# {{ card_data.title }}
+# {{ title }}
 
 Label images in the browser with Segment Anything (`sam-hf label`): click on an object for a mask, accept it,
 pre-fill confident masks in semi-automatic mode, and retrain the model on your labels between rounds. Written
@@ -76,7 +80,7 @@ def export_space(directory: str | os.PathLike, images: str | os.PathLike, model:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(images, folder / "images")
     name = portable_model_name(model)
-    model_argument = repr(name)
+    model_argument = json.dumps(name)
     if os.path.exists(name):
         (shutil.copytree if os.path.isdir(name) else shutil.copy2)(name, folder / "model")
         model_argument = 'str(HERE / "model")'
@@ -89,7 +93,9 @@ def export_space(directory: str | os.PathLike, images: str | os.PathLike, model:
     card_data = SpaceCardData(
         title="sam-hf label", sdk="gradio", sdk_version=gradio.__version__, app_file="app.py"
     )
-    SpaceCard.from_template(card_data, template_str=_CARD, model=name).save(folder / "README.md")
+    SpaceCard.from_template(card_data, template_str=_CARD, title=card_data.title, model=name).save(
+        folder / "README.md"
+    )
     return folder
 
 
