@@ -30,8 +30,18 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=25, help="timed clicks (one sequence)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed sequences of 3 clicks first")
     parser.add_argument("--size", type=int, default=1024, help="side of the square image in pixels")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 on a shared machine",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.clicks < 2:
         parser.error(f"--clicks must be at least 2, got {args.clicks}")
 

@@ -42,8 +42,18 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=None, help="keep the images and datasets here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 on a shared machine",
+    )
     parser.add_argument("--json", default=None, help="write all results to this file")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:

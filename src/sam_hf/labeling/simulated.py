@@ -36,7 +36,9 @@ class ObjectLog:
         image_index, object_index: the image in the session and the ground-truth object on it.
         round: the session's labelling round.
         iou_per_click: IoU of the shown mask with the ground truth after each click.
-        clicks: clicks made (`len(iou_per_click)`); seconds: time from the first click to the accept.
+        clicks: clicks made (`len(iou_per_click)`).
+        accepted: the final mask was accepted (False: it was empty, the annotator gave up on the object).
+        seconds: the accepted object's `seconds` in the session (0 when not accepted).
     """
 
     image_index: int
@@ -44,6 +46,7 @@ class ObjectLog:
     round: int
     iou_per_click: list[float]
     clicks: int
+    accepted: bool
     seconds: float
 
 
@@ -83,13 +86,13 @@ def label_images(
                 (x, y), label = sample_correction_click(proposal.mask, gt, rng)
                 proposal = session.add_click(float(x), float(y), positive=bool(label))
                 ious.append(_iou(proposal.mask, gt))
-            if proposal.mask.any():
-                obj = session.accept()
-                seconds = obj.seconds
+            accepted = bool(proposal.mask.any())
+            if accepted:
+                seconds = session.accept().seconds
             else:  # nothing to accept: the annotator gives up on the object
                 session.clear_prompts()
                 seconds = 0.0
-            logs.append(ObjectLog(index, number, session.round, ious, len(ious), seconds))
+            logs.append(ObjectLog(index, number, session.round, ious, len(ious), accepted, seconds))
         session.finish_image()
     return logs
 
