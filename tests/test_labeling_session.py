@@ -134,6 +134,7 @@ def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_p
         session.mode = "auto"
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_and_one_writer(photo_folder, tmp_path):
     out = tmp_path / "out"
     crash = textwrap.dedent(
