@@ -161,7 +161,41 @@ def test_label_in_the_browser(photos, tmp_path):
 
             page.locator("body").click(position={"x": 5, "y": 5})
             page.keyboard.press("n")  # next image: finishes this one
-            _status(page, "image 2 of 2")
+            _status(page, "image 2 of 2, 0 object(s) accepted")
+
+            # The coffee cup, back in manual mode: a click undone with `z`, then a box (two clicks) accepted.
+            page.locator("#sam-hf-mode").get_by_text("manual").click()
+            _click(page, 300, 150)
+            _status(page, "after 1 click(s)")
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("z")
+            page.locator("#sam-hf-status").get_by_text("pending mask").wait_for(state="hidden")
+            page.locator("#sam-hf-tool").get_by_text("box").click()
+            _click(page, 200, 40)
+            _status(page, "first corner at (200, 40)")
+            _click(page, 430, 300)
+            _status(page, "after 1 click(s)")
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("Enter")
+            _status(page, "1 object(s) accepted")
+            page.locator("#sam-hf-tool").get_by_text("positive click").click()
+            _click(page, 80, 330)
+            _status(page, "after 1 click(s)")
+            page.locator("#sam-hf-accept").click()
+            _status(page, "2 object(s) accepted")
+            page.locator("#sam-hf-objects input").click()
+            page.get_by_role("option", name="2: (manual, 1 clicks)").click()
+            page.locator("#sam-hf-delete").click()
+            _status(page, "1 object(s) accepted")
+
+            # A retraining round from the page; its model takes over and the table gains its row.
+            page.locator("#sam-hf-retrain").click()
+            page.locator("#sam-hf-progress").get_by_text("the new model is loaded").wait_for(timeout=180_000)
+            page.wait_for_function(  # the new round's model, a `sam-hf finetune` folder in OUT/rounds/1
+                "path => document.querySelector('#sam-hf-rounds').textContent.includes(path)",
+                arg=str(out / "rounds" / "1"),
+                timeout=_TIMEOUT_MS,
+            )
             page.close()
             browser.close()
     finally:
@@ -187,6 +221,11 @@ def test_label_in_the_browser(photos, tmp_path):
     assert all(revision for revision in row["model_revision"])
     assert all(seconds > 0 for seconds in row["seconds"])
     assert (out / "annotations.json").is_file()
+    (coffee,) = [row for split in dataset.values() for row in split if row["file_name"] == "coffee.png"]
+    assert coffee["stage"] == ["manual"] and coffee["num_clicks"] == [1]
+    x, y, width, height = coffee["bbox"][0]
+    assert 200 < x + width / 2 < 430 and 40 < y + height / 2 < 300  # the box's mask, not the deleted one
+    assert (out / "rounds" / "1").is_dir()
 
 
 def _screenshot_path(tmp_path: Path) -> Path:

@@ -142,7 +142,7 @@ def build_app(
             x, y = event.index
             if tool_name == "box":
                 if first is None:
-                    return None, *_view(session, corner=(x, y))
+                    return (x, y), *_view(session, corner=(x, y))
                 session.set_box(*_xyxy(first, (x, y)))
                 return None, *_view(session)
             session.add_click(x, y, positive=tool_name == "positive click")
@@ -210,7 +210,7 @@ def build_app(
         def on_tick() -> tuple:
             job = session.retrain_job
             try:
-                note = "the new model is loaded" if session.poll_retrain() else ""
+                note = f"round {session.round}: the new model is loaded" if session.poll_retrain() else ""
             except RuntimeError as error:
                 note = str(error)
             running = job is not None and not job.done
@@ -332,7 +332,7 @@ def _user_errors(handler: Callable) -> Callable:
     def wrapped(*args: Any) -> Any:
         try:
             return handler(*args)
-        except (ValueError, IndexError, RuntimeError) as error:
+        except (ValueError, LookupError, RuntimeError) as error:
             raise gr.Error(str(error)) from error
 
     return wrapped
