@@ -374,8 +374,10 @@ class LabelSession:
         mask = proposal.mask
         if not mask.any():
             raise ValueError("the selected mask is empty: add a positive click on the object, or undo")
-        if proposal.num_clicks and len(proposal.point_coords):
-            point = proposal.point_coords[int(np.argmax(proposal.point_labels == 1))].tolist()
+        positive = proposal.point_coords[proposal.point_labels == 1]
+        # the record's prompt point: the first positive click, else the box centre, else the first click
+        if len(positive) or proposal.box is None:
+            point = (positive if len(positive) else proposal.point_coords)[0].tolist()
         else:
             point = [(proposal.box[0] + proposal.box[2]) / 2, (proposal.box[1] + proposal.box[3]) / 2]
         annotation = self._annotation(
