@@ -155,3 +155,19 @@ def test_rounds_continue_with_the_same_model(image_folder, tmp_path):
     assert [r["round"] for r in store.rounds()] == [0, 1]
     assert store.round_folder(1) == tmp_path / "out" / "rounds" / "1"
     store.release()
+
+
+def test_dataset_card_counts_masks_per_stage_and_model(image_folder, tmp_path):
+    from sam_hf.labeling.store import dataset_card
+
+    store = LabelStore(tmp_path / "out", open_images(image_folder))
+    mask = np.zeros((96, 128), bool)
+    mask[10:30, 20:60] = True
+    record = store.record(0) | {"width": 128, "height": 96}
+    record["annotations"] = [_annotation(mask), _annotation(mask, "auto"), _annotation(mask, "auto")]
+    store.write_record(record)
+    card = dataset_card(store, "user/cells")
+    store.release()
+    assert card.data.task_categories == ["image-segmentation"]
+    assert "| manual | 1 |" in card.text and "| auto | 2 |" in card.text and "| semi | 0 |" in card.text
+    assert "`sam-hf-tiny, r`: 3" in card.text and "3 masks on 1 images" in card.text
