@@ -286,9 +286,14 @@ def test_label_refuses_a_dataset_another_session_writes(photos, tmp_path, capsys
 
 @pytest.mark.slow
 def test_export_space_builds_the_page_without_launching(photos, tmp_path):
+    from sam_hf.hub import load_model
+    from sam_hf.hub.saving import save_model
+
+    local_model = save_model(load_model("sam-hf-tiny", verbose=False)[0], tmp_path / "my-model")
     space = tmp_path / "space"
-    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(space)]) == 0
+    assert main(["label", str(photos), "--model", local_model, "--export-space", str(space)]) == 0
     assert sorted(p.name for p in (space / "images").iterdir()) == ["chelsea.jpg", "coffee.png"]
+    assert (space / "model" / "config.json").is_file()  # a local model travels with the Space
     requirements = (space / "requirements.txt").read_text().splitlines()
     import gradio
 
@@ -296,19 +301,24 @@ def test_export_space_builds_the_page_without_launching(photos, tmp_path):
         r.startswith("torch") for r in requirements
     )
     card = (space / "README.md").read_text()
-    assert (
-        "sdk: gradio" in card and f"sdk_version: {gradio.__version__}" in card and "app_file: app.py" in card
-    )
+    assert card.count("# sam-hf label") == 1 and "sdk: gradio" in card and "app_file: app.py" in card
+    assert f"sdk_version: {gradio.__version__}" in card
     # As a Space runs it, minus the launch: app.py imports the sam_hf copy beside it and builds the page.
     probe = (
         "import runpy, gradio, sam_hf; namespace = runpy.run_path('app.py'); "
-        "print(sam_hf.__file__); print(type(namespace['demo']).__name__, namespace['session'].num_images)"
+        "print(sam_hf.__file__); print(type(namespace['demo']).__name__, namespace['session'].num_images); "
+        "print(namespace['session'].model_id)"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=space, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr
-    package, built = result.stdout.strip().splitlines()[-2:]
+    package, built, model_id = result.stdout.strip().splitlines()[-3:]
     assert Path(package).resolve().is_relative_to(space.resolve())
     assert built == "Blocks 2"
-    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(space)]) == 2
+    assert Path(model_id).resolve() == (space / "model").resolve()
+    assert main(["label", str(photos), "--model", local_model, "--export-space", str(space)]) == 2
+
+    shipped = tmp_path / "shipped-space"
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(shipped)]) == 0
+    assert 'model="sam-hf-tiny"' in (shipped / "app.py").read_text() and not (shipped / "model").exists()
