@@ -130,7 +130,13 @@ def test_label_in_the_browser(photos, tmp_path):
             # Assisted-manual: a positive click on the cat's head, then a second one that refines the mask.
             _click(page, 180, 110)
             _status(page, "after 1 click(s)")
-            assert page.locator("#sam-hf-candidates input[type=radio]").count() == 3
+            candidates = page.locator("#sam-hf-candidates label")
+            assert candidates.count() == 3
+            # Choosing another candidate makes it the pending mask: the status shows its predicted IoU.
+            other = next(i for i in range(3) if not candidates.nth(i).locator("input").is_checked())
+            label = candidates.nth(other).inner_text().strip()  # "2: IoU 0.354"
+            candidates.nth(other).click()
+            _status(page, f"predicted IoU {label.split('IoU ')[1]} after 1 click(s)")
             _click(page, 260, 150)
             _status(page, "after 2 click(s)")
             shown = _canvas(page)
@@ -159,12 +165,12 @@ def test_label_in_the_browser(photos, tmp_path):
             page.locator("#sam-hf-accept").click()
             _status(page, "3 object(s) accepted")
 
+            page.locator("#sam-hf-mode").get_by_text("manual").click()
             page.locator("body").click(position={"x": 5, "y": 5})
             page.keyboard.press("n")  # next image: finishes this one
             _status(page, "image 2 of 2, 0 object(s) accepted")
 
-            # The coffee cup, back in manual mode: a click undone with `z`, then a box (two clicks) accepted.
-            page.locator("#sam-hf-mode").get_by_text("manual").click()
+            # The coffee cup, in manual mode: a click undone with `z`, then a box (two clicks) accepted.
             _click(page, 300, 150)
             _status(page, "after 1 click(s)")
             page.locator("body").click(position={"x": 5, "y": 5})
@@ -187,6 +193,9 @@ def test_label_in_the_browser(photos, tmp_path):
             page.get_by_role("option", name="2: (manual, 1 clicks)").click()
             page.locator("#sam-hf-delete").click()
             _status(page, "1 object(s) accepted")
+
+            page.locator("#sam-hf-export").click()
+            page.locator("#sam-hf-exported").get_by_text(f"exported to {out}").wait_for(timeout=_TIMEOUT_MS)
 
             # A retraining round from the page; its model takes over and the table gains its row.
             page.locator("#sam-hf-retrain").click()
