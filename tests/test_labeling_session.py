@@ -72,6 +72,11 @@ def test_clicks_give_masks_and_feed_the_previous_logits_back(session, monkeypatc
         session.add_click(600, 10)
     with pytest.raises(IndexError, match=r"\[0, 1\)"):
         session.select_candidate(1)
+    session.clear_prompts()
+    session.set_box(150, 80, 400, 300)  # a box alone: one mask, stored with the box centre as its point
+    if session.proposal.mask.any():
+        assert session.accept().num_clicks == 1
+        assert _record(session.out, 0)["annotations"][-1]["point_coords"] == [275.0, 190.0]
 
 
 def test_undo_steps_back_and_accept_writes_at_once(session, tmp_path):

@@ -225,8 +225,7 @@ class LabelSession:
 
     def finish_image(self) -> None:
         """Mark the current image finished: a resumed session starts after it."""
-        self._record["finished"] = True
-        self._write()
+        self._write({**self._record, "finished": True})
 
     # ---------------------------------------------------------------------------------------- prompts
 
@@ -379,7 +378,8 @@ class LabelSession:
         if len(positive) or proposal.box is None:
             point = (positive if len(positive) else proposal.point_coords)[0].tolist()
         else:
-            point = [(proposal.box[0] + proposal.box[2]) / 2, (proposal.box[1] + proposal.box[3]) / 2]
+            x0, y0, x1, y1 = proposal.box.tolist()
+            point = [(x0 + x1) / 2, (y0 + y1) / 2]
         annotation = self._annotation(
             mask,
             predicted_iou=float(proposal.iou_predictions[proposal.selected]),
@@ -402,8 +402,7 @@ class LabelSession:
         kept = [a for a in annotations if a["id"] != object_id]
         if len(kept) == len(annotations):
             raise KeyError(f"object_id must be one of {[a['id'] for a in annotations]}, got {object_id!r}")
-        self._record["annotations"] = kept
-        self._write()
+        self._write({**self._record, "annotations": kept})
         self._timer.restart()
 
     def _annotation(self, mask: np.ndarray, **fields: Any) -> dict[str, Any]:
@@ -429,12 +428,13 @@ class LabelSession:
             "class_name": class_name or "",
             "round": self.round,
         }
-        self._record["annotations"].append(annotation)
-        self._write()
+        self._write({**self._record, "annotations": [*self._record["annotations"], annotation]})
         return annotation
 
-    def _write(self) -> None:
-        self.store.write_record(self._record)
+    def _write(self, record: dict[str, Any]) -> None:
+        """Store the current image's new record; the session shows it only once it is on disk."""
+        self.store.write_record(record)
+        self._record = record
         self._dirty = True
 
     def _require_proposal(self, action: str) -> Proposal:
