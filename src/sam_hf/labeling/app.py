@@ -222,17 +222,16 @@ def build_app(
             where = f" and pushed to `{push_to_hub}`" if push_to_hub else ""
             return f"exported to `{path}`{where}"
 
-        events = gr.on  # every listener below shares the session's queue
         demo.load(redraw, None, view, **_CONCURRENCY)
         canvas.select(on_click, [tool, corner], [corner, *view], **_CONCURRENCY)
         tool.change(lambda: None, None, corner, **_CONCURRENCY)
         candidates.input(on_candidate, candidates, view, **_CONCURRENCY)
-        events([accept.click, class_name.submit], on_accept, class_name, [class_name, *view], **_CONCURRENCY)
+        gr.on([accept.click, class_name.submit], on_accept, class_name, [class_name, *view], **_CONCURRENCY)
         undo.click(on_undo, None, view, **_CONCURRENCY)
         delete.click(on_delete, objects, view, **_CONCURRENCY)
         next_.click(lambda *a: on_image(1, *a), [pred_iou, stability], view, **_CONCURRENCY)
         previous.click(lambda *a: on_image(-1, *a), [pred_iou, stability], view, **_CONCURRENCY)
-        events(
+        gr.on(
             [mode.input, pred_iou.release, stability.release],
             on_mode,
             [mode, pred_iou, stability],
