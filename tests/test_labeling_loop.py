@@ -22,15 +22,14 @@ def test_summary_follows_the_noc_convention():
     assert summary["miou@1"] == pytest.approx((0.5 + 0.92 + 0.1) / 3)
 
 
-@pytest.mark.slow
 def test_label_retrain_label_loop_records_consistent_stats(tmp_path):
     max_clicks = 3
     result = run_label_loop(
         "sam-hf-tiny",
         tmp_path,
-        num_images=2,
+        num_images=1,
         num_heldout=1,
-        image_size=96,
+        image_size=64,
         max_clicks=max_clicks,
         max_steps=2,
         batch_size=2,
