@@ -139,7 +139,6 @@ def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_p
         session.mode = "auto"
 
 
-@pytest.mark.slow
 def test_resume_after_a_crash_and_one_writer(photo_folder, tmp_path):
     out = tmp_path / "out"
     crash = textwrap.dedent(
@@ -198,7 +197,6 @@ def test_export_is_read_by_finetune_and_evaluate(session, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["split"] == "test"
 
 
-@pytest.mark.slow
 def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
     folder = tmp_path / "cells"
     folder.mkdir()
