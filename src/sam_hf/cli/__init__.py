@@ -40,6 +40,7 @@ COMMANDS: tuple[str, ...] = (
     "annotate",
     "finetune",
     "evaluate",
+    "label",
     "push",
     "demo",
     "export",

@@ -183,10 +183,14 @@ def sample_correction_click(
         return coords[0], 1
     positive = int(false_neg.sum()) >= int(false_pos.sum())
     region = false_neg if positive else false_pos
-    distance = distance_transform(region)
+    # Exact on the region's bounding box: outside it nothing is in the region, so the nearest outside pixel
+    # of any region pixel is in the box or on its one-pixel frame, which `distance_transform` pads with.
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    top, left = rows[0], cols[0]
+    distance = distance_transform(region[top : rows[-1] + 1, left : cols[-1] + 1])
     ys, xs = np.nonzero(distance == distance.max())
     pick = rng.integers(len(xs))
-    return np.array([xs[pick], ys[pick]], dtype=np.float32), int(positive)
+    return np.array([xs[pick] + left, ys[pick] + top], dtype=np.float32), int(positive)
 
 
 def correction_clicks(

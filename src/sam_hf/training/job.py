@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .loop import FinetuneConfig, finetune
@@ -26,7 +27,10 @@ __all__ = ["default_eval_split", "run_finetune"]
 
 
 def run_finetune(
-    config: FinetuneConfig, resume_from_checkpoint: str | None = None, max_steps_this_run: int | None = None
+    config: FinetuneConfig,
+    resume_from_checkpoint: str | None = None,
+    max_steps_this_run: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train as `config` says, then write the summary, the before/after evaluation and the card; push if asked.
 
@@ -34,6 +38,7 @@ def run_finetune(
         config: the run, including its evaluation and push settings.
         resume_from_checkpoint: a `step-<n>` folder, or `"latest"` for the newest one in `config.output_dir`.
         max_steps_this_run: stop after this many optimizer steps in total (the run can be resumed later).
+        on_step: called after each optimizer step with `(step, total_steps)` (see `finetune`).
 
     Returns:
         `finetune`'s summary plus `runtime_s`; in the main process of a completed run also `eval_results`
@@ -48,7 +53,7 @@ def run_finetune(
     from ..hub import build_model_card, push_to_hub
 
     start = time.perf_counter()
-    summary = finetune(config, resume_from_checkpoint, max_steps_this_run)
+    summary = finetune(config, resume_from_checkpoint, max_steps_this_run, on_step)
     summary["runtime_s"] = round(time.perf_counter() - start, 1)
     if not PartialState().is_main_process:
         return summary

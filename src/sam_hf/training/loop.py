@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -173,7 +174,10 @@ def _start_train_log(path: str, step: int) -> float:
 
 
 def finetune(
-    config: FinetuneConfig, resume_from_checkpoint: str | None = None, max_steps_this_run: int | None = None
+    config: FinetuneConfig,
+    resume_from_checkpoint: str | None = None,
+    max_steps_this_run: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Run the job described by `config`; returns a summary (steps, losses, output paths, dataset stats).
 
@@ -181,6 +185,8 @@ def finetune(
         config: the run.
         resume_from_checkpoint: a `step-<n>` folder, or `"latest"` for the newest one in `output_dir`.
         max_steps_this_run: stop after this many optimizer steps in total (simulates an interruption).
+        on_step: called in the main process after each optimizer step with `(step, total_steps)`, e.g. to
+            show progress.
     """
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -310,6 +316,8 @@ def finetune(
                         f.write(json.dumps(record) + "\n")
                     progress.set_postfix(loss=f"{record['loss']:.4f}")
                     progress.update()
+                    if on_step is not None:
+                        on_step(step, total_steps)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _save_checkpoint(accelerator, config.output_dir, step)
                 if step >= stop_at:
