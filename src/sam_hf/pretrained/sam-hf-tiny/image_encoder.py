@@ -78,7 +78,11 @@ def _attention_with_decomposed_positions(
             scores = torch.matmul(q[h0:h1, n0:n1], k_t[h0:h1])  # (h, n, N)
             if add_bias:
                 grid_scores = scores.view(h1 - h0, n1 - n0, H, W)
-                grid_scores.add_(rel_h[h0:h1, n0:n1, :, None]).add_(rel_w[h0:h1, n0:n1, None, :])
+                bias_h, bias_w = rel_h[h0:h1, n0:n1, :, None], rel_w[h0:h1, n0:n1, None, :]
+                if torch.jit.is_tracing():  # ONNX export: a traced in-place add on a view is lost
+                    scores = (grid_scores + bias_h + bias_w).view_as(scores)
+                else:
+                    grid_scores.add_(bias_h).add_(bias_w)
             rows.append(torch.matmul(torch.softmax(scores, dim=-1), v[h0:h1]))
         outputs.append(torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
@@ -201,6 +205,11 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out),
         )
+
+    @property
+    def img_size(self) -> int:
+        """Side of the square input in pixels (`config.image_size`), official `ImageEncoderViT.img_size`."""
+        return self.config.image_size
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         expected = (self.config.num_channels, self.config.image_size, self.config.image_size)

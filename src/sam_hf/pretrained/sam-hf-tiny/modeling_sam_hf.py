@@ -105,6 +105,17 @@ def shipped_model_folder(name_or_path: str | os.PathLike) -> str | os.PathLike:
 
 
 class SamHFModel(SamHFPreTrainedModel):
+    """SAM: image encoder, prompt encoder and mask decoder, under the official `Sam`'s submodule names.
+
+    Attributes:
+        mask_threshold: logit above which a pixel belongs to a mask (0.0, as official `Sam.mask_threshold`);
+            `SamPredictor` and `SamAutomaticMaskGenerator` binarise with it.
+        image_format: channel order the model expects, "RGB" (official `Sam.image_format`).
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
     def __init__(self, config: SamHFConfig):
         super().__init__(config)
         vision = config.vision_config
