@@ -249,14 +249,19 @@ def test_shipped_card_is_the_template_rendered_from_the_run_record(monkeypatch):
     from sam_hf.hub import CARD_MARKER
 
     shipped = shipped_model_path("sam-hf-tiny")
-    card = ship_tiny.render_card(shipped, ship_tiny.RECORDS, ship_tiny.NAME)
+    card = ship_tiny.render_card(shipped, ship_tiny.RECORDS)
     assert card == (shipped / "README.md").read_text()
-    evaluation = json.loads((ship_tiny.RECORDS / f"{ship_tiny.NAME}_eval.json").read_text())
+    evaluation = json.loads((ship_tiny.RECORDS / f"{ship_tiny.STAGES[-1]}_eval.json").read_text())
     held_out = evaluation["shapes128"]
     row = " | ".join(f"{held_out[prompt]['mean_iou']:.3f}" for prompt in ship_tiny.PROMPTS)
     assert f"| {held_out['box']['num_objects']} | {row} |" in card
-    recipe = json.loads((ship_tiny.RECORDS / f"{ship_tiny.NAME}_recipe.json").read_text())
-    assert f"{recipe['recipe']['steps']} steps" in card and f"{recipe['train_time_s']:.0f} s" in card
+    cells = evaluation["clicks"]["cells128"]
+    curve = " | ".join(f"{cells['miou_per_click'][k - 1]:.3f}" for k in ship_tiny.CLICK_COLUMNS)
+    assert f"| {cells['num_objects']} | {curve} | {cells['noc@85']:.2f} | {cells['noc@90']:.2f} |" in card
+    for index, name in enumerate(ship_tiny.STAGES, 1):
+        recipe = json.loads((ship_tiny.RECORDS / f"{name}_recipe.json").read_text())
+        assert f"**Stage {index}** (`training/configs/{name}.yaml`)" in card
+        assert f"{recipe['recipe']['steps']} steps" in card and f"{recipe['train_time_s']:.0f} s" in card
     loaded = ModelCard(card)
     assert loaded.data.library_name == "sam_hf" and CARD_MARKER in loaded.text
     assert "Variables:" not in card and "{{" not in card
@@ -273,8 +278,8 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     pretrain.pretrain(_tiny_recipe(steps=1), run, "cpu")
     with pytest.raises(ValueError, match="--run must be a finished pretrain_tiny.py run"):
         ship_tiny.main(["--run", str(tmp_path), "--model-dir", str(model_dir)])
-    args = ["--model-dir", str(model_dir), "--records", str(records), "--name", "tiny_run"]
-    ship_tiny.main(["--run", str(run), *args, "--num-images", "2"])
+    args = ["--model-dir", str(model_dir), "--records", str(records), "--stages", "tiny_run"]
+    ship_tiny.main(["--run", str(run), *args, "--num-images", "2", "--num-click-images", "2"])
     source = {path.name for path in remote_code_files(model_dir)}  # for trust_remote_code without sam_hf
     assert {"modeling_sam_hf.py", "processing_sam_hf.py", "mask_generation.py"} <= source
     assert {path.name for path in model_dir.iterdir()} == source | {
@@ -292,10 +297,13 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     assert model.config.mask_size == 32
     assert SamHFProcessor.from_pretrained(model_dir).image_size == model.config.vision_config.image_size
     evaluation = json.loads((records / "tiny_run_eval.json").read_text())
+    clicks = evaluation.pop("clicks")
     assert sorted(evaluation) == ["cells128", "cells192", "shapes128", "shapes192"]
     assert all(
         entry["num_images"] == 2 and set(ship_tiny.PROMPTS) <= set(entry) for entry in evaluation.values()
     )
+    assert sorted(clicks) == ["cells128", "shapes128"]
+    assert all(len(entry["miou_per_click"]) == ship_tiny.MAX_CLICKS for entry in clicks.values())
     assert (records / "tiny_run_train_log.jsonl").read_text() == (run / "train_log.jsonl").read_text()
     card = (model_dir / "README.md").read_text()
     assert f"| {evaluation['cells192']['box']['num_objects']} | " in card and "1 steps" in card
@@ -345,3 +353,5 @@ def test_click_stage_continues_from_a_model_with_a_frozen_encoder_and_long_click
     assert sum(grad for _, grad in points_seen) == 2 * (2 + recipe["correction_iterations"])
     with pytest.raises(ValueError, match="image_size 96 differs from init_from's 128"):
         pretrain.pretrain({**recipe, "image_size": 96}, tmp_path / "stage3", "cpu")
+    with pytest.raises(ValueError, match="freeze_image_encoder needs init_from"):
+        pretrain.pretrain({**recipe, "init_from": None}, tmp_path / "stage3", "cpu")

@@ -334,6 +334,11 @@ def train(
     model = _initial_model(recipe).to(device)
     config = model.config
     if recipe.get("freeze_image_encoder"):
+        if not recipe.get("init_from"):
+            raise ValueError(
+                "recipe freeze_image_encoder needs init_from (the model whose encoder to keep): a random "
+                "encoder would stay random"
+            )
         model.image_encoder.requires_grad_(False)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
