@@ -3,6 +3,7 @@ pretraining (`sam_hf.training.pretrain`) runs (and resumes) end to end on a CPU 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -298,6 +299,8 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     assert SamHFProcessor.from_pretrained(model_dir).image_size == model.config.vision_config.image_size
     evaluation = json.loads((records / "tiny_run_eval.json").read_text())
     clicks = evaluation.pop("clicks")
+    weights = (model_dir / "model.safetensors").read_bytes()
+    assert evaluation.pop("weights_sha256") == hashlib.sha256(weights).hexdigest()
     assert sorted(evaluation) == ["cells128", "cells192", "shapes128", "shapes192"]
     assert all(
         entry["num_images"] == 2 and set(ship_tiny.PROMPTS) <= set(entry) for entry in evaluation.values()
@@ -310,6 +313,10 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     (model_dir / "README.md").unlink()
     ship_tiny.main(["--card-only", *args])
     assert (model_dir / "README.md").read_text() == card
+    # A rerun on the same weights keeps what was measured (an interrupted evaluation resumes, set by set).
+    measured = json.loads((records / "tiny_run_eval.json").read_text())
+    monkeypatch.setattr(ship_tiny, "sam_hf_cli", lambda argv: pytest.fail(f"measured again: {argv}"))
+    assert ship_tiny.evaluate(model_dir, records, "tiny_run", 2, 2) == measured
     sys.modules.pop("ship_tiny", None)
 
 
