@@ -37,7 +37,16 @@ import numpy as np
 from ..data.images import to_rgb
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 
-__all__ = ["IMAGE_EXTENSIONS", "annotate", "assign_splits", "dataset_features", "list_images"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageSource",
+    "annotate",
+    "assign_splits",
+    "coco_instances",
+    "dataset_features",
+    "list_images",
+    "write_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +159,7 @@ def annotate(
     _check_test_fraction(test_fraction)  # before any image is annotated
     # Without this flag PartialState ignores a torchrun/accelerate multi-process launch on CPU-only machines.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
-    source = _ImageSource(images, image_column)
+    source = ImageSource(images, image_column)
     out = Path(out)
     work = out / "work"
     records_dir = work / "records"
@@ -193,7 +202,7 @@ def annotate(
                 and r["stability_score"] >= min_stability_score
                 and r["area"] >= min_area
             ]
-        _write_atomic(records_dir / f"{index:08d}.json", json.dumps(record))
+        write_atomic(records_dir / f"{index:08d}.json", json.dumps(record))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -203,7 +212,7 @@ def annotate(
     return dataset
 
 
-class _ImageSource:
+class ImageSource:
     """Uniform access to a folder of image files or a `datasets.Dataset` image column."""
 
     def __init__(self, images: Any, image_column: str):
@@ -256,7 +265,7 @@ def _compact(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see either nothing or the whole content."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -278,7 +287,7 @@ def _check_or_write_manifest(path: Path, names: list[str], settings: dict[str, A
                 "use a new output folder to start over"
             )
         return
-    _write_atomic(path, json.dumps(manifest))
+    write_atomic(path, json.dumps(manifest))
 
 
 def _records(records_dir: Path, count: int) -> Iterator[dict[str, Any]]:
@@ -289,7 +298,7 @@ def _records(records_dir: Path, count: int) -> Iterator[dict[str, Any]]:
         yield json.loads(path.read_text())
 
 
-def _rows(source: _ImageSource, records_dir: str) -> Iterator[dict[str, Any]]:
+def _rows(source: ImageSource, records_dir: str) -> Iterator[dict[str, Any]]:
     for record in _records(Path(records_dir), len(source)):
         if "error" in record:
             continue
@@ -310,7 +319,7 @@ def _rows(source: _ImageSource, records_dir: str) -> Iterator[dict[str, Any]]:
         }
 
 
-def _merge(source: _ImageSource, records_dir: Path, out: Path, test_fraction: float) -> Any:
+def _merge(source: ImageSource, records_dir: Path, out: Path, test_fraction: float) -> Any:
     """Records -> the split dataset on disk (arrow + parquet), COCO JSON and the skipped list."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -318,8 +327,8 @@ def _merge(source: _ImageSource, records_dir: Path, out: Path, test_fraction: fl
     skipped = [{"file_name": r["file_name"], "error": r["error"]} for r in records if "error" in r]
     readable = [r for r in records if "error" not in r]
     splits = assign_splits([r["file_name"] for r in readable], test_fraction)
-    _write_atomic(records_dir.parent / "skipped.json", json.dumps(skipped, indent=2))
-    _write_atomic(out / "annotations.json", json.dumps(_coco(readable, splits)))
+    write_atomic(records_dir.parent / "skipped.json", json.dumps(skipped, indent=2))
+    write_atomic(out / "annotations.json", json.dumps(coco_instances(readable, splits)))
     with tempfile.TemporaryDirectory(dir=records_dir.parent) as cache:
         # A fresh cache folder: from_generator must not reuse rows cached from an earlier, partial merge.
         rows = Dataset.from_generator(
@@ -345,7 +354,7 @@ def _merge(source: _ImageSource, records_dir: Path, out: Path, test_fraction: fl
     return load_from_disk(str(out))
 
 
-def _coco(records: list[dict[str, Any]], splits: list[str]) -> dict[str, Any]:
+def coco_instances(records: list[dict[str, Any]], splits: list[str]) -> dict[str, Any]:
     """COCO instances JSON of the readable images' records, each image with its split."""
     images, annotations = [], []
     for record, split in zip(records, splits, strict=True):

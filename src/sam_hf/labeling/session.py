@@ -11,6 +11,10 @@ Stages of an accepted mask (`sam_hf.labeling.store.STAGES`): clicks in `"manual"
 `prefill` switches to `"semi"` mode, where the generator's confident masks are drawn (accepted unchanged they
 are `"auto"`) and clicks add the missing objects (`"semi"`), their masks cut to what no accepted or pre-filled
 mask covers yet.
+
+The module is longer than most because it is one state machine: every transition (click, box, undo, accept,
+delete, prefill, image change, model swap) reads and writes the same per-image state, which a split would
+scatter across files.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..inference.annotate import _coco, _ImageSource, _write_atomic, assign_splits
+from ..inference.annotate import ImageSource, assign_splits, coco_instances, write_atomic
 from ..inference.annotate import dataset_features as annotate_features
 
 __all__ = [
@@ -70,7 +70,7 @@ def dataset_features() -> Any:
     return features
 
 
-def open_images(images: Any, image_column: str = "image") -> _ImageSource:
+def open_images(images: Any, image_column: str = "image") -> ImageSource:
     """The images to label: a folder of image files, a `load_from_disk` dataset folder (all splits in order,
     e.g. `sam-hf annotate` output) or a `datasets.Dataset`/`DatasetDict` with an `image_column`.
 
@@ -89,7 +89,7 @@ def open_images(images: Any, image_column: str = "image") -> _ImageSource:
             images = datasets.load_from_disk(str(folder))
     if isinstance(images, datasets.DatasetDict):
         images = datasets.concatenate_datasets(list(images.values()))
-    source = _ImageSource(images, image_column)
+    source = ImageSource(images, image_column)
     if len(source) == 0:
         raise ValueError(f"images must hold at least one image, got none in {images!r:.200}")
     return source
@@ -111,7 +111,7 @@ class LabelStore:
         ValueError: `out` holds a session on other images.
     """
 
-    def __init__(self, out: str | os.PathLike, source: _ImageSource, test_fraction: float = 0.2):
+    def __init__(self, out: str | os.PathLike, source: ImageSource, test_fraction: float = 0.2):
         self.out = Path(out)
         self.source = source
         self.test_fraction = test_fraction
@@ -180,7 +180,7 @@ class LabelStore:
                     f"{len(self.source)} images"
                 )
             return
-        _write_atomic(path, json.dumps(manifest))
+        write_atomic(path, json.dumps(manifest))
 
     def _record_path(self, index: int) -> Path:
         return self.records_dir / f"{index:08d}.json"
@@ -199,7 +199,7 @@ class LabelStore:
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Store a record atomically (it must carry `width` and `height`)."""
-        _write_atomic(self._record_path(record["image_id"]), json.dumps(record))
+        write_atomic(self._record_path(record["image_id"]), json.dumps(record))
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The stored records in image order."""
@@ -229,7 +229,7 @@ class LabelStore:
             return rounds[-1]["round"]
         number = rounds[-1]["round"] + 1 if rounds else 0
         rounds.append({"round": number, "model_id": model_id, "model_revision": model_revision})
-        _write_atomic(self.work / "rounds.json", json.dumps(rounds, indent=2))
+        write_atomic(self.work / "rounds.json", json.dumps(rounds, indent=2))
         return number
 
     def round_folder(self, number: int) -> Path:
@@ -274,7 +274,7 @@ class LabelStore:
         if not records:
             return None
         splits = assign_splits([r["file_name"] for r in records], self.test_fraction)
-        _write_atomic(self.out / "annotations.json", json.dumps(coco_json(records, splits)))
+        write_atomic(self.out / "annotations.json", json.dumps(coco_json(records, splits)))
         with tempfile.TemporaryDirectory(dir=self.work) as cache:
             rows = self._dataset(records, cache)
             dataset = DatasetDict(
@@ -307,8 +307,8 @@ class LabelStore:
 
 
 def coco_json(records: list[dict[str, Any]], splits: list[str]) -> dict[str, Any]:
-    """COCO instances of the records (annotate's `_coco`), each annotation with its provenance columns."""
-    coco = _coco(records, splits)
+    """COCO instances of the records (annotate's `coco_instances`), each annotation with its provenance columns."""
+    coco = coco_instances(records, splits)
     coco["info"] = {"description": "sam-hf label: masks made in the browser with SAM"}
     stored = [a for record in records for a in record["annotations"]]
     for annotation, source in zip(coco["annotations"], stored, strict=True):
