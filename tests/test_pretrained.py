@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sam_hf import SamHFModel
+from sam_hf.cli import main as sam_hf_cli
 from sam_hf.data.synthetic import generate_sample
 from sam_hf.modeling.configuration_sam_hf import SAM_HF_PRESETS
 from sam_hf.pretrained import SHIPPED_MODELS, shipped_model_path
@@ -317,6 +318,22 @@ def test_ship_tiny_ships_a_run_with_its_evaluation_and_card(tmp_path, monkeypatc
     measured = json.loads((records / "tiny_run_eval.json").read_text())
     monkeypatch.setattr(ship_tiny, "sam_hf_cli", lambda argv: pytest.fail(f"measured again: {argv}"))
     assert ship_tiny.evaluate(model_dir, records, "tiny_run", 2, 2) == measured
+    # Two sets lost: only those are measured again, and the file written between them keeps every other set.
+    eval_file = records / "tiny_run_eval.json"
+    eval_file.write_text(
+        json.dumps({k: v for k, v in measured.items() if k not in ("shapes192", "cells128")})
+    )
+    on_disk_at_each_call = []
+
+    def cli(argv):
+        on_disk_at_each_call.append(json.loads(eval_file.read_text()))
+        sam_hf_cli(argv)
+
+    monkeypatch.setattr(ship_tiny, "sam_hf_cli", cli)
+    remeasured = ship_tiny.evaluate(model_dir, records, "tiny_run", 2, 2)
+    assert len(on_disk_at_each_call) == 2
+    assert on_disk_at_each_call[1]["clicks"] == measured["clicks"] and "shapes192" in on_disk_at_each_call[1]
+    assert remeasured["clicks"] == measured["clicks"] and sorted(remeasured) == sorted(measured)
     sys.modules.pop("ship_tiny", None)
 
 

@@ -108,9 +108,20 @@ def evaluate(
     path = records / f"{name}_eval.json"
     digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
     previous = json.loads(path.read_text()) if path.exists() else {}
-    if previous.get("weights_sha256") != digest:
-        previous = {}
-    results: dict = {"weights_sha256": digest, "clicks": {}}
+    kept = previous if previous.get("weights_sha256") == digest else {}
+    results: dict = {
+        "weights_sha256": digest,
+        "clicks": {
+            key: entry
+            for key, entry in kept.get("clicks", {}).items()
+            if entry["num_images"] == num_click_images
+        },
+        **{
+            key: entry
+            for key, entry in kept.items()
+            if key not in ("weights_sha256", "clicks") and entry["num_images"] == num_images
+        },
+    }
 
     def measure(domain: str, side: int, count: int, *options: str) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
@@ -122,8 +133,7 @@ def evaluate(
 
     for domain, side, _ in EVAL_DATA:
         key = f"{domain}{side}"
-        if previous.get(key, {}).get("num_images") == num_images:
-            results[key] = previous[key]
+        if key in results:
             continue
         measured = measure(domain, side, num_images, "--prompt", ",".join(PROMPTS))
         run = measured["runs"]["model"]["results"]
@@ -132,11 +142,10 @@ def evaluate(
             "num_images": measured["num_images"],
             **{prompt: run[prompt] for prompt in PROMPTS},
         }
-        path.write_text(json.dumps({**previous, **results}, indent=1) + "\n")
+        path.write_text(json.dumps(results, indent=1) + "\n")
     for domain, side in CLICK_DATA:
         key = f"{domain}{side}"
-        if previous.get("clicks", {}).get(key, {}).get("num_images") == num_click_images:
-            results["clicks"][key] = previous["clicks"][key]
+        if key in results["clicks"]:
             continue
         options = ("--prompt", "clicks", "--max-clicks", str(MAX_CLICKS))
         measured = measure(domain, side, num_click_images, *options)
@@ -146,7 +155,7 @@ def evaluate(
             "num_images": measured["num_images"],
             **{field: clicks[field] for field in ("num_objects", "miou_per_click", "noc@85", "noc@90")},
         }
-        path.write_text(json.dumps({**previous, **results}, indent=1) + "\n")
+        path.write_text(json.dumps(results, indent=1) + "\n")
     path.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
