@@ -232,3 +232,29 @@ def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
     assert stats[0]["model_id"] == "sam-hf-tiny" and stats[1]["objects"] == 1
     assert stats[0]["objects"] == job.num_masks
     assert stats[0]["clicks_per_object"] == 1.0
+
+
+def test_a_loaded_or_peft_wrapped_model_labels_as_its_name_does(session, photo_folder, tmp_path):
+    """The session takes a loaded model (its processor from its config) and a PEFT-wrapped one, as the
+    predictor does; the first click gives the same masks as the model loaded by name."""
+    import torch
+
+    from sam_hf import SamHFModel
+    from sam_hf.training.lora import apply_lora
+
+    expected = session.add_click(250, 200)
+    model = SamHFModel.from_pretrained("sam-hf-tiny")
+    with LabelSession(model, photo_folder, tmp_path / "loaded") as loaded:
+        proposal = loaded.add_click(250, 200)
+        np.testing.assert_array_equal(proposal.masks, expected.masks)
+        np.testing.assert_allclose(proposal.iou_predictions, expected.iou_predictions, atol=1e-6)
+    peft_model = apply_lora(SamHFModel.from_pretrained("sam-hf-tiny"))
+    with torch.no_grad():  # a non-zero adapter: the session must run through it
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    with LabelSession(peft_model, photo_folder, tmp_path / "peft") as adapted:
+        changed = adapted.add_click(250, 200)
+        assert not np.allclose(changed.iou_predictions, expected.iou_predictions, atol=1e-3)
+    with pytest.raises(TypeError, match="a loaded model, or a \\(model, processor\\) pair, got int"):
+        LabelSession(3, photo_folder, tmp_path / "bad")

@@ -133,8 +133,9 @@ class LabelSession:
 
     Args:
         model: any form `sam_hf.hub.load_model` accepts (shipped name such as `"sam-hf-tiny"`, Hub id, Meta
-            `.pth`, sam_hf / transformers / adapter / `sam-hf finetune` output folder), or a
-            `(model, processor)` pair already loaded.
+            `.pth`, sam_hf / transformers / adapter / `sam-hf finetune` output folder), a loaded model
+            (`SamHFModel` or a PEFT model wrapping one; its processor from its config, as `SamPredictor`
+            makes it), or a `(model, processor)` pair already loaded.
         images: a folder of images, a `load_from_disk` dataset folder (e.g. `sam-hf annotate` output; all
             splits) or a `datasets.Dataset`/`DatasetDict` with an `image` column.
         out: the dataset folder to write (layout in `sam_hf.labeling.store`); an existing one is resumed.
@@ -681,17 +682,21 @@ def _load(model: Any) -> tuple[torch.nn.Module, Any, str, str]:
     """`(model, processor, model_id, model_revision)` of the session's `model` argument."""
     from ..hub.loading import load_model
 
+    if isinstance(model, torch.nn.Module):
+        model = (model, None)
     if isinstance(model, tuple):
         if len(model) != 2 or not isinstance(model[0], torch.nn.Module):
             raise TypeError(
-                f"model must be a model name or path, or a (model, processor) pair, got {model!r:.200}"
+                "model must be a model name or path, a loaded model, or a (model, processor) pair, got "
+                f"{model!r:.200}"
             )
         loaded, processor = model
         name = getattr(loaded, "name_or_path", "") or _IN_MEMORY
         return loaded, processor, name, _weights_digest(loaded)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
-            f"model must be a model name or path, or a (model, processor) pair, got {type(model).__name__}"
+            "model must be a model name or path, a loaded model, or a (model, processor) pair, got "
+            f"{type(model).__name__}"
         )
     loaded, processor, resolved = load_model(model, merge_adapter=True)
     return loaded, processor, resolved.name, model_revision(resolved, loaded)
