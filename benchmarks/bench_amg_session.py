@@ -12,10 +12,12 @@ candidate is post-processed). Runs, in this order:
   non-zero B), the model a fine-tuning run hands back.
 
 Prints each time (the median of `--repeats` `generate()` calls after one warm-up; the official runs once
-unless `--official-repeats` says otherwise) and the ratios official / ours and LoRA / plain.
+unless `--official-repeats` says otherwise) and the ratios official / ours and LoRA / plain. On a CPU without
+native bf16 (AVX2 only) bf16 is emulated and slower than float32; `--precisions fp32` skips that run there.
 
     python benchmarks/bench_amg_session.py
     python benchmarks/bench_amg_session.py --points-per-side 32 --repeats 1
+    python benchmarks/bench_amg_session.py --precisions fp32
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ def _median_seconds(generate, image, repeats: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed generate() calls of each sam_hf run")
     parser.add_argument("--official-repeats", type=int, default=1)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     args = parser.parse_args()
 
     import numpy as np
@@ -52,7 +57,11 @@ def main() -> None:
     from sam_hf.training.lora import apply_lora
 
     image = np.asarray(Image.fromarray(data.astronaut()).resize((512, 512)))
-    settings = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    settings = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+    }
     torch.manual_seed(0)
     official = sam_model_registry["vit_b"]().eval()
     model = SamHFModel(SamHFConfig.from_preset("vit_b")).eval()
@@ -65,9 +74,9 @@ def main() -> None:
     results["official"] = _median_seconds(official_generator.generate, image, args.official_repeats)
     print(f"  official fp32      {results['official'][0]:7.2f} s  {results['official'][1]} masks", flush=True)
     del official_generator, official
-    runs = {"sam_hf fp32": (model, "fp32"), "sam_hf bf16": (model, "bf16")}
-    for name, (candidate, precision) in runs.items():
-        generator = SamAutomaticMaskGenerator(candidate, precision=precision, **settings)
+    for precision in dict.fromkeys(["fp32", *args.precisions]):
+        name = f"sam_hf {precision}"
+        generator = SamAutomaticMaskGenerator(model, precision=precision, **settings)
         generator.generate(image)  # warm-up: first-call allocations and kernel choices
         results[name] = _median_seconds(generator.generate, image, args.repeats)
         print(f"  {name:<18} {results[name][0]:7.2f} s  {results[name][1]} masks", flush=True)
@@ -79,7 +88,9 @@ def main() -> None:
           f"{results['sam_hf fp32 + LoRA'][1]} masks", flush=True)  # fmt: skip
 
     reference = results["official"][0]
-    for name in ("sam_hf fp32", "sam_hf bf16", "sam_hf fp32 + LoRA"):
+    for name in [f"sam_hf {precision}" for precision in dict.fromkeys(["fp32", *args.precisions])] + [
+        "sam_hf fp32 + LoRA"
+    ]:
         print(f"official / {name}: {reference / results[name][0]:.2f}x")
     print(f"LoRA / plain (fp32): {results['sam_hf fp32 + LoRA'][0] / results['sam_hf fp32'][0]:.2f}x")
 

@@ -13,9 +13,11 @@ Decoding: one point prompt, multimask, decoder + upsampling to the original imag
 costs in an interactive tool): official `SamPredictor.predict`, transformers `SamModel(image_embeddings=...)`
 + `SamProcessor.post_process_masks`, ours `SamPredictor.predict`; median of `--decode-repeats` runs.
 
-Ratios are peer / ours from the same invocation; the CPU may be shared, so compare ratios.
+Ratios are peer / ours from the same invocation; the CPU may be shared, so compare ratios. On a CPU without
+native bf16 (`torch.backends.cpu.get_cpu_capability()` below AVX512, e.g. AVX2) every bf16 product is emulated
+and slower than float32; `--precisions fp32` skips the bf16 rows there.
 
-    python benchmarks/bench_encoder.py [--repeats 3] [--decode-repeats 20] [--device cpu]
+    python benchmarks/bench_encoder.py [--repeats 3] [--decode-repeats 20] [--device cpu] [--precisions fp32]
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder runs per implementation")
     parser.add_argument("--decode-repeats", type=int, default=20, help="timed one-prompt decodes")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     args = parser.parse_args()
 
     from segment_anything import SamPredictor as OfficialPredictor
@@ -143,35 +146,37 @@ def main() -> None:
     times["official fp32"] = _median_seconds(encode(official.image_encoder), args.repeats, device)
     times["transformers fp32"] = _median_seconds(encode(theirs.get_image_embeddings), args.repeats, device)
     times["sam_hf fp32"] = _median_seconds(encode(ours.get_image_embeddings), args.repeats, device)
-    times["official bf16 autocast"] = _median_seconds(
-        encode(official.image_encoder, True), args.repeats, device
-    )
-    times["transformers bf16 autocast"] = _median_seconds(
-        encode(theirs.get_image_embeddings, True), args.repeats, device
-    )
     with torch.inference_mode():
         reference = ours.get_image_embeddings(pixel_values)
         official_embedding = official.image_encoder(pixel_values)
-    ours.image_encoder.to(torch.bfloat16)
-    times["sam_hf bf16"] = _median_seconds(encode(ours.get_image_embeddings), args.repeats, device)
-    with torch.inference_mode():
-        bf16_embedding = ours.get_image_embeddings(pixel_values)
-    ours.image_encoder.float()
+    if "bf16" in args.precisions:
+        times["official bf16 autocast"] = _median_seconds(
+            encode(official.image_encoder, True), args.repeats, device
+        )
+        times["transformers bf16 autocast"] = _median_seconds(
+            encode(theirs.get_image_embeddings, True), args.repeats, device
+        )
+        ours.image_encoder.to(torch.bfloat16)
+        times["sam_hf bf16"] = _median_seconds(encode(ours.get_image_embeddings), args.repeats, device)
+        with torch.inference_mode():
+            bf16_embedding = ours.get_image_embeddings(pixel_values)
+        ours.image_encoder.float()
 
-    fastest_fp32 = min(times["official fp32"], times["transformers fp32"])
-    fastest_bf16 = min(times["official bf16 autocast"], times["transformers bf16 autocast"])
     for name, seconds in times.items():
         print(f"  encode {name:28s} {seconds:7.2f} s")
+    fastest_fp32 = min(times["official fp32"], times["transformers fp32"])
     print(f"  ratio fp32: fastest peer / sam_hf = {fastest_fp32 / times['sam_hf fp32']:.2f}x")
-    print(f"  ratio bf16: fastest peer / sam_hf = {fastest_bf16 / times['sam_hf bf16']:.2f}x")
-    print(f"  ratio: sam_hf bf16 vs official fp32 = {times['official fp32'] / times['sam_hf bf16']:.2f}x")
     print(
         f"  sam_hf fp32 vs official fp32 embeddings: max abs diff {(reference - official_embedding).abs().max():.2e}"
     )
-    agreement = _mask_agreement(ours, reference, bf16_embedding, image.shape[:2])
-    print(
-        f"  bf16 vs fp32 full-size masks (64 point prompts x 3 masks): {100 * agreement:.3f} % pixels agree"
-    )
+    if "bf16" in args.precisions:
+        fastest_bf16 = min(times["official bf16 autocast"], times["transformers bf16 autocast"])
+        print(f"  ratio bf16: fastest peer / sam_hf = {fastest_bf16 / times['sam_hf bf16']:.2f}x")
+        print(f"  ratio: sam_hf bf16 vs official fp32 = {times['official fp32'] / times['sam_hf bf16']:.2f}x")
+        agreement = _mask_agreement(ours, reference, bf16_embedding, image.shape[:2])
+        print(
+            f"  bf16 vs fp32 full-size masks (64 point prompts x 3 masks): {100 * agreement:.3f} % pixels agree"
+        )
 
     # One-prompt decode + post-processing to the original size.
     point, label = np.array([[200, 150]]), np.array([1])
