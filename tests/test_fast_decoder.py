@@ -107,3 +107,35 @@ def test_follows_modules_to_save():
     embeddings, points = _inputs(peft_model)
     with torch.inference_mode():
         _assert_close(_fast(peft_model, embeddings, points), _plain_decoder(peft_model, embeddings, points))
+
+
+def test_chunks_share_the_first_layer_and_equal_one_pass():
+    """Chunks of any size, one prompt per chunk included (a per-prompt batch of 1 must not be taken for the
+    shared image tokens), give what one pass over all prompts gives."""
+    model = _model("sam-hf-tiny")
+    embeddings, points = _inputs(model, num_prompts=7)
+    with torch.no_grad():
+        whole = _fast(model, embeddings, points)
+        for chunk_size in (1, 3, 7):
+            chunked = decode_point_prompts(
+                model.prompt_encoder, model.mask_decoder, embeddings, points, chunk_size=chunk_size
+            )
+            _assert_close(chunked, whole)
+        _assert_close(whole, _plain_decoder(model, embeddings, points))
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points, chunk_size=0)
+
+
+def test_a_hooked_upscaling_convolution_is_called_as_a_module():
+    """The upscaling's matrix-product form reads the convolution weights; a hook on a convolution (as any
+    wrapper) must make the decoder call the module instead, with the same result."""
+    model = _model("sam-hf-tiny")
+    embeddings, points = _inputs(model, num_prompts=4)
+    calls = []
+    with torch.no_grad():
+        expected = _fast(model, embeddings, points)
+        handle = model.mask_decoder.output_upscaling[0].register_forward_hook(lambda *args: calls.append(1))
+        hooked = _fast(model, embeddings, points)
+        handle.remove()
+    assert calls, "the hooked convolution was not called"
+    _assert_close(hooked, expected)

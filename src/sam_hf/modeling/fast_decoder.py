@@ -5,23 +5,32 @@
 (N = h * w image tokens, T prompt tokens, H heads, d = width per head):
 
 - the image tokens are the same for every prompt until the first image-to-token attention updates them, so
-  the first layer projects them once for all prompts;
+  the first layer projects them once for all prompts, and once for all chunks when the prompts are decoded in
+  chunks (`chunk_size`, which bounds the per-prompt temporaries);
 - a prompt has a handful of tokens against thousands of image tokens, so value and output projections are
   applied to the few attention-weighted tokens rather than to every image token (`sum_n p_n v(x_n) =
   v(sum_n p_n x_n)` for an affine `v`, as the weights `p_n` sum to 1);
-- the upscaling runs on channels-last image tokens and the mask projection is one matrix product.
+- the upscaling runs on channels-last image tokens and the mask projection is one matrix product; a
+  transposed convolution with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so when
+  `output_upscaling` holds the plain modules it is built from it runs as two matrix products on the tokens.
 
 Every weight is used through a call of the module that owns it (`q_proj`, `k_proj`, `v_proj`, `out_proj`,
-norms, MLPs, `output_upscaling`), never read from its `.weight`: adapters such as PEFT LoRA (merged or not),
-`modules_to_save` copies, hooks and dtype changes apply as in the model's own forward. The re-association
-needs the attention projections to be affine in their input (a linear layer, with or without a LoRA adapter,
-in eval mode).
+norms, MLPs, `output_upscaling`): adapters such as PEFT LoRA (merged or not), `modules_to_save` copies, hooks
+and dtype changes apply as in the model's own forward. The one exception is the upscaling's matrix-product
+form, which reads the weights of its transposed convolutions and norm, and is taken only when each of those
+modules is exactly the plain class (`nn.ConvTranspose2d`, `LayerNorm2d`, `nn.GELU`) without hooks, so that
+reading the weights computes what calling the module would; anything else (an adapter on a convolution, a
+`modules_to_save` copy, a hook) is called as a module. The re-association needs the attention projections to
+be affine in their input (a linear layer, with or without a LoRA adapter, in eval mode).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .common import LayerNorm2d
 
 __all__ = ["decode_point_prompts"]
 
@@ -31,6 +40,7 @@ def decode_point_prompts(
     mask_decoder: nn.Module,
     image_embeddings: torch.Tensor,
     points: torch.Tensor,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimask outputs of the mask decoder for `P` single foreground points on one image.
 
@@ -42,12 +52,13 @@ def decode_point_prompts(
         prompt_encoder: the model's prompt encoder.
         mask_decoder: the model's mask decoder, or a copy of it cast to another dtype.
         image_embeddings: `(1, C, h, w)` embedding of the image.
-        points: `(P, 2)` XY in the model frame.
+        points: `(P, 2)` XY in the model frame, P >= 1.
+        chunk_size: prompts decoded together after the shared first-layer work (None: all `P`); each prompt
+            holds `(h w, C)` image tokens and a `(16 h w, C / 8)` upscaled map while its chunk runs.
 
     Returns:
         mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`, in the decoder's dtype.
     """
-    transformer = mask_decoder.transformer
     dtype = mask_decoder.iou_token.weight.dtype
     num_prompts = points.shape[0]
     labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
@@ -59,9 +70,33 @@ def decode_point_prompts(
     # Without a mask prompt the dense embedding is the same for every prompt.
     src = (image_embeddings.to(dense.dtype) + dense[:1]).to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
     key_pe = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)  # (1, N, C)
+    shared: dict[nn.Module, tuple[torch.Tensor, ...]] = {}  # projections of the shared image tokens
+    step = num_prompts if chunk_size is None else chunk_size
+    if step < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    decoded = [
+        _decode_chunk(mask_decoder, tokens[start : start + step], src, key_pe, shared, h, w)
+        for start in range(0, num_prompts, step)
+    ]
+    if len(decoded) == 1:
+        return decoded[0]
+    return torch.cat([masks for masks, _ in decoded]), torch.cat([iou for _, iou in decoded])
 
-    queries, keys = tokens, src  # keys: (1, N, C) until the first image-to-token attention, then (P, N, C)
-    for layer in transformer.layers:
+
+def _decode_chunk(
+    mask_decoder: nn.Module,
+    tokens: torch.Tensor,
+    src: torch.Tensor,
+    key_pe: torch.Tensor,
+    shared: dict[nn.Module, tuple[torch.Tensor, ...]],
+    h: int,
+    w: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode_point_prompts` for prompt tokens `(P, T, C)` against the shared image tokens `src` and their
+    positions `key_pe` `(1, N, C)`; `shared` keeps the projections of `src` made by the first chunk."""
+    # keys: `src` until the first image-to-token attention, then per prompt (P, N, C), even for P = 1
+    queries, keys = tokens, src
+    for layer in mask_decoder.transformer.layers:
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(queries, queries, queries)
         else:
@@ -69,13 +104,19 @@ def decode_point_prompts(
             queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
         keys_pe = keys + key_pe  # image tokens with positions, used by both cross attentions
-        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
+        cache = shared if keys is src else None
+        attended = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, cache)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = _image_to_token(layer.cross_attn_image_to_token, keys_pe, keys, queries + tokens, queries)
+        keys = _image_to_token(
+            layer.cross_attn_image_to_token, keys_pe, keys, queries + tokens, queries, cache
+        )
         del keys_pe
         keys = layer.norm4(keys)
-    attended = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
+    transformer = mask_decoder.transformer
+    attended = _token_to_image(
+        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys, None
+    )
     queries = transformer.norm_final_attn(queries + attended)
 
     mask_tokens = queries[:, 2 : 1 + mask_decoder.num_mask_tokens]  # the multimask outputs only
@@ -98,11 +139,46 @@ def _upscale_and_project(
         `(P, M, 4h, 4w)` mask logits.
     """
     num_prompts, num_masks = hyper_in.shape[:2]
+    if _is_plain_upscaling(upscaling):
+        conv1, norm, act1, conv2, act2 = upscaling
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        # Each transposed convolution as a matrix product from a pixel to its 2x2 block: weight (C_in, C_out,
+        # a, b) -> (C_in, (a, b, C_out)); the bias rides on the product.
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
+        x = F.linear(keys, w1.T, conv1.bias.repeat(4)).view(num_prompts, -1, 4, c1)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))  # LayerNorm2d, channels last
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = act2(F.linear(x, w2.T, conv2.bias.repeat(4)))  # (P, N, (a, b), (a', b', c2))
+        masks = x.view(num_prompts, -1, c2) @ hyper_in.transpose(1, 2)  # (P, N * 16, M)
+        # Output pixel (4i + 2a + a', 4j + 2b + b') of input pixel (i, j).
+        masks = masks.view(num_prompts, h, w, 2, 2, 2, 2, num_masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(num_prompts, num_masks, 4 * h, 4 * w)
     # A channels-last view of the tokens as images: no copy, and the convolutions keep that layout.
     images = keys.unflatten(1, (h, w)).permute(0, 3, 1, 2)  # (P, C, h, w)
     upscaled = upscaling(images).permute(0, 2, 3, 1)  # (P, 4h, 4w, C / 8)
     masks = upscaled.reshape(num_prompts, 16 * h * w, -1) @ hyper_in.transpose(1, 2)  # (P, 16 h w, M)
     return masks.view(num_prompts, 4 * h, 4 * w, num_masks).permute(0, 3, 1, 2)
+
+
+def _is_plain_upscaling(upscaling: nn.Module) -> bool:
+    """`upscaling` is SAM's `Sequential(ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d, GELU)` of plain
+    modules (exact classes, no hooks), transposed convolutions with kernel = stride = 2 and no padding."""
+    expected = (nn.ConvTranspose2d, LayerNorm2d, nn.GELU, nn.ConvTranspose2d, nn.GELU)
+    modules = [upscaling, *upscaling.children()]
+    if type(upscaling) is not nn.Sequential or len(modules) != len(expected) + 1:
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
+        return False
+    if any(type(m) is not kind for m, kind in zip(modules[1:], expected, strict=True)):
+        return False
+    return all(
+        conv.kernel_size == conv.stride == (2, 2)
+        and conv.padding == conv.output_padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+        for conv in (modules[1], modules[4])
+    )
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -118,9 +194,15 @@ def _head_diagonal(projected: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def _token_to_image(
-    attn: nn.Module, q_in: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    attn: nn.Module,
+    q_in: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    shared: dict[nn.Module, tuple[torch.Tensor, ...]] | None,
 ) -> torch.Tensor:
-    """Prompt tokens `(P, T, C)` attend to image tokens: keys (with positions) and values `(1 or P, N, C)`.
+    """Prompt tokens `(P, T, C)` attend to image tokens: keys (with positions) and values, `(1, N, C)` shared
+    by every prompt (with `shared`, where their projections are kept per `attn`) or `(P, N, C)` (`shared`
+    None).
 
     Returns:
         `(P, T, C)`, as `attn(q_in, keys, values)`.
@@ -129,14 +211,19 @@ def _token_to_image(
     q = _split_heads(attn.q_proj(q_in), heads)  # (P, H, T, d)
     P, H, T, d = q.shape
     q = q * d**-0.5
-    k = _split_heads(attn.k_proj(keys), heads)  # (1 or P, H, N, d)
-    if keys.shape[0] == 1:
-        # Shared image tokens: one product per head for all prompts, values projected once.
-        v = _split_heads(attn.v_proj(values), heads)[0]  # (H, N, d)
+    if shared is not None:
+        # Shared image tokens: one product per head for all prompts, keys and values projected once.
+        if attn not in shared:
+            shared[attn] = (
+                _split_heads(attn.k_proj(keys), heads)[0],  # (H, N, d)
+                _split_heads(attn.v_proj(values), heads)[0],
+            )
+        k, v = shared[attn]
         rows = q.transpose(0, 1).reshape(H, P * T, d)
-        probs = torch.softmax(rows @ k[0].transpose(1, 2), dim=-1)  # (H, P*T, N)
+        probs = torch.softmax(rows @ k.transpose(1, 2), dim=-1)  # (H, P*T, N)
         out = (probs @ v).view(H, P, T, d).permute(1, 2, 0, 3).reshape(P, T, H * d)
     else:
+        k = _split_heads(attn.k_proj(keys), heads)  # (P, H, N, d)
         probs = torch.softmax(q @ k.transpose(2, 3), dim=-1)  # (P, H, T, N)
         mixed = (probs.view(P, H * T, -1) @ values).view(P, H, T, -1)  # attention-weighted image tokens
         # Each head's weights sum to 1, so projecting the mixture equals mixing the projected values.
@@ -145,10 +232,16 @@ def _token_to_image(
 
 
 def _image_to_token(
-    attn: nn.Module, queries: torch.Tensor, keys: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
+    attn: nn.Module,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k_in: torch.Tensor,
+    v_in: torch.Tensor,
+    shared: dict[nn.Module, tuple[torch.Tensor, ...]] | None,
 ) -> torch.Tensor:
     """Image tokens attend to prompt tokens `(P, T, C)`: queries are the image tokens with positions and
-    `keys` the image tokens themselves (the residual), both `(1 or P, N, C)`.
+    `keys` the image tokens themselves (the residual), both `(1, N, C)` shared by every prompt (with
+    `shared`, where the queries' projection is kept per `attn`) or `(P, N, C)` (`shared` None).
 
     Returns:
         `keys + attn(queries, k_in, v_in)`, `(P, N, C)` (the residual of the block, before its norm);
@@ -159,12 +252,15 @@ def _image_to_token(
     v = _split_heads(attn.v_proj(v_in), heads)
     P, H, T, d = k.shape
     k = k * d**-0.5
-    q = attn.q_proj(queries).unflatten(-1, (H, d))  # (1 or P, N, H, d)
-    if queries.shape[0] == 1:
+    if shared is not None:
         # Shared image tokens: one product per head for all prompts.
+        if attn not in shared:
+            shared[attn] = (attn.q_proj(queries)[0].unflatten(-1, (H, d)).permute(1, 2, 0),)  # (H, d, N)
+        (q,) = shared[attn]
         rows = k.transpose(0, 1).reshape(H, P * T, d)
-        scores = (rows @ q[0].permute(1, 2, 0)).view(H, P, T, -1).transpose(0, 1)  # (P, H, T, N)
+        scores = (rows @ q).view(H, P, T, -1).transpose(0, 1)  # (P, H, T, N)
     else:
+        q = attn.q_proj(queries).unflatten(-1, (H, d))  # (P, N, H, d)
         scores = k @ q.permute(0, 2, 3, 1)  # (P, H, T, N)
     # Softmax over each head's T tokens; the strided dimension keeps the long N axis contiguous.
     probs = torch.softmax(scores, dim=2).reshape(P, H * T, -1)  # (P, H*T, N)
@@ -174,6 +270,6 @@ def _image_to_token(
     per_head.diagonal(dim1=1, dim2=3).copy_(v.permute(0, 2, 3, 1))
     bias = attn.out_proj(v.new_zeros(1, H * d))  # (1, C)
     values = attn.out_proj(per_head.flatten(3)) - bias * (H - 1) / H  # (P, H, T, C)
-    if keys.shape[0] == 1:
+    if shared is not None:  # the shared tokens stay as they are for the other prompts and chunks
         return torch.baddbmm(keys, probs.transpose(1, 2), values.flatten(1, 2))
     return keys.baddbmm_(probs.transpose(1, 2), values.flatten(1, 2))  # the caller's keys are not reused

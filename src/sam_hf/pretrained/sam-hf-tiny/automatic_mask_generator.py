@@ -313,11 +313,9 @@ class SamAutomaticMaskGenerator:
             if embeddings.device.type == "cpu"
             else len(model_points)
         )
-        decoded = [
-            decode_point_prompts(self.model.prompt_encoder, decoder, embeddings, model_points[i : i + step])
-            for i in range(0, len(model_points), step)
-        ]
-        low_res, iou_preds = torch.cat([d[0] for d in decoded]), torch.cat([d[1] for d in decoded])
+        low_res, iou_preds = decode_point_prompts(
+            self.model.prompt_encoder, decoder, embeddings, model_points, chunk_size=step
+        )
         num_masks = low_res.shape[1]
         # Upsampled in the decoder's dtype: fp32 for parity, bf16/fp16 for speed.
         low_res = low_res.flatten(0, 1)  # (P * 3, mask_size, mask_size)
