@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from sam_hf.prompting.simulation import distance_transform, sample_box, sample_correction_click, sample_points
+from sam_hf.prompting.simulation import (
+    distance_transform,
+    sample_box,
+    sample_brush_stroke,
+    sample_correction_click,
+    sample_points,
+)
 
 
 def _disk(height=40, width=50, cy=20, cx=25, r=8):
@@ -74,3 +80,23 @@ def test_correction_click_goes_to_interior_of_larger_error():
     assert coord[0] == 18 and 11 <= coord[1] <= 18  # 7 px from every edge of the block
     coord, label = sample_correction_click(gt | _disk(30, 30, 27, 27, 6), gt, np.random.default_rng(0))
     assert label == 0 and not gt[int(coord[1]), int(coord[0])]
+
+
+def test_brush_dabs_only_turn_wrong_pixels_right_until_the_mask_is_the_ground_truth():
+    gt = _disk(60, 70, 30, 30, 18) | _disk(60, 70, 30, 55, 7)  # a blob with a thin neck to a knob
+    pred = _disk(60, 70, 36, 24, 15)  # shifted: misses the top right, spills at the bottom left
+    pred[2:6, 60:66] = True  # a separate false positive
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :70]
+    dabs = 0
+    while (pred != gt).any() and dabs < 400:
+        wrong, dabs = pred != gt, dabs + 1
+        (x, y), radius, erase = sample_brush_stroke(pred, gt, rng)
+        disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
+        assert radius >= 0.5 and wrong[int(y), int(x)]
+        pred = pred & ~disc if erase else pred | disc
+        assert not ((pred != gt) & ~wrong).any()  # no pixel that was right became wrong
+        assert (pred != gt).sum() < wrong.sum()
+    assert np.array_equal(pred, gt) and dabs < 200  # converges, with large dabs first
+    with pytest.raises(ValueError, match="nothing to paint"):
+        sample_brush_stroke(gt, gt, rng)

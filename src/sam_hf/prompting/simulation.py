@@ -14,6 +14,7 @@ __all__ = [
     "correction_clicks",
     "distance_transform",
     "sample_box",
+    "sample_brush_stroke",
     "sample_correction_click",
     "sample_points",
 ]
@@ -191,6 +192,50 @@ def sample_correction_click(
     ys, xs = np.nonzero(distance == distance.max())
     pick = rng.integers(len(xs))
     return np.array([xs[pick] + left, ys[pick] + top], dtype=np.float32), int(positive)
+
+
+def sample_brush_stroke(
+    pred_mask: np.ndarray, gt_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, float, bool]:
+    """A dab of a round brush or eraser that an annotator makes to fix a mask the clicks left wrong.
+
+    In the larger error region (false negatives `gt & ~pred`: the brush; false positives `pred & ~gt`: the
+    eraser), the dab goes where the largest disc fits that changes no correctly labelled pixel to wrong: for
+    the brush, the false-negative pixel farthest from the ground truth's outside; for the eraser, the
+    false-positive pixel farthest from the ground truth. Its radius is that distance less half a pixel, so
+    every pixel the disc covers becomes right (a disc of radius 0.5 covers its centre pixel alone). Ties are
+    broken at random by `rng`. SA-1B's annotators refined masks with such pixel-precise brush and eraser tools
+    (Kirillov et al., "Segment Anything", 2023, appendix B).
+
+    Args:
+        pred_mask: `(H, W)` binary mask shown.
+        gt_mask: `(H, W)` binary ground truth.
+        rng: source of randomness.
+
+    Returns:
+        `coord (2,)` float32 XY pixels of the centre, `radius` in pixels (>= 0.5) and `erase`.
+
+    Raises:
+        ValueError: the masks' shapes differ, or the mask already equals the ground truth.
+    """
+    pred_mask = _check_mask(pred_mask, "pred_mask")
+    gt_mask = _check_mask(gt_mask, "gt_mask")
+    if pred_mask.shape != gt_mask.shape:
+        raise ValueError(
+            f"pred_mask and gt_mask must have the same shape, got {pred_mask.shape} and {gt_mask.shape}"
+        )
+    false_neg = gt_mask & ~pred_mask
+    false_pos = pred_mask & ~gt_mask
+    if not false_neg.any() and not false_pos.any():
+        raise ValueError("pred_mask already equals gt_mask: there is nothing to paint")
+    erase = int(false_pos.sum()) > int(false_neg.sum())
+    region = false_pos if erase else false_neg
+    safe = distance_transform(~gt_mask if erase else gt_mask)
+    depth = np.where(region, safe, 0.0)
+    ys, xs = np.nonzero(depth == depth.max())
+    pick = rng.integers(len(xs))
+    radius = max(float(depth.max()) - 0.5, 0.5)
+    return np.array([xs[pick], ys[pick]], dtype=np.float32), radius, erase
 
 
 def correction_clicks(
