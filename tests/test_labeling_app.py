@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sam_hf.cli import main
+from sam_hf.data.rle import rle_to_mask
 
 _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 _SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "label_app.png"
@@ -167,7 +168,8 @@ def test_label_in_the_browser(photos, tmp_path):
             page.keyboard.press("n")  # next image: finishes this one
             _status(page, "image 2 of 2, 0 object(s) accepted")
 
-            # The coffee cup, in manual mode: a click undone with `z`, then a box (two clicks) accepted.
+            # The coffee cup, in manual mode: a click undone with `z`, then a box (two clicks) and a brush
+            # dab at its centre accepted.
             _click(page, 300, 150)
             _status(page, "after 1 click(s)")
             page.locator("body").click(position={"x": 5, "y": 5})
@@ -177,7 +179,10 @@ def test_label_in_the_browser(photos, tmp_path):
             _click(page, 200, 40)
             _status(page, "first corner at (200, 40)")
             _click(page, 430, 300)
-            _status(page, "after 1 click(s)")
+            _status(page, "after 1 click(s), 0 brush stroke(s)")
+            page.locator("#sam-hf-tool").get_by_text("brush", exact=True).click()
+            _click(page, 315, 170)
+            _status(page, "after 1 click(s), 1 brush stroke(s)")
             page.locator("body").click(position={"x": 5, "y": 5})
             page.keyboard.press("Enter")
             _status(page, "1 object(s) accepted")
@@ -187,7 +192,7 @@ def test_label_in_the_browser(photos, tmp_path):
             page.locator("#sam-hf-accept").click()
             _status(page, "2 object(s) accepted")
             page.locator("#sam-hf-objects input").click()
-            page.get_by_role("option", name="2: (manual, 1 clicks)").click()
+            page.get_by_role("option", name="2: (manual, 1 clicks, 0 strokes)").click()
             page.locator("#sam-hf-delete").click()
             _status(page, "1 object(s) accepted")
 
@@ -228,7 +233,8 @@ def test_label_in_the_browser(photos, tmp_path):
     assert all(seconds > 0 for seconds in row["seconds"])
     assert (out / "annotations.json").is_file()
     (coffee,) = [row for split in dataset.values() for row in split if row["file_name"] == "coffee.png"]
-    assert coffee["stage"] == ["manual"] and coffee["num_clicks"] == [1]
+    assert coffee["stage"] == ["manual"] and coffee["num_clicks"] == [1] and coffee["num_strokes"] == [1]
+    assert rle_to_mask(coffee["masks"][0])[170, 315]  # the brush's pixel is in the stored mask
     x, y, width, height = coffee["bbox"][0]
     assert 200 < x + width / 2 < 430 and 40 < y + height / 2 < 300  # the box's mask, not the deleted one
     assert (out / "rounds" / "1").is_dir()

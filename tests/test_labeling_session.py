@@ -108,6 +108,43 @@ def test_undo_steps_back_and_accept_writes_at_once(session, tmp_path):
         session.delete_object(1)
 
 
+def test_brush_and_eraser_strokes_stay_through_clicks_undo_and_are_stored(session, tmp_path):
+    with pytest.raises(RuntimeError, match="no mask yet"):
+        session.brush(100, 100, 10)
+    clicked = session.add_click(250, 120)
+    ys, xs = np.ogrid[:512, :512]
+    disc = (xs - 60) ** 2 + (ys - 450) ** 2 <= 20**2
+    painted = session.brush(60, 450, 20)
+    assert painted.num_strokes == 1 and painted.num_clicks == 1
+    np.testing.assert_array_equal(painted.mask, clicked.mask | disc)
+    np.testing.assert_array_equal(painted.masks, clicked.masks)  # the model's candidates are unchanged
+    square = np.zeros((512, 512), bool)
+    square[100:140, 230:270] = True
+    erased = session.paint(square, erase=True)
+    assert erased.num_strokes == 2 and not erased.mask[square].any() and erased.mask[disc].all()
+    # a later click: the model's new mask, with both strokes still over it
+    refined = session.add_click(300, 200)
+    assert refined.num_strokes == 2 and refined.num_clicks == 2
+    np.testing.assert_array_equal(refined.mask, (refined.masks[0] | disc) & ~square)
+    session.undo()
+    assert session.proposal is erased
+    session.undo()
+    assert session.proposal is painted
+    with pytest.raises(ValueError, match="bool array of the image's shape"):
+        session.paint(np.ones((10, 10), bool))
+    with pytest.raises(ValueError, match="radius be > 0"):
+        session.brush(10, 10, 0)
+    obj = session.accept()
+    assert obj.num_strokes == 1 and obj.num_clicks == 1
+    stored = _record(tmp_path / "out", 0)["annotations"][-1]
+    assert stored["num_strokes"] == 1
+    np.testing.assert_array_equal(rle_to_mask(stored["segmentation"]), painted.mask)
+    assert session.round_stats()[0]["strokes_per_object"] == 1.0
+    session.finish_image()
+    dataset = session.store.materialize()
+    assert [row["num_strokes"] for split in dataset.values() for row in split if row["masks"]] == [[1]]
+
+
 def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_path):
     session.add_click(250, 120)
     accepted = session.accept().mask
@@ -216,6 +253,7 @@ def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
             session.finish_image()
         session.go_to(0)
         before = session.add_click(40, 40).low_res_logits
+        stroked = session.brush(10, 10, 4)
         job = session.start_retrain(max_steps=3, batch_size=2, learning_rate=1e-3)
         with pytest.raises(RuntimeError, match="already running"):
             session.start_retrain()
@@ -224,6 +262,8 @@ def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
         assert session.poll_retrain() and not session.poll_retrain()
         after = session.proposal.low_res_logits  # the click in progress, replayed with the new model
         assert not np.allclose(before, after)
+        assert session.proposal.num_strokes == 1 and session.proposal.mask[10, 10]  # the stroke too
+        np.testing.assert_array_equal(session.proposal.painted, stroked.painted)
         assert session.model_id == str(tmp_path / "out" / "rounds" / "1")
         assert (tmp_path / "out" / "rounds" / "1" / "adapter_model.safetensors").exists()
         session.accept()

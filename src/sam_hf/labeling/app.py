@@ -24,7 +24,7 @@ from .session import LabelSession
 
 __all__ = ["SHORTCUTS_JS", "TOOLS", "build_app", "launch"]
 
-TOOLS = ("positive click", "negative click", "box")
+TOOLS = ("positive click", "negative click", "box", "brush", "eraser")
 MODES = (("manual", "manual"), ("semi-automatic", "semi"))  # (label, LabelSession.mode)
 _CONCURRENCY = {"concurrency_id": "session", "concurrency_limit": 1}
 
@@ -96,6 +96,9 @@ def build_app(
             with gr.Column(scale=1, min_width=280):
                 status = gr.Markdown(elem_id="sam-hf-status")
                 tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="tool", elem_id="sam-hf-tool")
+                radius = gr.Slider(
+                    1, 100, value=10, step=1, label="brush / eraser radius (pixels)", elem_id="sam-hf-radius"
+                )
                 candidates = gr.Radio(
                     [], label="candidate masks (predicted IoU)", elem_id="sam-hf-candidates"
                 )
@@ -138,8 +141,11 @@ def build_app(
             )
 
         @_user_errors
-        def on_click(tool_name: str, first: Any, event: gr.SelectData) -> tuple:
+        def on_click(tool_name: str, first: Any, brush_radius: float, event: gr.SelectData) -> tuple:
             x, y = event.index
+            if tool_name in ("brush", "eraser"):
+                session.brush(x, y, brush_radius, erase=tool_name == "eraser")
+                return None, *_view(session)
             if tool_name == "box":
                 if first is None:
                     return (x, y), *_view(session, corner=(x, y))
@@ -223,7 +229,7 @@ def build_app(
             return f"exported to `{path}`{where}"
 
         demo.load(redraw, None, view, **_CONCURRENCY)
-        canvas.select(on_click, [tool, corner], [corner, *view], **_CONCURRENCY)
+        canvas.select(on_click, [tool, corner, radius], [corner, *view], **_CONCURRENCY)
         tool.change(lambda: None, None, corner, **_CONCURRENCY)
         candidates.input(on_candidate, candidates, view, **_CONCURRENCY)
         gr.on([accept.click, class_name.submit], on_accept, class_name, [class_name, *view], **_CONCURRENCY)
@@ -284,7 +290,10 @@ def _view(session: LabelSession, corner: tuple[int, int] | None = None, chosen_p
     ]
     if proposal is not None:
         score = float(proposal.iou_predictions[proposal.selected])
-        lines.append(f"pending mask: predicted IoU {score:.3f} after {proposal.num_clicks} click(s)")
+        lines.append(
+            f"pending mask: predicted IoU {score:.3f} after {proposal.num_clicks} click(s)"
+            f", {proposal.num_strokes} brush stroke(s)"
+        )
     if corner is not None:
         lines.append(f"box: first corner at ({corner[0]}, {corner[1]}); click the opposite corner")
     choices = (
@@ -347,7 +356,7 @@ def _candidate_index(label: str) -> int:
 
 def _object_label(obj: Any) -> str:
     name = f" {obj.class_name}" if obj.class_name else ""
-    return f"{obj.id}:{name} ({obj.stage}, {obj.num_clicks} clicks)"
+    return f"{obj.id}:{name} ({obj.stage}, {obj.num_clicks} clicks, {obj.num_strokes} strokes)"
 
 
 def _object_id(label: str) -> int:

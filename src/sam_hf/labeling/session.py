@@ -5,7 +5,9 @@
 once (`SamPredictor.set_image`); every click then runs only the prompt encoder and mask decoder, with the
 previous prediction's low-resolution logits fed back as the mask prompt, as in SAM's interactive setting
 (Kirillov et al., "Segment Anything", 2023, sec. 3 and appendix A): the first click alone yields the three
-multimask candidates, later prompts one mask refined from the chosen candidate.
+multimask candidates, later prompts one mask refined from the chosen candidate. A brush and an eraser
+(`brush`, `paint`) then fix what the clicks do not, pixel-precise, as SA-1B's annotators could (same
+section): strokes are kept over the model's mask through later clicks, and undone one at a time.
 
 Stages of an accepted mask (`sam_hf.labeling.store.STAGES`): clicks in `"manual"` mode make `"manual"` masks;
 `prefill` switches to `"semi"` mode, where the generator's confident masks are drawn (accepted unchanged they
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,9 @@ class Proposal:
     """The mask(s) the current prompts give on the current image.
 
     Attributes:
-        masks: `(C, H, W)` bool candidates in image pixels; C = 3 for a single click (SAM's multimask output),
-            else 1.
+        masks: `(C, H, W)` bool candidates of the model in image pixels; C = 3 for a single click (SAM's
+            multimask output), else 1. The mask shown and accepted is `mask`: the selected one with the brush
+            strokes applied.
         iou_predictions: `(C,)` the model's predicted IoU of each candidate.
         stability_scores: `(C,)` SAM's stability score of each candidate (IoU of the masks binarised at the
             mask threshold plus and minus 1.0 in logits).
@@ -57,6 +60,8 @@ class Proposal:
         point_coords: `(N, 2)` XY pixels of the clicks, in order; point_labels: `(N,)` 1 positive, 0 negative.
         box: `(4,)` XYXY pixels, or None.
         num_clicks: prompts given: clicks plus one for a box.
+        painted, erased: `(H, W)` bool pixels added by the brush and removed by the eraser (None: no stroke).
+        num_strokes: brush and eraser strokes made.
     """
 
     masks: np.ndarray
@@ -68,11 +73,19 @@ class Proposal:
     point_labels: np.ndarray
     box: np.ndarray | None
     num_clicks: int
+    painted: np.ndarray | None = None
+    erased: np.ndarray | None = None
+    num_strokes: int = 0
 
     @property
     def mask(self) -> np.ndarray:
-        """`(H, W)` bool: the selected candidate."""
-        return self.masks[self.selected]
+        """`(H, W)` bool: the selected candidate, plus the painted pixels, minus the erased ones."""
+        mask = self.masks[self.selected]
+        if self.painted is not None:
+            mask = mask | self.painted
+        if self.erased is not None:
+            mask = mask & ~self.erased
+        return mask
 
 
 @dataclass
@@ -85,6 +98,7 @@ class LabelledObject:
         class_name: optional label given by the annotator ("" when none).
         stage: one of `STAGES`.
         num_clicks: prompts that made it (0 for an accepted automatic mask).
+        num_strokes: brush and eraser strokes that corrected it.
         seconds: annotator time spent on it: from the previous accept, delete or image change to this accept.
         model_id, model_revision: the model that made it (`LabelSession.model_id`, `.model_revision`).
         round: the labelling round (`LabelSession.round`) it was made in.
@@ -95,6 +109,7 @@ class LabelledObject:
     class_name: str
     stage: str
     num_clicks: int
+    num_strokes: int
     seconds: float
     model_id: str
     model_revision: str
@@ -310,8 +325,53 @@ class LabelSession:
         proposal.selected = int(index)
         return proposal
 
+    def brush(self, x: float, y: float, radius: float, erase: bool = False) -> Proposal:
+        """One dab of a round brush (or eraser) of `radius` pixels centred at `(x, y)` XY pixels: `paint` of
+        that disc.
+
+        Raises:
+            RuntimeError: there is no proposal. ValueError: the centre is outside the image or radius <= 0.
+        """
+        height, width = self.image.shape[:2]
+        if not (0 <= x < width and 0 <= y < height) or not radius > 0:
+            raise ValueError(
+                f"brush centre (x, y) must lie in the image [0, {width}) x [0, {height}) and radius be > 0, "
+                f"got ({x}, {y}), radius {radius}"
+            )
+        ys, xs = np.ogrid[:height, :width]
+        return self.paint((xs - x) ** 2 + (ys - y) ** 2 <= radius**2, erase=erase)
+
+    def paint(self, region: np.ndarray, erase: bool = False) -> Proposal:
+        """One stroke: add `region` (`(H, W)` bool, image pixels) to the pending mask, or remove it
+        (`erase`). Later clicks keep the strokes over the model's new mask; `undo` removes the last stroke.
+        In semi-automatic mode painting skips the pixels of accepted and pre-filled masks.
+
+        Raises:
+            RuntimeError: there is no proposal (click or draw a box first). ValueError: `region` is not an
+            `(H, W)` bool array of the image's size.
+        """
+        proposal = self._require_proposal("paint")
+        region = np.asarray(region)
+        if region.dtype != bool or region.shape != self.image.shape[:2]:
+            raise ValueError(
+                f"region must be a bool array of the image's shape {self.image.shape[:2]}, got "
+                f"{region.dtype} {region.shape}"
+            )
+        painted, erased = proposal.painted, proposal.erased
+        if erase:
+            erased = region if erased is None else erased | region
+            painted = None if painted is None else painted & ~region
+        else:
+            if self._mode == "semi":
+                region = region & ~self.covered()
+            painted = region if painted is None else painted | region
+            erased = None if erased is None else erased & ~region
+        stroked = replace(proposal, painted=painted, erased=erased, num_strokes=proposal.num_strokes + 1)
+        self._history.append(stroked)
+        return stroked
+
     def undo(self) -> Proposal | None:
-        """Remove the last click or box: back to the previous proposal (None when no prompt is left)."""
+        """Remove the last click, box or stroke: back to the previous proposal (None when nothing is left)."""
         if self._history:
             self._history.pop()
         return self.proposal
@@ -349,6 +409,9 @@ class LabelSession:
             box=box,
             num_clicks=len(coords) + (box is not None),
         )
+        if previous is not None:  # strokes stay over the model's new mask
+            proposal.painted, proposal.erased = previous.painted, previous.erased
+            proposal.num_strokes = previous.num_strokes
         self._history.append(proposal)
         return proposal
 
@@ -392,6 +455,7 @@ class LabelSession:
             point_coords=point,
             stage=self._mode,
             num_clicks=proposal.num_clicks,
+            num_strokes=proposal.num_strokes,
             class_name=class_name,
         )
         self._history = []
@@ -514,6 +578,7 @@ class LabelSession:
             point_coords=list(candidate.point_coords),
             stage="auto",
             num_clicks=0,
+            num_strokes=0,
             class_name=class_name,
         )
         return _labelled_object(annotation)
@@ -591,15 +656,24 @@ class LabelSession:
     def _replay(self) -> None:
         """Recompute the proposal history with the current model (same prompts, same choices)."""
         history, self._history = self._history, []
+        strokes = 0
         for old in history:
-            self._predict(old.point_coords, old.point_labels, old.box)
-            if len(self._history[-1].masks) == len(old.masks):
-                self._history[-1].selected = old.selected
+            if old.num_strokes != strokes:  # a stroke: the same prompts, new edits
+                self._history.append(
+                    replace(
+                        self.proposal, painted=old.painted, erased=old.erased, num_strokes=old.num_strokes
+                    )
+                )
+            else:
+                self._predict(old.point_coords, old.point_labels, old.box)
+                if len(self._history[-1].masks) == len(old.masks):
+                    self._history[-1].selected = old.selected
+            strokes = old.num_strokes
 
     def round_stats(self) -> list[dict[str, Any]]:
-        """Per labelling round: `round`, `model_id`, `objects` (accepted), `clicks_per_object` and
-        `seconds_per_mask` (means over the masks made with clicks, stages manual and semi; None without one),
-        and `objects_per_stage`."""
+        """Per labelling round: `round`, `model_id`, `objects` (accepted), `clicks_per_object`,
+        `strokes_per_object` and `seconds_per_mask` (means over the masks made with clicks, stages manual and
+        semi; None without one), and `objects_per_stage`."""
         annotations = [a for record in self.store.records() for a in record["annotations"]]
         stats = []
         for entry in self.store.rounds():
@@ -611,6 +685,9 @@ class LabelSession:
                     "model_id": entry["model_id"],
                     "objects": len(made),
                     "clicks_per_object": float(np.mean([a["num_clicks"] for a in clicked]))
+                    if clicked
+                    else None,
+                    "strokes_per_object": float(np.mean([a["num_strokes"] for a in clicked]))
                     if clicked
                     else None,
                     "seconds_per_mask": float(np.mean([a["seconds"] for a in clicked])) if clicked else None,
@@ -671,6 +748,7 @@ def _labelled_object(annotation: dict[str, Any]) -> LabelledObject:
         class_name=annotation["class_name"],
         stage=annotation["stage"],
         num_clicks=annotation["num_clicks"],
+        num_strokes=annotation["num_strokes"],
         seconds=annotation["seconds"],
         model_id=annotation["model_id"],
         model_revision=annotation["model_revision"],

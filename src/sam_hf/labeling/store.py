@@ -48,7 +48,15 @@ __all__ = [
 # automatic mask the annotator accepted unchanged).
 STAGES = ("manual", "semi", "auto")
 # Per-mask columns added to annotate's schema.
-PROVENANCE_COLUMNS = ("stage", "num_clicks", "seconds", "model_id", "model_revision", "class_name")
+PROVENANCE_COLUMNS = (
+    "stage",
+    "num_clicks",
+    "num_strokes",
+    "seconds",
+    "model_id",
+    "model_revision",
+    "class_name",
+)
 _LOCK_NAME = "lock.json"
 
 
@@ -63,6 +71,7 @@ def dataset_features() -> Any:
     features = annotate_features()
     features["stage"] = List(Value("string"))
     features["num_clicks"] = List(Value("int32"))
+    features["num_strokes"] = List(Value("int32"))
     features["seconds"] = List(Value("float32"))
     features["model_id"] = List(Value("string"))
     features["model_revision"] = List(Value("string"))
@@ -340,7 +349,7 @@ Instance masks labelled with sam_hf's `sam-hf label`, SAM's data engine in the b
 
 | stage | masks | how they were made |
 |---|---|---|
-| manual | {{ stages.manual }} | clicks and boxes, SAM answering each (assisted-manual stage) |
+| manual | {{ stages.manual }} | clicks and boxes, SAM answering each, and brush strokes (assisted-manual stage) |
 | semi | {{ stages.semi }} | clicks adding objects the automatic masks missed (semi-automatic stage) |
 | auto | {{ stages.auto }} | automatic masks accepted unchanged |
 
@@ -350,7 +359,8 @@ Models that made them (id, revision: masks):
 {% endfor %}
 
 Columns: those of `sam-hf annotate` output (`image`, `masks` as COCO RLE, `bbox` XYWH, `area`, `predicted_iou`,
-`stability_score`, `point_coords`, `crop_box`) plus, per mask, `stage`, `num_clicks`, `seconds`, `model_id`,
+`stability_score`, `point_coords`, `crop_box`) plus, per mask, `stage`, `num_clicks`, `num_strokes`, `seconds`,
+`model_id`,
 `model_revision` and `class_name`. Load with `datasets.load_dataset("{{ repo_id }}")`.
 """
 
