@@ -1,15 +1,16 @@
 """The data-engine loop measured: does retraining on an annotator's own labels make labelling faster?
 
 A simulated annotator (`sam_hf.labeling.simulated`: first click and correction clicks from the package's
-prompt simulator on ground-truth masks, accept at IoU >= 0.90 or after 20 clicks) drives `LabelSession`
+prompt simulator on ground-truth masks until IoU >= 0.90 or 20 clicks, then brush and eraser dabs until IoU
+>= 0.95 or 30 dabs, then accept) drives `LabelSession`
 on images of the procedural `cells` domain (`sam_hf.data.synthetic`), which the shipped `sam-hf-tiny` never
 saw. It labels `--images` images, the session retrains once on those labels (the whole mask decoder by
 default, `--lora-r 8`: LoRA on it), then the annotator labels `--heldout` held-out images with the
 new model, and, in a second session, the same held-out images with the starting model.
 
 Printed: per phase, objects, clicks per object, NoC@85 / NoC@90 (clicks to reach IoU 0.85 / 0.90, 20 when
-never reached), failures at 90, mIoU after one click, and the ratio of clicks per object retrained / base
-on the held-out images. `--json` also writes everything, per-object click curves included.
+never reached), failures at 90, mIoU after one click, brush dabs per object, the labels' mIoU with the ground
+truth, and the ratios retrained / base of clicks and of dabs per object on the held-out images. `--json` also writes everything, per-object click curves included.
 
     python benchmarks/bench_label_loop.py --threads 1            # ~4 min on a shared 2-core CPU
     python benchmarks/bench_label_loop.py --image-size 256 --images 16 --heldout 12 --max-steps 150 \
@@ -41,6 +42,9 @@ def main() -> None:
     parser.add_argument(
         "--correction-clicks", type=int, default=1, help="interactive training passes per step"
     )
+    parser.add_argument(
+        "--max-strokes", type=int, default=30, help="brush dabs after the clicks (0: accept the clicks' mask)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=None, help="keep the images and datasets here")
     parser.add_argument(
@@ -65,6 +69,7 @@ def main() -> None:
             num_heldout=args.heldout,
             image_size=args.image_size,
             seed=args.seed,
+            max_strokes=args.max_strokes,
             max_steps=args.max_steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
@@ -76,10 +81,12 @@ def main() -> None:
         f"\nmodel {args.model}, cells {args.image_size}px: {args.images} images labelled, retrained "
         f"{args.max_steps} steps (batch {args.batch_size}, lr {args.learning_rate}, lora_r {args.lora_r}, "
         f"correction_clicks {args.correction_clicks}) on {result['retrain']['num_masks']} masks, "
-        f"{args.heldout} held-out images; annotator: accept at IoU >= 0.90 or 20 clicks, seed {args.seed}"
+        f"{args.heldout} held-out images; annotator: clicks to IoU >= 0.90 or 20 clicks, then up to "
+        f"{args.max_strokes} brush dabs to IoU >= 0.95, seed {args.seed}"
     )
     header = (
         f"{'phase':<36}{'objects':>8}{'clicks/obj':>11}{'NoC@85':>8}{'NoC@90':>8}{'NoF@90':>8}{'mIoU@1':>8}"
+        f"{'dabs/obj':>9}{'label mIoU':>11}"
     )
     print(header)
     phases = (
@@ -91,13 +98,19 @@ def main() -> None:
         s = result[key]
         print(
             f"{title:<36}{s['objects']:>8}{s['clicks_per_object']:>11.2f}{s['noc@85']:>8.2f}"
-            f"{s['noc@90']:>8.2f}{s['nof@90']:>8}{s['miou@1']:>8.3f}"
+            f"{s['noc@90']:>8.2f}{s['nof@90']:>8}{s['miou@1']:>8.3f}{s['strokes_per_object']:>9.2f}"
+            f"{s['label_miou']:>11.3f}"
         )
     base, retrained = result["heldout_base"], result["heldout_retrained"]
     print(
         f"held-out clicks per object, retrained / base: {retrained['clicks_per_object'] / base['clicks_per_object']:.3f}"
         f"  (NoC@90 {retrained['noc@90'] / base['noc@90']:.3f}, NoC@85 {retrained['noc@85'] / base['noc@85']:.3f})"
     )
+    if base["strokes_per_object"]:
+        print(
+            "held-out brush dabs per object, retrained / base: "
+            f"{retrained['strokes_per_object'] / base['strokes_per_object']:.3f}"
+        )
     print(f"session round_stats: {json.dumps(result['round_stats'])}")
     print(f"total {elapsed:.0f} s")
     if args.json:
