@@ -23,17 +23,6 @@ _MIN_AREA = 300  # pixels; AMG of the tiny model is scored on objects at least t
 # The LoRA step: images of the `cells` domain to train on and to measure on, optimizer steps, learning rate.
 _TRAIN_IMAGES, _TEST_IMAGES, _STEPS, _LEARNING_RATE = 24, 8, 30, 2e-3
 
-_COLOURS = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-)
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -53,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.synthetic import generate_sample
     from ..inference import SamAutomaticMaskGenerator, SamPredictor
+    from ..visualization import draw_masks, palette_layers
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     sample = generate_sample(_SAMPLE_INDEX, "test", "shapes", image_size=_SAMPLE_SIZE)
     areas = sample.masks.reshape(len(sample.masks), -1).sum(1)
     target = sample.masks[int(areas.argmax())]
-    _save_overlay(out / "ground_truth.png", sample.image, list(sample.masks))
+    draw_masks(sample.image, palette_layers(sample.masks)).save(out / "ground_truth.png")
 
     predictor = SamPredictor(model)
     predictor.set_image(sample.image)
@@ -72,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     ys, xs = np.nonzero(target)
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
     box_mask = predictor.predict(box=box, multimask_output=False)[0][0]
-    _save_overlay(out / "point.png", sample.image, [point_mask], points=[point])
-    _save_overlay(out / "box.png", sample.image, [box_mask], box=box)
+    draw_masks(sample.image, palette_layers([point_mask]), point[None], np.array([1])).save(out / "point.png")
+    draw_masks(sample.image, palette_layers([box_mask]), box=box).save(out / "box.png")
     print(f"point prompt at {point.tolist()}: IoU with the object {_iou(point_mask, target):.3f}")
     print(f"box prompt {box.tolist()}: IoU with the object {_iou(box_mask, target):.3f}")
 
@@ -81,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         model, points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7
     )
     found = [record["segmentation"] for record in generator.generate(sample.image)]
-    _save_overlay(out / "automatic.png", sample.image, found)
+    draw_masks(sample.image, palette_layers(found)).save(out / "automatic.png")
     large = [gt for gt in sample.masks if gt.sum() >= _MIN_AREA]
     matched = sum(max((_iou(m, gt) for m in found), default=0.0) > 0.5 for gt in large)
     print(
@@ -189,21 +179,3 @@ def _run_depth(mask):
         r = width - 1 - x
         right[:, r] = np.where(mask[:, r], (right[:, r + 1] if x else 0) + 1, 0)
     return np.minimum(left, right)
-
-
-def _save_overlay(path: Path, image, masks, points=(), box=None) -> None:
-    """Blend each mask in its own colour over the image, draw prompts, save as PNG."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    canvas = image.astype(np.float32)
-    for index, mask in enumerate(masks):
-        colour = np.array(_COLOURS[index % len(_COLOURS)], np.float32)
-        canvas[mask] = 0.45 * canvas[mask] + 0.55 * colour
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for x, y in points:
-        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(0, 255, 0), outline=(0, 0, 0))
-    if box is not None:
-        draw.rectangle([float(v) for v in box], outline=(0, 255, 0), width=2)
-    picture.save(path)

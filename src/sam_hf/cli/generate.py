@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_hf import SamAutomaticMaskGenerator
     from sam_hf.data.images import to_rgb
+    from sam_hf.data.rle import rle_to_mask
+    from sam_hf.visualization import draw_masks, palette_layers
 
     device = resolve_device(args.device)
     with user_input(f"IMAGE {args.image}"):
@@ -95,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks.json").write_text(json.dumps(records) + "\n")
-    _overlay(rgb, records).save(out / "overlay.png")
+    largest_first = sorted(records, key=lambda record: -record["area"])
+    masks = (rle_to_mask(record["segmentation"]) for record in largest_first)
+    draw_masks(rgb, palette_layers(masks)).save(out / "overlay.png")
     print(f"{len(records)} masks; wrote masks.json and overlay.png to {out}")
     if not records:
         print(_zero_masks_hint(model, rgb, args), file=sys.stderr)
@@ -168,18 +172,3 @@ def _zero_masks_hint(model: Any, image: Any, args: argparse.Namespace) -> str:
 def _round_down(value: float) -> float:
     """`value` rounded down to a multiple of 0.05, as a threshold to suggest."""
     return math.floor(float(value) * 20) / 20
-
-
-def _overlay(image: Any, records: list[dict[str, Any]], alpha: float = 0.5) -> Any:
-    """RGB image with every mask (COCO RLE records) tinted in its own colour, largest first."""
-    import numpy as np
-    from PIL import Image
-
-    from sam_hf.data.rle import rle_to_mask
-
-    canvas = np.asarray(image, dtype=np.float32).copy()
-    colours = np.random.default_rng(0).integers(40, 256, (max(len(records), 1), 3))
-    for colour, record in zip(colours, sorted(records, key=lambda r: -r["area"]), strict=False):
-        mask = rle_to_mask(record["segmentation"])
-        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
-    return Image.fromarray(canvas.round().astype(np.uint8))

@@ -9,9 +9,7 @@ from . import SamHFUserError, add_model_arguments, load_model, resolve_device, u
 
 __all__ = ["add_parser", "parse_box", "parse_point"]
 
-_OVERLAY_COLOUR = (30, 144, 255)  # the best mask is tinted with this (dodger blue)
-_POINT_COLOURS = {1: (0, 200, 0), 0: (220, 0, 0)}  # foreground green, background red
-_BOX_COLOUR = (255, 215, 0)
+_OVERLAY_COLOUR = (30, 144, 255)  # the best mask is tinted and outlined with this (dodger blue)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
@@ -82,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_hf import SamPredictor
     from sam_hf.data.images import to_rgb
+    from sam_hf.visualization import MaskLayer, draw_masks
 
     if not args.point and args.box is None:
         raise SamHFUserError("give at least one --point X,Y[:LABEL] or a --box X0,Y0,X1,Y1")
@@ -107,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         names.append(f"mask_{i}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / names[-1])
     best = int(np.argmax(scores))
-    _overlay(image, masks[best], args.point, args.box).save(out / "overlay.png")
+    best_layer = MaskLayer(masks[best], _OVERLAY_COLOUR, outline=True)
+    draw_masks(image, [best_layer], coords, labels, box).save(out / "overlay.png")
     report = {
         "image": str(args.image),
         "model": str(args.model),
@@ -125,27 +125,3 @@ def run(args: argparse.Namespace) -> int:
         f"best mask {names[best]} (predicted IoU {scores[best]:.3f}); wrote {len(names)} masks, overlay.png, scores.json to {out}"
     )
     return 0
-
-
-def _overlay(image: Any, mask: Any, points: list, box: tuple | None) -> Any:
-    """RGB copy of the image with the mask tinted and its outline, the points and the box drawn."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rgb = np.asarray(image, dtype=np.float32)
-    tint = np.array(_OVERLAY_COLOUR, dtype=np.float32)
-    rgb[mask] = 0.5 * rgb[mask] + 0.5 * tint
-    canvas = Image.fromarray(rgb.round().astype(np.uint8))
-    outline = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
-    canvas.paste(Image.new("RGB", canvas.size, _OVERLAY_COLOUR), mask=outline)
-    draw = ImageDraw.Draw(canvas)
-    radius = max(3, round(max(canvas.size) / 150))
-    if box is not None:
-        draw.rectangle(box, outline=_BOX_COLOUR, width=max(2, radius // 2))
-    for x, y, label in points:
-        draw.ellipse(
-            (x - radius, y - radius, x + radius, y + radius),
-            fill=_POINT_COLOURS[label],
-            outline=(255, 255, 255),
-        )
-    return canvas

@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..visualization import MaskLayer, draw_masks, marker_radius, palette_layers
 from .session import LabelSession
 
 __all__ = ["SHORTCUTS_JS", "TOOLS", "build_app", "launch"]
@@ -44,25 +45,9 @@ SHORTCUTS_JS = """
 }
 """
 
-# Accepted objects in these colours (cycled); the pending mask in _PENDING, pre-filled candidates outlined.
-_COLOURS = np.array(
-    [
-        (230, 25, 75),
-        (60, 180, 75),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (0, 128, 128),
-        (170, 110, 40),
-    ],
-    dtype=np.float32,
-)
+# Accepted objects in the colours of `PALETTE`; the pending mask in _PENDING, pre-filled candidates outlined.
 _PENDING = (255, 225, 25)
 _PREFILLED = (255, 255, 255)
-_POINT_COLOURS = {1: (0, 200, 0), 0: (220, 0, 0)}  # positive green, negative red
 
 
 def build_app(
@@ -376,55 +361,21 @@ def _overlay(
     corner: tuple[int, int] | None,
 ) -> Image.Image:
     """The image with accepted objects tinted in their colours, pre-filled masks outlined (the chosen one
-    also tinted), the pending mask tinted and outlined, and its clicks, box and a pending box corner drawn.
-
-    Layers are painted as indices into one palette and blended in a single pass, so a redraw costs about the
-    same with one object or many."""
-    layer = np.zeros(image.shape[:2], np.uint8)  # palette index per pixel, 0: untinted; later layers on top
-    colours, alphas = [(0.0, 0.0, 0.0)], [0.0]
-    tints = [(obj.mask, _COLOURS[i % len(_COLOURS)], 0.5) for i, obj in enumerate(objects)]
-    if prefilled:
-        tints.append((prefilled[chosen_prefilled].mask, _PREFILLED, 0.4))
-    if proposal is not None:
-        tints.append((proposal.mask, _PENDING, 0.55))
-    for mask, colour, alpha in tints:
-        layer[mask] = len(colours)
-        colours.append(tuple(colour))
-        alphas.append(alpha)
-    alpha = np.asarray(alphas, np.float32)[layer][..., None]
-    canvas = image * (1 - alpha) + np.asarray(colours, np.float32)[layer] * alpha
-    regions = np.zeros(image.shape[:2], np.int32)
+    also tinted), the pending mask tinted and outlined, its clicks and box (`draw_masks`), and a cross at a
+    pending box corner."""
+    layers = [*palette_layers(obj.mask for obj in objects)]
     for index, candidate in enumerate(prefilled):
-        regions[candidate.mask] = index + 1
-    canvas[_edges(regions)] = _PREFILLED
+        alpha = 0.4 if index == chosen_prefilled else 0.0
+        layers.append(MaskLayer(candidate.mask, _PREFILLED, alpha=alpha, outline=True))
+    points = labels = box = None
     if proposal is not None:
-        canvas[_edges(proposal.mask.astype(np.int32))] = _PENDING
-    picture = Image.fromarray(canvas.round().astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    radius = max(3, round(max(picture.size) / 150))
-    if proposal is not None:
-        if proposal.box is not None:
-            draw.rectangle([float(v) for v in proposal.box], outline=_PENDING, width=max(2, radius // 2))
-        for (x, y), label in zip(proposal.point_coords, proposal.point_labels, strict=True):
-            draw.ellipse(
-                (x - radius, y - radius, x + radius, y + radius),
-                fill=_POINT_COLOURS[int(label)],
-                outline=(255, 255, 255),
-            )
+        layers.append(MaskLayer(proposal.mask, _PENDING, alpha=0.55, outline=True))
+        points, labels, box = proposal.point_coords, proposal.point_labels, proposal.box
+    picture = draw_masks(image, layers, points, labels, box)
     if corner is not None:
         x, y = corner
-        draw.line((x - 2 * radius, y, x + 2 * radius, y), fill=_PENDING, width=2)
-        draw.line((x, y - 2 * radius, x, y + 2 * radius), fill=_PENDING, width=2)
+        arm = 2 * marker_radius(picture.size)
+        draw = ImageDraw.Draw(picture)
+        draw.line((x - arm, y, x + arm, y), fill=_PENDING, width=2)
+        draw.line((x, y - arm, x, y + arm), fill=_PENDING, width=2)
     return picture
-
-
-def _edges(regions: np.ndarray) -> np.ndarray:
-    """`(H, W)` bool: pixels of a nonzero region of `regions` (`(H, W)` ints) beside a pixel of another value."""
-    edges = np.zeros(regions.shape, bool)
-    across = regions[:, 1:] != regions[:, :-1]
-    edges[:, 1:] |= across
-    edges[:, :-1] |= across
-    down = regions[1:] != regions[:-1]
-    edges[1:] |= down
-    edges[:-1] |= down
-    return edges & (regions > 0)
