@@ -37,9 +37,11 @@ def upscale_masks(
 ) -> torch.Tensor:
     """`(N, C, mask_size, mask_size)` logits -> `(N, C, H, W)` float32 logits at `original_size` `(H, W)`:
     bilinear to the `image_size` frame, crop the padding to `input_size` (the resized image's `(h, w)`),
-    bilinear to `original_size`."""
+    bilinear to `original_size` (skipped when it equals `input_size`: bilinear at scale 1 is the identity)."""
     if masks.shape[0] == 0:
         return masks.new_zeros((0, masks.shape[1], *original_size), dtype=torch.float32)
     masks = F.interpolate(masks.float(), (image_size, image_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
+    if tuple(input_size) == tuple(original_size):
+        return masks.contiguous()  # no copy unless the padding was cropped
     return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
