@@ -152,6 +152,19 @@ def _lower_envelope(f: np.ndarray) -> np.ndarray:
     return out
 
 
+def _errors(
+    pred_mask: np.ndarray, gt_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both masks as bool, checked to share one shape, and the false negatives and false positives."""
+    pred_mask = _check_mask(pred_mask, "pred_mask")
+    gt_mask = _check_mask(gt_mask, "gt_mask")
+    if pred_mask.shape != gt_mask.shape:
+        raise ValueError(
+            f"pred_mask and gt_mask must have the same shape, got {pred_mask.shape} and {gt_mask.shape}"
+        )
+    return pred_mask, gt_mask, gt_mask & ~pred_mask, pred_mask & ~gt_mask
+
+
 def sample_correction_click(
     pred_mask: np.ndarray, gt_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, int]:
@@ -170,14 +183,7 @@ def sample_correction_click(
         `coord (2,)` float XY and `label` (1 or 0). If the prediction is perfect, a random positive point
         inside `gt_mask` (which must not be empty then).
     """
-    pred_mask = _check_mask(pred_mask, "pred_mask")
-    gt_mask = _check_mask(gt_mask, "gt_mask")
-    if pred_mask.shape != gt_mask.shape:
-        raise ValueError(
-            f"pred_mask and gt_mask must have the same shape, got {pred_mask.shape} and {gt_mask.shape}"
-        )
-    false_neg = gt_mask & ~pred_mask
-    false_pos = pred_mask & ~gt_mask
+    pred_mask, gt_mask, false_neg, false_pos = _errors(pred_mask, gt_mask)
     if not false_neg.any() and not false_pos.any():
         _require_nonempty(gt_mask, "gt_mask")
         coords, _ = sample_points(gt_mask, rng, num_positive=1)
@@ -218,14 +224,7 @@ def sample_brush_stroke(
     Raises:
         ValueError: the masks' shapes differ, or the mask already equals the ground truth.
     """
-    pred_mask = _check_mask(pred_mask, "pred_mask")
-    gt_mask = _check_mask(gt_mask, "gt_mask")
-    if pred_mask.shape != gt_mask.shape:
-        raise ValueError(
-            f"pred_mask and gt_mask must have the same shape, got {pred_mask.shape} and {gt_mask.shape}"
-        )
-    false_neg = gt_mask & ~pred_mask
-    false_pos = pred_mask & ~gt_mask
+    pred_mask, gt_mask, false_neg, false_pos = _errors(pred_mask, gt_mask)
     if not false_neg.any() and not false_pos.any():
         raise ValueError("pred_mask already equals gt_mask: there is nothing to paint")
     erase = int(false_pos.sum()) > int(false_neg.sum())
