@@ -42,6 +42,7 @@ def _annotation(mask, stage="manual"):
         "crop_box": [0, 0, mask.shape[1], mask.shape[0]],
         "stage": stage,
         "num_clicks": 2,
+        "num_strokes": 1,
         "seconds": 1.5,
         "model_id": "sam-hf-tiny",
         "model_revision": "r",
@@ -131,6 +132,7 @@ def test_records_resume_point_and_materialised_dataset(image_folder, tmp_path):
     assert set(rows) == {"a.png", "sub/b.jpg"}
     row = rows["a.png"]
     assert row["stage"] == ["manual"] and row["class_name"] == ["cat"] and row["num_clicks"] == [2]
+    assert row["num_strokes"] == [1]
     assert row["area"] == [int(mask.sum())] and row["image"].size == (128, 96)
     assert rows["sub/b.jpg"]["masks"] == []
     coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
