@@ -325,3 +325,14 @@ def test_evaluate_model_needs_an_object(tiny_model, tiny_config):
     image, masks = np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((2, 8, 8), dtype=bool)
     with pytest.raises(ValueError, match="at least one non-empty ground-truth mask"):
         evaluate_model(tiny_model, SamHFProcessor.from_model_config(tiny_config), [(image, masks)])
+
+
+def test_mask_iou_follows_the_metric_convention():
+    from sam_hf.evaluation import mask_iou
+
+    empty = np.zeros((4, 4), bool)
+    left, right = empty.copy(), empty.copy()
+    left[0, :2], right[0, 1:3] = True, True
+    assert mask_iou(left, right) == pytest.approx(1 / 3)
+    assert mask_iou(left, empty) == 0.0
+    assert mask_iou(empty, empty) == 1.0  # an empty prediction of an empty reference is perfect

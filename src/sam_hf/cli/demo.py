@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.synthetic import generate_sample
+    from ..evaluation.metric import mask_iou
     from ..inference import SamAutomaticMaskGenerator, SamPredictor
     from ..visualization import draw_masks, palette_layers
 
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     box_mask = predictor.predict(box=box, multimask_output=False)[0][0]
     draw_masks(sample.image, palette_layers([point_mask]), point[None], np.array([1])).save(out / "point.png")
     draw_masks(sample.image, palette_layers([box_mask]), box=box).save(out / "box.png")
-    print(f"point prompt at {point.tolist()}: IoU with the object {_iou(point_mask, target):.3f}")
-    print(f"box prompt {box.tolist()}: IoU with the object {_iou(box_mask, target):.3f}")
+    print(f"point prompt at {point.tolist()}: IoU with the object {mask_iou(point_mask, target):.3f}")
+    print(f"box prompt {box.tolist()}: IoU with the object {mask_iou(box_mask, target):.3f}")
 
     generator = SamAutomaticMaskGenerator(
         model, points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     found = [record["segmentation"] for record in generator.generate(sample.image)]
     draw_masks(sample.image, palette_layers(found)).save(out / "automatic.png")
     large = [gt for gt in sample.masks if gt.sum() >= _MIN_AREA]
-    matched = sum(max((_iou(m, gt) for m in found), default=0.0) > 0.5 for gt in large)
+    matched = sum(max((mask_iou(m, gt) for m in found), default=0.0) > 0.5 for gt in large)
     print(
         f"automatic masks: {len(found)} masks; {matched} of the {len(large)} objects of at least "
         f"{_MIN_AREA} px found at IoU > 0.5"
@@ -152,10 +153,6 @@ def _plot_losses(path: Path, losses: list[float], width: int = 480, height: int 
     draw.text((left, height - bottom + 8), "1", fill="black")
     draw.text((width - right - 24, height - bottom + 8), str(len(losses)), fill="black")
     picture.save(path)
-
-
-def _iou(a, b) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _interior_point(mask):

@@ -1,6 +1,6 @@
 """Evaluation: the prompting protocol, the `evaluate` metric and the results file."""
 
-from .metric import SamSegmentation
+from .metric import SamSegmentation, mask_iou
 from .protocol import PROMPT_TYPES, EvaluationProtocol, evaluate_model
 from .results import (
     EVAL_RESULTS_NAME,
@@ -20,6 +20,7 @@ __all__ = [
     "SamSegmentation",
     "evaluate_model",
     "flat_metrics",
+    "mask_iou",
     "metric_label",
     "results_table",
     "timed_run",

@@ -30,7 +30,7 @@ import datasets
 import evaluate
 import numpy as np
 
-__all__ = ["SamSegmentation"]
+__all__ = ["SamSegmentation", "mask_iou"]
 
 _FEATURES = datasets.Features(
     {
@@ -133,6 +133,14 @@ class SamSegmentation(evaluate.Metric):
             )
             for name in sorted(set(prompt.tolist()))
         }
+
+
+def mask_iou(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """IoU of two `(H, W)` binary masks, with the metric's convention: an empty prediction of an empty
+    reference is a perfect answer (1.0)."""
+    prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
+    union = np.logical_or(prediction, reference).sum()
+    return float(np.logical_and(prediction, reference).sum() / union) if union else 1.0
 
 
 def _prompt_summary(iou, dice, object_id, click, name, iou_thresholds) -> dict:

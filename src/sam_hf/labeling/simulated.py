@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metric import mask_iou
 from ..prompting.simulation import sample_brush_stroke, sample_correction_click, sample_points
 from .session import LabelSession
 
@@ -95,17 +96,17 @@ def label_images(
                 continue
             first, _ = sample_points(gt, rng, num_positive=1)
             proposal = session.add_click(float(first[0, 0]), float(first[0, 1]), positive=True)
-            proposal = session.select_candidate(int(np.argmax([_iou(m, gt) for m in proposal.masks])))
-            ious = [_iou(proposal.mask, gt)]
+            proposal = session.select_candidate(int(np.argmax([mask_iou(m, gt) for m in proposal.masks])))
+            ious = [mask_iou(proposal.mask, gt)]
             while ious[-1] < target_iou and len(ious) < max_clicks:
                 (x, y), label = sample_correction_click(proposal.mask, gt, rng)
                 proposal = session.add_click(float(x), float(y), positive=bool(label))
-                ious.append(_iou(proposal.mask, gt))
+                ious.append(mask_iou(proposal.mask, gt))
             strokes, quality = 0, ious[-1]
             while quality < label_iou and strokes < max_strokes:
                 (x, y), radius, erase = sample_brush_stroke(proposal.mask, gt, rng)
                 proposal = session.brush(float(x), float(y), radius, erase=erase)
-                strokes, quality = strokes + 1, _iou(proposal.mask, gt)
+                strokes, quality = strokes + 1, mask_iou(proposal.mask, gt)
             accepted = bool(proposal.mask.any())
             if accepted:
                 seconds = session.accept().seconds
@@ -220,8 +221,3 @@ def run_label_loop(
             "heldout_base": [asdict(log) for log in base],
         },
     }
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
