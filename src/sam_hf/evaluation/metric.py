@@ -26,11 +26,13 @@ Output, per prompt name:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import evaluate
 import numpy as np
 
-__all__ = ["SamSegmentation", "mask_iou"]
+__all__ = ["SamSegmentation", "clicks_to_reach", "mask_iou"]
 
 _FEATURES = datasets.Features(
     {
@@ -167,13 +169,35 @@ def _prompt_summary(iou, dice, object_id, click, name, iou_thresholds) -> dict:
     if num_clicks > 1:
         summary["miou_per_click"] = [float(v) for v in curves_iou.mean(axis=0)]
         for threshold in iou_thresholds:
-            reached = curves_iou >= threshold
-            # argmax finds the first click at or above the threshold; objects that never get there count K.
-            clicks_needed = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, num_clicks)
+            clicks_needed, failed = clicks_to_reach(curves_iou, threshold, num_clicks)
             tag = round(threshold * 100)
             summary[f"noc@{tag}"] = float(clicks_needed.mean())
-            summary[f"nof@{tag}"] = int((~reached.any(axis=1)).sum())
+            summary[f"nof@{tag}"] = int(failed.sum())
     return summary
+
+
+def clicks_to_reach(
+    iou_per_click: Sequence[Sequence[float]] | np.ndarray, threshold: float, max_clicks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """NoC's count per object (Sofiiuk et al., RITM, 2022): the first click (1-based) whose IoU reaches
+    `threshold`, `max_clicks` for an object that never does.
+
+    Args:
+        iou_per_click: per object, its IoU after clicks 1, 2, ... (curves may differ in length, e.g. an
+            annotator who stops once the mask is good enough).
+        threshold: the IoU to reach (0.85 for NoC@85, 0.90 for NoC@90).
+        max_clicks: the count of an object that never reaches it.
+
+    Returns:
+        `clicks (num_objects,)` int64 and `failed (num_objects,)` bool (never reached).
+    """
+    clicks = np.full(len(iou_per_click), max_clicks, dtype=np.int64)
+    failed = np.ones(len(iou_per_click), dtype=bool)
+    for index, curve in enumerate(iou_per_click):
+        reached = np.flatnonzero(np.asarray(curve) >= threshold)
+        if len(reached):
+            clicks[index], failed[index] = reached[0] + 1, False
+    return clicks, failed
 
 
 def _mask_counts(predictions, references) -> np.ndarray:

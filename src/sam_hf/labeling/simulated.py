@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.metric import mask_iou
+from ..evaluation.metric import clicks_to_reach, mask_iou
 from ..prompting.simulation import sample_brush_stroke, sample_correction_click, sample_points
 from .session import LabelSession
 
@@ -132,13 +132,9 @@ def summarize(logs: list[ObjectLog], max_clicks: int = 20) -> dict[str, Any]:
         "miou@1": float(np.mean([log.iou_per_click[0] for log in logs])),
     }
     for threshold in (0.85, 0.90):
-        needed = [
-            next((k + 1 for k, iou in enumerate(log.iou_per_click) if iou >= threshold), max_clicks)
-            for log in logs
-        ]
-        failed = sum(all(iou < threshold for iou in log.iou_per_click) for log in logs)
-        summary[f"noc@{round(threshold * 100)}"] = float(np.mean(needed))
-        summary[f"nof@{round(threshold * 100)}"] = int(failed)
+        needed, failed = clicks_to_reach([log.iou_per_click for log in logs], threshold, max_clicks)
+        summary[f"noc@{round(threshold * 100)}"] = float(needed.mean())
+        summary[f"nof@{round(threshold * 100)}"] = int(failed.sum())
     return summary
 
 
