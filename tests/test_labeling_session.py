@@ -160,6 +160,11 @@ def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_p
     if pending:
         session.reject_prefilled(0)
         assert len(session.prefilled) == pending - 1
+    # what is covered follows every accept and reject (it is kept between clicks)
+    np.testing.assert_array_equal(
+        session.covered(), np.logical_or.reduce([accepted, kept, *(c.mask for c in session.prefilled)])
+    )
+    assert not session.covered().flags.writeable
     proposal = session.add_click(250, 120)  # on the accepted object: the mask keeps out of it
     assert not (proposal.masks & session.covered()).any()
     ys, xs = np.nonzero(~session.covered())
@@ -232,6 +237,38 @@ def test_export_is_read_by_finetune_and_evaluate(session, tmp_path):
     assert main(["evaluate", "--model", str(tmp_path / "ft"), "--dataset", str(out), "--prompt", "point",
                  "--output", str(tmp_path / "eval.json")]) == 0  # fmt: skip
     assert json.loads((tmp_path / "eval.json").read_text())["split"] == "test"
+
+
+def test_export_pushes_the_dataset_and_a_card_of_its_provenance(session, monkeypatch):
+    """`export(push_to_hub=...)`, what the page's Export button and the end of `--retrain` call, uploads the
+    dataset it wrote and a card counting the masks per stage and model. The two Hub uploads are recorded here,
+    not made (no network)."""
+    import huggingface_hub
+
+    pushed = {}
+
+    def record(key):
+        return lambda self, repo_id, **kwargs: pushed.update({key: (self, repo_id, kwargs)})
+
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", record("dataset"))
+    monkeypatch.setattr(huggingface_hub.DatasetCard, "push_to_hub", record("card"))
+    session.add_click(250, 120)
+    session.accept()
+    session.prefill(pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=4)
+    session.accept_prefilled(0)
+    session.finish_image()
+    out = session.export(push_to_hub="user/photos", private=True)
+
+    dataset, repo, kwargs = pushed["dataset"]
+    assert repo == "user/photos" and kwargs == {"private": True}
+    written = datasets.load_from_disk(str(out))
+    assert {name: split["file_name"] for name, split in dataset.items()} == {
+        name: split["file_name"] for name, split in written.items()
+    }
+    card, card_repo, card_kwargs = pushed["card"]
+    assert card_repo == "user/photos" and card_kwargs == {"repo_type": "dataset"}
+    assert "| manual | 1 |" in card.text and "| auto | 1 |" in card.text and "| semi | 0 |" in card.text
+    assert "`sam-hf-tiny, " in card.text and "2 masks on 1 images" in card.text
 
 
 def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):

@@ -233,6 +233,7 @@ class LabelSession:
         self._record["height"], self._record["width"] = self.image.shape[:2]
         self._history: list[Proposal] = []
         self.prefilled: list[PrefilledMask] = []
+        self._covered: tuple[tuple[Any, ...], np.ndarray | None] = ((), None)  # see `covered`
         self._timer = _Timer()
 
     def next_image(self) -> None:
@@ -416,12 +417,20 @@ class LabelSession:
         return proposal
 
     def covered(self) -> np.ndarray:
-        """`(H, W)` bool: pixels of the accepted objects and of the pre-filled masks still offered."""
-        covered = np.zeros(self.image.shape[:2], bool)
-        for annotation in self._record["annotations"]:
-            covered |= rle_to_mask(annotation["segmentation"])
-        for candidate in self.prefilled:
-            covered |= candidate.mask
+        """`(H, W)` bool, read-only: pixels of the accepted objects and of the pre-filled masks still offered.
+
+        Every click and stroke of the semi-automatic mode reads it, so it is rebuilt only when the accepted
+        objects or the offered masks change (each change makes new objects: the check is by identity)."""
+        sources = (self._record["annotations"], *self.prefilled)
+        built_from, covered = self._covered
+        if len(sources) != len(built_from) or any(a is not b for a, b in zip(sources, built_from)):
+            covered = np.zeros(self.image.shape[:2], bool)
+            for annotation in self._record["annotations"]:
+                covered |= rle_to_mask(annotation["segmentation"])
+            for candidate in self.prefilled:
+                covered |= candidate.mask
+            covered.flags.writeable = False
+            self._covered = (sources, covered)
         return covered
 
     # ---------------------------------------------------------------------------------------- objects
