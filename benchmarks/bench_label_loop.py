@@ -4,17 +4,18 @@ A simulated annotator (`sam_hf.labeling.simulated`: first click and correction c
 prompt simulator on ground-truth masks until IoU >= 0.90 or 20 clicks, then brush and eraser dabs until IoU
 >= 0.95 or 30 dabs, then accept) drives `LabelSession`
 on images of the procedural `cells` domain (`sam_hf.data.synthetic`), which the shipped `sam-hf-tiny` never
-saw. It labels `--images` images, the session retrains once on those labels (the whole mask decoder by
-default, `--lora-r 8`: LoRA on it), then the annotator labels `--heldout` held-out images with the
-new model, and, in a second session, the same held-out images with the starting model.
+saw. It labels `--images` images, the session retrains once on those labels (by default the app's round,
+`sam_hf.labeling.retrain.RETRAIN_DEFAULTS`: the whole mask decoder with interactive correction passes, as the
+clicks it must learn to answer come one after another; `--lora-r 8`: LoRA on it), then the annotator labels
+`--heldout` held-out images with the new model, and, in a second session, the same held-out images with the
+starting model. The default 128 px is `sam-hf-tiny`'s input size: larger images are downscaled to it, adding
+pixels the model never sees.
 
 Printed: per phase, objects, clicks per object, NoC@85 / NoC@90 (clicks to reach IoU 0.85 / 0.90, 20 when
 never reached), failures at 90, mIoU after one click, brush dabs per object, the labels' mIoU with the ground
 truth, and the ratios retrained / base of clicks and of dabs per object on the held-out images. `--json` also writes everything, per-object click curves included.
 
-    python benchmarks/bench_label_loop.py --threads 1            # ~4 min on a shared 2-core CPU
-    python benchmarks/bench_label_loop.py --image-size 256 --images 16 --heldout 12 --max-steps 150 \
-        --lora-r 8 --learning-rate 5e-4 --threads 1                # ~19 min
+    python benchmarks/bench_label_loop.py --threads 1            # ~5 min on a shared 2-core CPU
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import tempfile
 import time
 
+from sam_hf.labeling.retrain import RETRAIN_DEFAULTS
 from sam_hf.labeling.simulated import run_label_loop
 
 
@@ -32,15 +34,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="sam-hf-tiny")
-    parser.add_argument("--images", type=int, default=12, help="images labelled before retraining")
+    parser.add_argument("--images", type=int, default=24, help="images labelled before retraining")
     parser.add_argument("--heldout", type=int, default=10, help="held-out images labelled after")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps of the retraining round")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--lora-r", type=int, default=0, help="0: fine-tune the whole mask decoder")
+    # the retraining round's settings default to the app's (`RETRAIN_DEFAULTS`)
+    parser.add_argument("--epochs", type=int, default=RETRAIN_DEFAULTS["epochs"])
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    parser.add_argument("--batch-size", type=int, default=RETRAIN_DEFAULTS["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=RETRAIN_DEFAULTS["learning_rate"])
     parser.add_argument(
-        "--correction-clicks", type=int, default=1, help="interactive training passes per step"
+        "--lora-r", type=int, default=RETRAIN_DEFAULTS["lora_r"], help="0: fine-tune the whole mask decoder"
+    )
+    parser.add_argument(
+        "--correction-clicks",
+        type=int,
+        default=RETRAIN_DEFAULTS["correction_clicks"],
+        help="interactive training passes per step",
     )
     parser.add_argument(
         "--max-strokes", type=int, default=30, help="brush dabs after the clicks (0: accept the clicks' mask)"
@@ -70,6 +79,7 @@ def main() -> None:
             image_size=args.image_size,
             seed=args.seed,
             max_strokes=args.max_strokes,
+            epochs=args.epochs,
             max_steps=args.max_steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
@@ -77,9 +87,10 @@ def main() -> None:
             correction_clicks=args.correction_clicks,
         )
     elapsed = time.perf_counter() - start
+    length = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epochs"
     print(
         f"\nmodel {args.model}, cells {args.image_size}px: {args.images} images labelled, retrained "
-        f"{args.max_steps} steps (batch {args.batch_size}, lr {args.learning_rate}, lora_r {args.lora_r}, "
+        f"{length} (batch {args.batch_size}, lr {args.learning_rate}, lora_r {args.lora_r}, "
         f"correction_clicks {args.correction_clicks}) on {result['retrain']['num_masks']} masks, "
         f"{args.heldout} held-out images; annotator: clicks to IoU >= 0.90 or 20 clicks, then up to "
         f"{args.max_strokes} brush dabs to IoU >= 0.95, seed {args.seed}"

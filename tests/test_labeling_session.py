@@ -302,7 +302,8 @@ def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
         assert session.proposal.num_strokes == 1 and session.proposal.mask[10, 10]  # the stroke too
         np.testing.assert_array_equal(session.proposal.painted, stroked.painted)
         assert session.model_id == str(tmp_path / "out" / "rounds" / "1")
-        assert (tmp_path / "out" / "rounds" / "1" / "adapter_model.safetensors").exists()
+        # the round fine-tunes the whole decoder by default: a full model, no adapter
+        assert (tmp_path / "out" / "rounds" / "1" / "model.safetensors").exists()
         session.accept()
         stats = session.round_stats()
     assert [s["round"] for s in stats] == [0, 1]
