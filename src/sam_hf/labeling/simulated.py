@@ -141,10 +141,10 @@ def summarize(logs: list[ObjectLog], max_clicks: int = 20) -> dict[str, Any]:
 def run_label_loop(
     model: str,
     work_dir: str | os.PathLike,
-    num_images: int = 8,
-    num_heldout: int = 8,
+    num_images: int = 24,
+    num_heldout: int = 10,
     domain: str = "cells",
-    image_size: int = 256,
+    image_size: int = 128,
     seed: int = 0,
     target_iou: float = 0.9,
     max_clicks: int = 20,
@@ -164,7 +164,7 @@ def run_label_loop(
         model: the starting model (any form `load_model` accepts), e.g. `"sam-hf-tiny"`.
         work_dir: where the images and the two sessions' outputs are written.
         num_images, num_heldout: images labelled before and after retraining.
-        domain, image_size: the procedural domain and image side in pixels.
+        domain, image_size: the procedural domain and image side in pixels (128: `sam-hf-tiny`'s input size).
         seed, target_iou, max_clicks, label_iou, max_strokes: the annotator's (see `label_images`).
         **finetune_overrides: the retraining round's `FinetuneConfig` fields.
 
