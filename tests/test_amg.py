@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
+from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel, SamPredictor
 from sam_hf.inference.amg_utils import build_point_grid, generate_crop_boxes
 
 RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
@@ -194,6 +194,23 @@ def test_explicit_point_grids_match_official(tiny_pair, photo):
         tiny_pair, photo, points_per_side=None, point_grids=grids, crop_n_layers=1, **OPENED
     )
     assert_same_masks(official, ours)
+
+
+def test_a_given_embedding_replaces_the_whole_image_encoding(tiny_pair, photo, monkeypatch):
+    """`generate(image, image_embedding=...)` with a predictor's embedding of the image gives the masks of
+    `generate(image)`; only the smaller crops are encoded (crop_n_layers=1: 4 of 5 crops)."""
+    _, ours = tiny_pair
+    generator = SamAutomaticMaskGenerator(ours, points_per_side=4, crop_n_layers=1, **OPENED)
+    expected = generator.generate(photo)
+    predictor = SamPredictor(ours)
+    predictor.set_image(photo)
+    encoded = []
+    encode = ours.get_image_embeddings
+    monkeypatch.setattr(ours, "get_image_embeddings", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    assert_same_masks(expected, generator.generate(photo, predictor.get_image_embedding()), atol=1e-6)
+    assert len(encoded) == 4
+    with pytest.raises(ValueError, match=r"image_embedding must have shape \(1, "):
+        generator.generate(photo, predictor.get_image_embedding()[0])
 
 
 def test_records_and_output_modes(tiny_pair, photo):

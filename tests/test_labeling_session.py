@@ -145,11 +145,17 @@ def test_brush_and_eraser_strokes_stay_through_clicks_undo_and_are_stored(sessio
     assert [row["num_strokes"] for split in dataset.values() for row in split if row["masks"]] == [[1]]
 
 
-def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_path):
+def test_semi_automatic_prefill_and_clicks_on_what_is_not_covered(session, tmp_path, monkeypatch):
     session.add_click(250, 120)
     accepted = session.accept().mask
+    encoded = []
+    encode = session.model.get_image_embeddings
+    monkeypatch.setattr(
+        session.model, "get_image_embeddings", lambda *a, **k: encoded.append(1) or encode(*a, **k)
+    )
     candidates = session.prefill(pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=4)
     assert session.mode == "semi" and candidates
+    assert not encoded  # the generator decodes from the session's embedding of the image
     for candidate in candidates:
         assert not (candidate.mask & accepted).any()
     kept = candidates[0].mask

@@ -423,7 +423,9 @@ class LabelSession:
         objects or the offered masks change (each change makes new objects: the check is by identity)."""
         sources = (self._record["annotations"], *self.prefilled)
         built_from, covered = self._covered
-        if len(sources) != len(built_from) or any(a is not b for a, b in zip(sources, built_from)):
+        if len(sources) != len(built_from) or any(
+            a is not b for a, b in zip(sources, built_from, strict=True)
+        ):
             covered = np.zeros(self.image.shape[:2], bool)
             for annotation in self._record["annotations"]:
                 covered |= rle_to_mask(annotation["segmentation"])
@@ -555,7 +557,7 @@ class LabelSession:
         )
         accepted = self.covered()
         candidates = []
-        for record in generator.generate(self.image):
+        for record in generator.generate(self.image, self.predictor.get_image_embedding()):
             mask = record["segmentation"]
             if (mask & accepted).sum() > max_overlap * mask.sum():
                 continue

@@ -172,11 +172,19 @@ class SamAutomaticMaskGenerator:
         return self.predictor.processor
 
     @torch.inference_mode()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(
+        self, image: np.ndarray, image_embedding: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
         """Generate masks for `image`.
 
         Args:
             image: an image in any form `sam_hf.data.images.to_rgb` reads (e.g. `(H, W, 3)` uint8 RGB).
+            image_embedding: `(1, C, grid, grid)` embedding of the whole `image` by this model, e.g. from a
+                `SamPredictor` that holds it (`get_image_embedding()`), used instead of encoding the image
+                again; crops smaller than the image are still encoded. None: encode.
+
+        Raises:
+            ValueError: `image_embedding` does not have the shape of this model's embeddings.
 
         Returns:
             One record per mask, in the official generator's format:
@@ -184,7 +192,15 @@ class SamAutomaticMaskGenerator:
             `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
         """
         image = to_rgb(image)
-        data = self._generate_masks(image)
+        if image_embedding is not None:
+            config = self.model.config
+            grid = config.vision_config.image_size // config.vision_config.patch_size
+            expected = (1, config.mask_decoder_config.hidden_size, grid, grid)
+            if tuple(image_embedding.shape) != expected:
+                raise ValueError(
+                    f"image_embedding must have shape {expected}, got {tuple(image_embedding.shape)}"
+                )
+        data = self._generate_masks(image, image_embedding)
         if self.min_mask_region_area > 0:
             data = self._postprocess_small_regions(
                 data,
@@ -214,14 +230,17 @@ class SamAutomaticMaskGenerator:
             )
         return records
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, image_embedding: torch.Tensor | None) -> MaskData:
         """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         decoder = self._compute_decoder()
         data = MaskData.cat(
             [
-                self._process_crop(image, box, layer, orig_size, decoder)
+                # layer 0 is the whole image, the one crop a given embedding is of
+                self._process_crop(
+                    image, box, layer, orig_size, decoder, image_embedding if layer == 0 else None
+                )
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
         )
@@ -245,14 +264,19 @@ class SamAutomaticMaskGenerator:
         layer_idx: int,
         orig_size: tuple[int, int],
         decoder: nn.Module,
+        embeddings: torch.Tensor | None,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
         crop_h, crop_w = crop.shape[:2]
         device = self.model.device
-        self.predictor.set_image(crop)
-        embeddings = self.predictor.get_image_embedding()
-        valid_h, valid_w = self.predictor.input_size
+        if embeddings is None:
+            self.predictor.set_image(crop)
+            embeddings = self.predictor.get_image_embedding()
+            valid_h, valid_w = self.predictor.input_size
+        else:
+            embeddings = embeddings.to(device, torch.float32)
+            valid_h, valid_w = self.processor.get_preprocess_shape(crop_h, crop_w)
         mask_size, image_size = self.model.config.mask_size, self.model.config.vision_config.image_size
         upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
         upsample_w = _trimmed(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
