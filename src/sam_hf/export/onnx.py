@@ -215,7 +215,7 @@ def export_onnx(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vision = model.config.vision_config
-    size, grid = vision.image_size, vision.image_size // vision.patch_size
+    size, grid = vision.image_size, vision.embedding_size
     channels = model.mask_decoder.iou_token.weight.shape[1]
     mask_size = model.config.mask_size
     encoder_path, decoder_path = out / ENCODER_FILE, out / DECODER_FILE

@@ -194,7 +194,7 @@ class SamAutomaticMaskGenerator:
         image = to_rgb(image)
         if image_embedding is not None:
             config = self.model.config
-            grid = config.vision_config.image_size // config.vision_config.patch_size
+            grid = config.image_embedding_size
             expected = (1, config.mask_decoder_config.hidden_size, grid, grid)
             if tuple(image_embedding.shape) != expected:
                 raise ValueError(

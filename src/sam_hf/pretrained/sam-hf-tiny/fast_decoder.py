@@ -19,12 +19,13 @@
 Every weight is used through a call of the module that owns it (`q_proj`, `k_proj`, `v_proj`, `out_proj`,
 norms, MLPs, `output_upscaling`): adapters such as PEFT LoRA (merged or not), `modules_to_save` copies, hooks
 and dtype changes apply as in the model's own forward. The transposed projection `W^T q` is read through calls
-too: `W` and `b` of an affine projection are its outputs on the scaled identity and on zero (`_affine_map`).
-The one exception is the upscaling's matrix-product form, which reads the weights of its transposed convolutions and norm, and is taken only when each of those
-modules is exactly the plain class (`nn.ConvTranspose2d`, `LayerNorm2d`, `nn.GELU`) without hooks, so that
-reading the weights computes what calling the module would; anything else (an adapter on a convolution, a
-`modules_to_save` copy, a hook) is called as a module. The re-association needs the attention projections to
-be affine in their input (a linear layer, with or without a LoRA adapter, in eval mode).
+too: `W` and `b` of an affine projection are its outputs on the scaled identity and on zero
+(`_ImageCache.affine_map`). The one exception is the upscaling's matrix-product form, which reads the weights
+of its transposed convolutions and norm, and is taken only when each of those modules is exactly the plain
+class (`nn.ConvTranspose2d`, `LayerNorm2d`, `nn.GELU`) without hooks, so that reading the weights computes
+what calling the module would; anything else (an adapter on a convolution, a `modules_to_save` copy, a hook)
+is called as a module. The re-association needs the attention projections to be affine in their input (a
+linear layer, with or without a LoRA adapter, in eval mode).
 """
 
 from __future__ import annotations
@@ -307,8 +308,9 @@ def _image_to_token(
     # = sum_h sum_t p_ht out_proj(e_h(v_ht)) - (H - 1) b, as each head's weights sum to 1.
     per_head = torch.zeros(P, H, T, H, d, dtype=v.dtype, device=v.device)
     per_head.diagonal(dim1=1, dim2=3).copy_(v.permute(0, 2, 3, 1))
-    bias = attn.out_proj(v.new_zeros(1, H * d))  # (1, C)
-    values = attn.out_proj(per_head.flatten(3)) - bias * (H - 1) / H  # (P, H, T, C)
+    per_head = per_head.flatten(3)  # (P, H, T, H * d)
+    _, bias = cache.affine_map(attn.out_proj, per_head)  # (C,)
+    values = attn.out_proj(per_head) - bias * (H - 1) / H  # (P, H, T, C)
     if shared:  # the shared tokens stay as they are for the other prompts and chunks
         return torch.baddbmm(keys, probs.transpose(1, 2), values.flatten(1, 2))
     return keys.baddbmm_(probs.transpose(1, 2), values.flatten(1, 2))  # the caller's keys are not reused
