@@ -348,6 +348,16 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.to_dict() == processor.to_dict()
 
 
+def test_from_dict_reads_the_saved_config_as_auto_image_processor_passes_it():
+    processor = SamHFProcessor(image_size=512, mask_size=128)
+    # transformers' AutoImageProcessor reads the file itself and calls from_dict with its own kwargs.
+    assert SamHFProcessor.from_dict(processor.to_dict(), _from_auto=True).to_dict() == processor.to_dict()
+    loaded, unused = SamHFProcessor.from_dict(
+        processor.to_dict(), image_size=256, return_unused_kwargs=True, trust_remote_code=True
+    )
+    assert (loaded.image_size, loaded.mask_size, unused) == (256, 128, {"trust_remote_code": True})
+
+
 def test_from_model_config_matches_vit_b_defaults():
     assert (
         SamHFProcessor.from_model_config(SamHFConfig.from_preset("vit_b")).to_dict()

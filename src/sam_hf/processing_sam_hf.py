@@ -51,6 +51,8 @@ PROCESSOR_AUTO_CLASSES = ("AutoProcessor", "AutoImageProcessor")
 # What `from_pretrained` passes on to the Hub download; the Auto classes add `_from_auto`, `trust_remote_code`.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 _VALID_POINT_LABELS = (1, 0, -1)
+# The saved fields, the arguments of `SamHFProcessor.__init__`.
+_FIELDS = ("image_size", "mask_size", "pixel_mean", "pixel_std")
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -97,8 +99,7 @@ class SamHFProcessor(BaseImageProcessor):
         self.pixel_std = tuple(float(v) for v in pixel_std)
 
     def __repr__(self) -> str:
-        fields = ("image_size", "mask_size", "pixel_mean", "pixel_std")
-        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)}' for k in fields)})"
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)}' for k in _FIELDS)})"
 
     # ------------------------------------------------------------------ construction and serialisation
 
@@ -147,15 +148,34 @@ class SamHFProcessor(BaseImageProcessor):
         Args:
             pretrained_model_name_or_path: local folder, Hub repo id or shipped model name (`"sam-hf-tiny"`).
             kwargs: `cache_dir`, `revision`, `token`, ... passed to `huggingface_hub.hf_hub_download` for Hub
-                repos; `trust_remote_code` and the other arguments transformers' Auto classes pass are ignored.
+                repos; the rest go to `from_dict` (field overrides, `return_unused_kwargs`), which ignores
+                `trust_remote_code` and the other arguments transformers' Auto classes pass.
         """
         location = os.fspath(shipped_model_folder(pretrained_model_name_or_path))
-        config = _read_processor_config(location, {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
-        if "image_processor" in config:  # transformers processor_config.json nests the image processor
-            config = config["image_processor"]
-        if config.get("processor_class") == cls.__name__:
-            return cls(**{k: config[k] for k in ("image_size", "mask_size", "pixel_mean", "pixel_std")})
-        return cls(**_from_transformers_config(config))
+        config = _read_processor_config(location, {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs})
+        return cls.from_dict(config, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> SamHFProcessor:
+        """The processor a saved config describes: what `to_dict` wrote, or a transformers `SamImageProcessor`
+        or `SamProcessor` config (mapped as in `from_pretrained`). `AutoImageProcessor.from_pretrained` reads
+        the file and calls this.
+
+        Args:
+            config_dict: the contents of `preprocessor_config.json` or `processor_config.json`.
+            kwargs: `image_size`, `mask_size`, `pixel_mean` or `pixel_std` override the saved values;
+                `return_unused_kwargs=True` returns `(processor, the other kwargs)`; other kwargs (what the
+                Auto classes pass on) are ignored.
+        """
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+        if "image_processor" in config_dict:  # transformers processor_config.json nests the image processor
+            config_dict = config_dict["image_processor"]
+        if config_dict.get("image_processor_type") == cls.__name__:
+            fields = {k: config_dict[k] for k in _FIELDS}
+        else:
+            fields = _from_transformers_config(config_dict)
+        processor = cls(**{**fields, **{k: kwargs.pop(k) for k in _FIELDS if k in kwargs}})
+        return (processor, kwargs) if return_unused_kwargs else processor
 
     def to_transformers(self) -> Any:
         """transformers' `SamProcessor` with this processor's frame: `size.longest_edge` and `pad_size` are
