@@ -64,11 +64,11 @@ def _start(command: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(process: subprocess.Popen) -> str:
-    """Ctrl-C, as a user stops the command; returns its output."""
+    """Ctrl-C, as a user stops the command (exit 130, as every command); returns its output."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    assert process.returncode == 130, output
     return output
 
 
@@ -92,6 +92,26 @@ def _click(page, x: int, y: int) -> None:
 
 def _status(page, text: str) -> None:
     page.locator("#sam-hf-status").get_by_text(text).wait_for(timeout=_TIMEOUT_MS)
+
+
+def test_ctrl_c_stops_the_page_with_exit_130(photos, tmp_path):
+    port = _free_port()
+    process, _ = _start(
+        [
+            "label",
+            str(photos),
+            "--model",
+            "sam-hf-tiny",
+            "--out",
+            str(tmp_path / "labels"),
+            "--port",
+            str(port),
+        ]
+    )
+    output = _stop(process)
+    assert "sam-hf label: interrupted; rerun the same command to resume where you stopped" in output
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the page's server is closed
 
 
 @pytest.mark.slow

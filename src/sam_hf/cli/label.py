@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from . import SamHFUserError, add_model_arguments, resolve_device, resolve_model, user_input
@@ -142,7 +143,7 @@ def open_session(args: argparse.Namespace) -> Any:
 
 
 def serve(session: Any, args: argparse.Namespace) -> None:
-    """Serve the page on `session` at `--host`/`--port` until Ctrl-C."""
+    """Serve the page on `session` at `--host`/`--port` until Ctrl-C (KeyboardInterrupt, raised)."""
     from ..labeling.app import build_app, launch
 
     demo = build_app(
@@ -155,7 +156,9 @@ def serve(session: Any, args: argparse.Namespace) -> None:
     url = launch(demo, host=args.host, port=args.port, block=False, quiet=True)
     print(f"labelling {session.num_images} images into {session.out} at {url} (Ctrl-C to stop)", flush=True)
     try:
-        demo.block_thread()  # returns on Ctrl-C
+        # Gradio's `demo.block_thread()` would swallow Ctrl-C; raised, `main` turns it into exit 130.
+        while True:
+            time.sleep(1.0)
     finally:
         demo.close()
 
