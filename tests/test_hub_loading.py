@@ -356,9 +356,17 @@ class _Hub:
             raise self.error
 
 
-def _hub_answering(monkeypatch, error: Exception | None) -> _Hub:
+def _hub_answering(monkeypatch, error: Exception | None, offline: bool = False) -> _Hub:
+    """The Hub, online or in offline mode whatever the caller's environment says. huggingface_hub reads
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) once, at import, into `constants.HF_HUB_OFFLINE`."""
     import huggingface_hub
+    from huggingface_hub import constants
 
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     hub = _Hub(error)
     monkeypatch.setattr(
         huggingface_hub.HfApi, "model_info", lambda self, repo_id, **kwargs: hub.model_info(repo_id)
@@ -407,10 +415,7 @@ def test_unreachable_hub_is_named_as_the_cause(monkeypatch, tmp_path, capsys):
 def test_offline_mode_loads_cached_repos_without_requests_and_refuses_others(
     tiny_model, monkeypatch, tmp_path
 ):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    hub = _hub_answering(monkeypatch, AssertionError("no request may be made offline"))
+    hub = _hub_answering(monkeypatch, AssertionError("no request may be made offline"), offline=True)
     with pytest.raises(
         ValueError, match=r"'acme/sam-tiy' is not in the local Hub cache, .*\(HF_HUB_OFFLINE is set\)"
     ):
