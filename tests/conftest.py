@@ -4,8 +4,10 @@ fresh interpreter where sam_hf cannot be imported."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import numpy as np
@@ -41,6 +43,12 @@ def run_without_sam_hf(script: str, modules_cache: str | os.PathLike) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def console_script(name: str) -> str | None:
+    """The path of the console script `name` of the running interpreter's installation (its venv's `bin/`,
+    whether or not the venv is activated), else on PATH; None when neither has it."""
+    return shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
 
 
 def randomize_positional_terms(module: torch.nn.Module, seed: int = 0) -> None:

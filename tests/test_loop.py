@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import console_script
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,8 @@ def _write_photos(folder: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     """Runs the whole loop once; the tests below check each stage's output."""
-    if shutil.which("sam-hf") is None:
+    sam_hf_script = console_script("sam-hf")
+    if sam_hf_script is None:
         pytest.skip("the sam-hf console script is not installed")
     root = tmp_path_factory.mktemp("loop")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "CUDA_VISIBLE_DEVICES": ""}
@@ -79,7 +81,7 @@ def loop(tmp_path_factory):
     stages = {"root": root, "shown": shown, "env": env}
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
-    launch += ["--num_processes", "2", "--no_python", "sam-hf"]
+    launch += ["--num_processes", "2", "--no_python", sam_hf_script]
     stages["annotate"] = _run(
         *launch, "annotate", str(root / "photos"), "--model", "sam-hf-tiny", "--out", str(root / "dataset"),
         *_AMG, env=env,
@@ -110,6 +112,14 @@ def loop(tmp_path_factory):
         "--output", str(root / "eval.json"), env=env,
     )  # fmt: skip
     return stages
+
+
+def test_the_sam_hf_script_is_found_beside_the_interpreter_without_path(monkeypatch):
+    """A venv's python run without activating the venv: its console scripts are not on PATH."""
+    monkeypatch.setenv("PATH", "")
+    script = console_script("sam-hf")
+    assert script is not None and Path(script).parent == Path(sys.executable).parent
+    assert "segment" in _run(script, "--help", env=dict(os.environ)).stdout
 
 
 def test_annotate_masks_align_with_the_images_datasets_decodes(loop):
