@@ -69,11 +69,14 @@ def test_a_bfloat16_model_predicts_numpy_float32():
     assert scores.dtype == logits.dtype == np.float32 and logits.shape == (3, 64, 64)
 
 
-def test_a_local_folder_named_like_a_shipped_model_wins(tiny_model, tmp_path, monkeypatch):
+def test_a_local_folder_named_like_a_shipped_model_wins(shipped, tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny_model.save_pretrained("sam-hf-tiny")
     loaded = SamHFModel.from_pretrained("sam-hf-tiny")
-    assert loaded.config.vision_config.image_size == tiny_model.config.vision_config.image_size == 128
+    assert loaded.config.mask_size == tiny_model.config.mask_size != shipped[0].config.mask_size
+    loaded_weights = loaded.state_dict()
+    for key, tensor in tiny_model.state_dict().items():
+        assert torch.equal(loaded_weights[key], tensor), key
 
 
 def test_config_is_the_preset(shipped):
