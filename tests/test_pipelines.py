@@ -175,6 +175,22 @@ def test_sam_hf_convert_output_and_loaded_models(shipped, photo, plain_records, 
             )
 
 
+def test_a_list_with_batch_size_gives_the_results_of_one_call_per_image(sam_hf_folder, photo):
+    pipe = pipeline("mask-generation", model=str(sam_hf_folder), device="cpu", **GRID, **OPEN)
+    images = [photo, np.ascontiguousarray(photo[::-1, :150]), Image.fromarray(photo[50:])]  # three sizes
+    expected = [pipe(image, output_bboxes_mask=True) for image in images]
+    assert len({len(result["masks"]) for result in expected}) > 1  # the images' results differ
+    results = pipe(images, batch_size=2, output_bboxes_mask=True)  # a full batch, then a smaller one
+    assert len(results) == len(images)
+    for result, single in zip(results, expected, strict=True):
+        assert sorted(result) == sorted(single)
+        for key, value in single.items():
+            if key == "masks":
+                np.testing.assert_array_equal(torch.stack(result[key]).numpy(), torch.stack(value).numpy())
+            else:
+                torch.testing.assert_close(result[key], value, rtol=0, atol=0)
+
+
 def test_a_saved_folder_loads_without_asking_to_run_remote_code(sam_hf_folder, monkeypatch):
     """With sam_hf imported, nothing of the folder's saved source runs, so transformers has nothing to ask."""
 

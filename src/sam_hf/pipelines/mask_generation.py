@@ -168,7 +168,10 @@ class SamHFMaskGenerationPipeline(Pipeline):
         Args:
             image: an image path or http(s) URL, a PIL image or a numpy array (any form
                 `sam_hf.data.images.to_rgb` reads), or a list of them.
-            **kwargs: options for this call (see the class docstring).
+            **kwargs: options for this call (see the class docstring), and transformers' `batch_size` and
+                `num_workers` for a list: images are read `batch_size` at a time (by `num_workers` loader
+                workers), and each image is still encoded and segmented on its own, so the results are those
+                of one call per image.
 
         Returns:
             Per image, a dict in transformers' form, masks sorted by decreasing score:
@@ -190,11 +193,18 @@ class SamHFMaskGenerationPipeline(Pipeline):
             image = load_image_url(image, timeout=timeout)
         return {"image": to_rgb(image)}
 
-    def _forward(self, model_inputs: dict[str, np.ndarray], **generator_kwargs: Any) -> dict[str, Any]:
+    def _forward(
+        self, model_inputs: dict[str, np.ndarray | list[np.ndarray]], **generator_kwargs: Any
+    ) -> dict[str, Any]:
         generator = SamAutomaticMaskGenerator(
             self.model, output_mode="uncompressed_rle", processor=self.image_processor, **generator_kwargs
         )
-        return {"records": generator.generate(model_inputs["image"])}
+        images = model_inputs["image"]
+        # With batch_size > 1 transformers collates a batch's images into a list, and splits a list of
+        # per-image results back into one `postprocess` call per image.
+        if isinstance(images, list):
+            return {"records": [generator.generate(image) for image in images]}
+        return {"records": generator.generate(images)}
 
     def postprocess(
         self,
