@@ -11,10 +11,17 @@ import pytest
 import torch
 
 from conftest import randomize_positional_terms
-from sam_hf import SamHFModel, SamHFProcessor
+from sam_hf import SamHFModel, SamHFProcessor, SamPredictor
 from sam_hf.cli import main
 from sam_hf.export import export_onnx
-from sam_hf.export.onnx import CONFIG_FILE, DECODER_FILE, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_FILE
+from sam_hf.export.onnx import (
+    CONFIG_FILE,
+    DATA_SUFFIX,
+    DECODER_FILE,
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_FILE,
+)
 from sam_hf.hub import load_model
 
 ort = pytest.importorskip("onnxruntime")
@@ -165,6 +172,110 @@ def test_export_writes_files_and_preprocessing(tiny_fp32_export, tiny):
     assert [i.name for i in _session(result.encoder).get_inputs()] == ["pixel_values"]
 
 
+def _listed_files(folder) -> list[str]:
+    """The files `onnx_config.json` in `folder` lists, after checking they are exactly the folder's files."""
+    listed = json.loads((folder / CONFIG_FILE).read_text())["files"]
+    assert sorted(path.name for path in folder.iterdir()) == listed
+    return listed
+
+
+def _data_locations(graph_path) -> set[str]:
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    graph = onnx.load(graph_path, load_external_data=False)
+    return {ExternalDataInfo(t).location for t in graph.graph.initializer if uses_external_data(t)}
+
+
+def test_external_data_export_lists_every_file_and_runs_as_the_inline_one(tmp_path, tiny_fp32_export, photos):
+    """Weights stored beside the graphs (as a model over 2 GB must be): one data file per graph, every file
+    listed in onnx_config.json, and the same outputs as the export with the weights inside the graphs."""
+    result = export_onnx("sam-hf-tiny", tmp_path, return_single_mask=False, external_data=True)
+    listed = _listed_files(tmp_path)
+    assert [path.name for path in result.files] == listed
+    config = json.loads(result.config.read_text())
+    for graph, key in ((ENCODER_FILE, "image_encoder"), (DECODER_FILE, "mask_decoder")):
+        assert config[key]["external_data"] == graph + DATA_SUFFIX
+        assert _data_locations(tmp_path / graph) == {graph + DATA_SUFFIX}
+        assert (tmp_path / graph).stat().st_size < (tmp_path / (graph + DATA_SUFFIX)).stat().st_size
+    inline = json.loads(tiny_fp32_export.config.read_text())
+    assert (
+        inline["image_encoder"]["external_data"] is None and inline["mask_decoder"]["external_data"] is None
+    )
+    assert not any(name.endswith(DATA_SUFFIX) for name in _listed_files(tiny_fp32_export.config.parent))
+    image = photos["coffee"]
+    processor = SamHFProcessor.from_pretrained(tmp_path)
+    pixel_values = processor(image, return_tensors="np")["pixel_values"]
+    outputs = []
+    for export in (result, tiny_fp32_export):
+        embeddings = _session(export.encoder).run(None, {"pixel_values": pixel_values})[0]
+        inputs = _official_inputs(processor, image.shape[:2], _prompt_cases(*image.shape[:2])["point_box"])
+        outputs.append(
+            [embeddings, *_session(export.decoder).run(None, {"image_embeddings": embeddings, **inputs})]
+        )
+    for name, external, inline in zip(("image_embeddings", *DECODER_OUTPUTS), *outputs, strict=True):
+        np.testing.assert_array_equal(external, inline, err_msg=name)
+
+
+def test_export_into_an_earlier_export_leaves_no_stale_file(tmp_path):
+    """A re-export replaces the earlier export's files and removes those it does not write again, whether
+    its onnx_config.json lists them or only its graphs reference them (one loose file per tensor), and
+    leaves the user's own files alone."""
+    import onnx
+
+    first = export_onnx("sam-hf-tiny", tmp_path, external_data=True)
+    sizes = {path.name: path.stat().st_size for path in first.files if path.name.endswith(DATA_SUFFIX)}
+    second = export_onnx("sam-hf-tiny", tmp_path, external_data=True)
+    assert {
+        path.name: path.stat().st_size for path in second.files if path.name.endswith(DATA_SUFFIX)
+    } == sizes
+    _listed_files(tmp_path)
+
+    # An export whose graph keeps each tensor in a file of its own, and whose config lists no files.
+    encoder = onnx.load(tmp_path / ENCODER_FILE)
+    (tmp_path / (ENCODER_FILE + DATA_SUFFIX)).unlink()
+    onnx.save_model(
+        encoder, tmp_path / ENCODER_FILE, save_as_external_data=True, all_tensors_to_one_file=False
+    )
+    loose = _data_locations(tmp_path / ENCODER_FILE)
+    assert len(loose) > 10 and all((tmp_path / name).is_file() for name in loose)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del config["files"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    (tmp_path / "notes.txt").write_text("the user's")
+
+    export_onnx("sam-hf-tiny", tmp_path)
+    (tmp_path / "notes.txt").unlink()
+    listed = _listed_files(tmp_path)
+    assert not any(name.endswith(DATA_SUFFIX) for name in listed)
+    assert not _data_locations(tmp_path / ENCODER_FILE) and not _data_locations(tmp_path / DECODER_FILE)
+
+
+def test_single_mask_decoder_answers_a_box_alone_as_documented(tmp_path, tiny_fp32_export, tiny, photos):
+    """The default (single-mask) decoder, given a box alone, returns the best-scored multimask output, which
+    is not `predict(box=..., multimask_output=False)`; the all-masks export's first mask is."""
+    model, processor = tiny
+    single = export_onnx(model, tmp_path, processor=processor)
+    config = json.loads(single.config.read_text())["mask_decoder"]
+    assert config["return_single_mask"] is True and "masks[:, 0]" in config["masks_returned"]
+    image = photos["astronaut"]
+    predictor = SamPredictor(model, processor)
+    predictor.set_image(image)
+    embeddings = predictor.get_image_embedding().numpy()
+    box = np.array(_prompt_cases(*image.shape[:2])["box"]["box"])
+    inputs = _official_inputs(processor, image.shape[:2], {"box": box})
+    _, iou, low_res = _session(single.decoder).run(None, {"image_embeddings": embeddings, **inputs})
+    _, multi_scores, multi_logits = predictor.predict(box=box, multimask_output=True)
+    _, single_scores, single_logits = predictor.predict(box=box, multimask_output=False)
+    best = int(np.argmax(multi_scores))
+    np.testing.assert_allclose(low_res[0, 0], multi_logits[best], rtol=0, atol=FP32_ATOL)
+    np.testing.assert_allclose(iou[0, 0], multi_scores[best], rtol=0, atol=FP32_ATOL)
+    assert np.abs(low_res[0, 0] - single_logits[0]).max() > 100 * FP32_ATOL
+    _, iou, low_res = _session(tiny_fp32_export.decoder).run(None, {"image_embeddings": embeddings, **inputs})
+    np.testing.assert_allclose(low_res[0, 0], single_logits[0], rtol=0, atol=FP32_ATOL)
+    np.testing.assert_allclose(iou[0, 0], single_scores[0], rtol=0, atol=FP32_ATOL)
+
+
 @pytest.mark.parametrize("photo", ["astronaut", "coffee"])
 def test_fp32_files_match_pytorch_on_photos(tiny_fp32_export, tiny, photos, photo):
     model, processor = tiny
@@ -261,6 +372,8 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         export_onnx("sam-hf-tiny", tmp_path, opset=11)
     with pytest.raises(TypeError, match="model must be a SamHFModel.*got int"):
         export_onnx(3, tmp_path)
+    with pytest.raises(TypeError, match="external_data must be True, False or None, got 'yes'"):
+        export_onnx("sam-hf-tiny", tmp_path, external_data="yes")
     assert not any(tmp_path.iterdir())
 
 

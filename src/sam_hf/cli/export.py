@@ -3,7 +3,10 @@ prompt encoder + mask decoder as ONNX files for onnxruntime.
 
 The decoder keeps the official `segment_anything` ONNX interface (inputs image_embeddings, point_coords,
 point_labels, mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions, low_res_masks), so
-code written for the official ONNX model runs on it. OUT_DIR/onnx_config.json says how to preprocess images.
+code written for the official ONNX model runs on it. OUT_DIR/onnx_config.json says how to preprocess images
+and lists every file of the export; a graph over 2 GB (ViT-H in float32) keeps its weights in one
+`<graph>.onnx.data` file beside it. Files of an earlier export in OUT_DIR that this one does not write again are
+removed.
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--all-masks",
         action="store_true",
-        help="the decoder returns all four mask heads (official export script's default) instead of the "
-        "best single mask (official notebook's export)",
+        help="the decoder returns all four mask heads (official export script's default; masks[:, 0] is "
+        "predict(..., multimask_output=False), e.g. the single-mask answer for a box alone) instead of one mask "
+        "(official notebook's export: for one click or a box alone the best-scored of the multimask outputs)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..export import export_onnx
+    from ..export.onnx import DATA_SUFFIX
 
     try:
         result = export_onnx(
@@ -65,5 +70,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:  # the optional dependencies are missing: say which extra to install
         raise SamHFUserError(str(error)) from error
     kind = f"{result.quantize} " if result.quantize else ""
-    print(f"wrote {kind}ONNX files {result.encoder} and {result.decoder}; preprocessing in {result.config}")
+    data = [str(path) for path in result.files if path.name.endswith(DATA_SUFFIX)]
+    weights = f" (weights in {' and '.join(data)})" if data else ""
+    print(
+        f"wrote {kind}ONNX files {result.encoder} and {result.decoder}{weights}; preprocessing and the list "
+        f"of files in {result.config}"
+    )
     return 0

@@ -1,7 +1,7 @@
 """Export a SAM model to ONNX: the image encoder, and the prompt encoder + mask decoder with the official
 `segment_anything` ONNX interface, so code written for the official ONNX decoder runs on it.
 
-Two files and two JSON files are written into the output folder:
+The output folder holds:
 
 - `image_encoder.onnx`: input `pixel_values` `(1, 3, image_size, image_size)` float32, the image as
   `SamHFProcessor` prepares it (RGB, longest side resized to `image_size`, normalised with `pixel_mean` /
@@ -19,12 +19,21 @@ Two files and two JSON files are written into the output folder:
     - `orig_im_size` `(2,)`: `(H, W)` of the original image.
   Outputs: `masks` `(1, M, H, W)` logits at the original size (threshold at `mask_threshold`, 0.0),
   `iou_predictions` `(1, M)`, `low_res_masks` `(1, M, 4h, 4w)` logits in the padded model frame. With
-  `return_single_mask` (the official notebook's choice and the default) M = 1: the best of the three
-  multimask outputs for a single click (one point and its padding), the single-mask output for more prompts
-  (the official `SamOnnxModel.select_masks` rule); otherwise M = 4, the single-mask output then the three
-  multimask ones, as the official script's default.
-- `onnx_config.json`: the files, their inputs and outputs, the preprocessing and the mask threshold;
-  `preprocessor_config.json`: the processor, so `SamHFProcessor.from_pretrained(out_dir)` preprocesses.
+  `return_single_mask` (the official notebook's choice and the default) M = 1, chosen by the official
+  `SamOnnxModel.select_masks` rule: with at most two prompt points (a click and its padding point, or a box's
+  two corners alone) the best-scored of the three multimask outputs, otherwise the single-mask output. A box
+  alone therefore gives `SamPredictor.predict(box=box)`'s best-scored mask, not
+  `predict(box=box, multimask_output=False)`; for that answer export with `return_single_mask=False` and take
+  `masks[:, 0]`. Without `return_single_mask` M = 4, the single-mask output then the three multimask ones, as
+  the official script's default.
+- `image_encoder.onnx.data` / `mask_decoder.onnx.data`: a graph's weights when they are stored beside it (ONNX
+  external data, all in one file), which protobuf's 2 GB limit on one file requires for ViT-H in float32.
+- `onnx_config.json`: every file of the export, the inputs and outputs, the preprocessing and the mask
+  threshold; `preprocessor_config.json` and its code: the processor, so `SamHFProcessor.from_pretrained(out_dir)`
+  preprocesses.
+
+An export into a folder that holds an earlier one removes the earlier export's files that it does not write
+again: those its `onnx_config.json` lists and the external data its graphs reference.
 
 Both ONNX graphs run the package's own modules (`SamHFModel.image_encoder`, `prompt_encoder.embed_points`,
 `prompt_encoder.mask_downscaling`, `mask_decoder.predict_masks`, `SamHFProcessor.upscale_masks`), traced by
@@ -52,6 +61,7 @@ from ..processing_sam_hf import SamHFProcessor
 
 __all__ = [
     "CONFIG_FILE",
+    "DATA_SUFFIX",
     "DECODER_FILE",
     "DECODER_INPUTS",
     "DECODER_OUTPUTS",
@@ -66,6 +76,8 @@ __all__ = [
 ENCODER_FILE = "image_encoder.onnx"
 DECODER_FILE = "mask_decoder.onnx"
 CONFIG_FILE = "onnx_config.json"
+# Suffix of the file beside a graph that holds its weights when they are stored outside it.
+DATA_SUFFIX = ".data"
 DEFAULT_OPSET = 17
 QUANTIZE_CHOICES = ("int8",)
 # Logit threshold of a mask, as official `Sam.mask_threshold`.
@@ -79,6 +91,18 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+# Which masks the decoder returns, as onnx_config.json states it (the module docstring explains it).
+_SINGLE_MASK_RULE = (
+    "one: with at most two prompt points (a click and its padding point, or a box's two corners alone) the "
+    "best-scored of the three multimask outputs, as official SamOnnxModel.select_masks; otherwise the "
+    "single-mask output. A box alone therefore gives the best-scored mask of SamPredictor.predict(box=box), not "
+    "predict(box=box, multimask_output=False); for that answer export with --all-masks "
+    "(return_single_mask=False) and take masks[:, 0]"
+)
+_ALL_MASKS_RULE = (
+    "all four: index 0 the single-mask output (SamPredictor.predict(..., multimask_output=False)), 1 to 3 the "
+    "multimask outputs (predict(..., multimask_output=True))"
+)
 _MISSING_EXTRA = 'ONNX export needs onnx and onnxruntime: pip install "sam_hf[onnx]"'
 
 
@@ -91,6 +115,8 @@ class ExportResult:
         decoder: the prompt encoder + mask decoder `.onnx` file (official `SamOnnxModel` interface).
         config: `onnx_config.json`: inputs, outputs, preprocessing, mask threshold.
         processor: `preprocessor_config.json`, read by `SamHFProcessor.from_pretrained(out_dir)`.
+        files: every file of the export, external data and the processor's code included, as `config` lists
+            them.
         quantize: None for float32 graphs, "int8" for dynamically quantized ones.
     """
 
@@ -98,6 +124,7 @@ class ExportResult:
     decoder: Path
     config: Path
     processor: Path
+    files: tuple[Path, ...]
     quantize: str | None = None
 
 
@@ -180,6 +207,7 @@ def export_onnx(
     quantize: str | None = None,
     opset: int = DEFAULT_OPSET,
     return_single_mask: bool = True,
+    external_data: bool | None = None,
     processor: SamHFProcessor | None = None,
 ) -> ExportResult:
     """Write the image encoder and the prompt encoder + mask decoder of `model` as ONNX files (see the module
@@ -190,11 +218,15 @@ def export_onnx(
             `sam_hf.hub.load_model` accepts (shipped name, Hub id, Meta .pth, sam_hf / transformers folder,
             adapter or `sam-hf finetune` output folder). A float32 CPU copy is exported when the model is in
             another dtype, on another device or in training mode; the caller's model is left as it is.
-        out_dir: folder to write into (created if missing; files of an earlier export are replaced).
+        out_dir: folder to write into (created if missing; the files of an earlier export there are replaced,
+            and those this export does not write again are removed).
         quantize: None for float32 graphs, or "int8" for onnxruntime dynamic quantization of both.
         opset: ONNX opset version, at least 14 (the exporter's attention needs it).
         return_single_mask: the decoder returns one mask per call (the official notebook's export) instead of
             all four mask heads (the official script's default).
+        external_data: store each graph's weights in one `<graph>.onnx.data` file beside it (True) or inside
+            the `.onnx` file (False); None (default): beside it only where the graph exceeds protobuf's 2 GB
+            limit on one file.
         processor: the processor whose image size and normalisation the graphs assume; by default the one
             loaded with the model, else one matching `model.config`.
 
@@ -204,12 +236,14 @@ def export_onnx(
     Raises:
         ImportError: onnx or onnxruntime is not installed (names the `sam_hf[onnx]` extra).
         ValueError: `quantize` or `opset` is not supported, or `model` names no model.
-        TypeError: `model` is neither a model nor a name of one.
+        TypeError: `model` is neither a model nor a name of one, or `external_data` is not a bool or None.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ValueError(f"opset must be an int >= 14 (scaled_dot_product_attention needs 14), got {opset!r}")
+    if external_data is not None and not isinstance(external_data, bool):
+        raise TypeError(f"external_data must be True, False or None, got {external_data!r}")
     _require_onnx()
     model, processor = _exportable_model(model, processor)
     out = Path(out_dir)
@@ -218,9 +252,12 @@ def export_onnx(
     size, grid = vision.image_size, vision.embedding_size
     channels = model.mask_decoder.iou_token.weight.shape[1]
     mask_size = model.config.mask_size
-    encoder_path, decoder_path = out / ENCODER_FILE, out / DECODER_FILE
+    # Everything is written to a scratch folder first and moved into `out` once complete, so a failed export
+    # leaves an earlier one whole and no file is written over in place (ONNX appends to an existing data file).
     with tempfile.TemporaryDirectory(dir=out) as scratch:
-        traced = Path(scratch) if quantize else out
+        traced, written = Path(scratch, "traced"), Path(scratch, "export")
+        traced.mkdir()
+        written.mkdir()
         with torch.inference_mode(False), torch.no_grad():
             _export(
                 _ImageEncoderGraph(model),
@@ -248,16 +285,105 @@ def export_onnx(
                 {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
                 opset,
             )
-        if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        data_files = {}
+        for name in (ENCODER_FILE, DECODER_FILE):
+            graph = traced / name
+            if quantize:
+                graph = _quantize(graph, Path(scratch, "quantized"))
+            data_files[name] = _save_graph(graph, written / name, external_data)
+        processor_file = Path(processor.save_pretrained(written)).name
+        files = sorted([*os.listdir(written), CONFIG_FILE])
+        config = _describe_export(
+            model, processor, channels, grid, quantize, opset, return_single_mask, data_files, files
+        )
+        (written / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        _replace_export(written, out, files)
+    return ExportResult(
+        out / ENCODER_FILE,
+        out / DECODER_FILE,
+        out / CONFIG_FILE,
+        out / processor_file,
+        tuple(out / name for name in files),
+        quantize,
+    )
 
-            for name in (ENCODER_FILE, DECODER_FILE):
-                quantize_dynamic(traced / name, out / name, weight_type=QuantType.QInt8)
-    processor_path = Path(processor.save_pretrained(out))
-    config_path = out / CONFIG_FILE
-    config = _describe_export(model, processor, channels, grid, quantize, opset, return_single_mask)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    return ExportResult(encoder_path, decoder_path, config_path, processor_path, quantize)
+
+def _quantize(graph: Path, folder: Path) -> Path:
+    """onnxruntime's dynamic int8 quantization of `graph`, written to `folder` (its weights beside it where
+    the float32 graph's were)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(exist_ok=True)
+    quantized = folder / graph.name
+    quantize_dynamic(
+        graph,
+        quantized,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=bool(_external_data_locations(graph)),
+    )
+    return quantized
+
+
+def _save_graph(source: Path, target: Path, external_data: bool | None) -> str | None:
+    """Write the graph at `source` to `target` with its weights inside it or, with `external_data` (None: where
+    the graph at `source` needed it), in one `<target name>.data` file beside it. Returns that file's name, or
+    None when the weights are inside `target`."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    graph = onnx.load(source, load_external_data=False)
+    if external_data is None:
+        external_data = bool(_external_data_locations(source, graph))
+    load_external_data_for_model(graph, str(source.parent))
+    location = target.name + DATA_SUFFIX
+    onnx.save_model(
+        graph, target, save_as_external_data=external_data, all_tensors_to_one_file=True, location=location
+    )
+    return location if external_data else None
+
+
+def _external_data_locations(path: Path, graph: Any = None) -> set[str]:
+    """Names of the files beside the graph at `path` that hold its external data (read from `graph`, the
+    graph loaded without its data, when given)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    graph = graph if graph is not None else onnx.load(path, load_external_data=False)
+    return {
+        ExternalDataInfo(tensor).location for tensor in graph.graph.initializer if uses_external_data(tensor)
+    }
+
+
+def _earlier_export_files(folder: Path) -> set[str]:
+    """Names of the files of an export in `folder`: those its `onnx_config.json` lists and those its graphs'
+    external data is read from (an export may predate the list). Only plain names are taken, so nothing
+    outside `folder` is ever named."""
+    from google.protobuf.message import DecodeError
+
+    names = set()
+    config = folder / CONFIG_FILE
+    if config.is_file():
+        try:
+            names.update(json.loads(config.read_text()).get("files", []))
+        except (json.JSONDecodeError, AttributeError):
+            pass  # not an export's config: it names no files of ours
+    for graph in (ENCODER_FILE, DECODER_FILE):
+        if (folder / graph).is_file():
+            try:
+                names.update(_external_data_locations(folder / graph))
+            except DecodeError:
+                pass  # not an ONNX graph: it references no files of ours
+    return {name for name in names if isinstance(name, str) and Path(name).name == name}
+
+
+def _replace_export(written: Path, out: Path, files: list[str]) -> None:
+    """Move the export in `written` into `out`, then remove the files of the earlier export in `out` that
+    the new one does not have."""
+    stale = _earlier_export_files(out) - set(files)
+    for name in files:
+        os.replace(written / name, out / name)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
 
 def _require_onnx() -> None:
@@ -330,6 +456,8 @@ def _describe_export(
     quantize: str | None,
     opset: int,
     return_single_mask: bool,
+    data_files: dict[str, str | None],
+    files: list[str],
 ) -> dict[str, Any]:
     size, mask_size = processor.image_size, model.config.mask_size
     num_masks = 1 if return_single_mask else model.mask_decoder.num_mask_tokens
@@ -337,15 +465,19 @@ def _describe_export(
         "source_model": model.name_or_path or None,
         "opset": opset,
         "quantize": quantize,
+        "files": files,
         "image_encoder": {
             "file": ENCODER_FILE,
+            "external_data": data_files[ENCODER_FILE],
             "inputs": {"pixel_values": [1, 3, size, size]},
             "outputs": {"image_embeddings": [1, channels, grid, grid]},
         },
         "mask_decoder": {
             "file": DECODER_FILE,
+            "external_data": data_files[DECODER_FILE],
             "interface": "segment_anything.utils.onnx.SamOnnxModel",
             "return_single_mask": return_single_mask,
+            "masks_returned": _SINGLE_MASK_RULE if return_single_mask else _ALL_MASKS_RULE,
             "inputs": {
                 "image_embeddings": [1, channels, grid, grid],
                 "point_coords": [1, "num_points", 2],
