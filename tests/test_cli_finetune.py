@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 import sam_hf.hub.push
 from sam_hf.cli import build_parser, main
 from sam_hf.cli.finetune import parse_prompt_types
+from sam_hf.training import FinetuneConfig
 
 
 def test_finetune_command_writes_adapter_and_merged(tiny_model, tmp_path):
@@ -45,6 +46,16 @@ def test_eval_split_none_turns_evaluation_off():
     parse = build_parser().parse_args
     assert parse(["finetune", "--dataset", "d"]).eval_split == "auto"
     assert parse(["finetune", "--dataset", "d", "--eval-split", "none"]).eval_split is None
+
+
+def test_finetune_defaults_are_finetune_configs(monkeypatch):
+    """`sam-hf finetune` with only the required arguments runs `FinetuneConfig`'s defaults, field by field."""
+    import sam_hf.training.job
+
+    runs = []
+    monkeypatch.setattr(sam_hf.training.job, "run_finetune", lambda config, **kwargs: runs.append(config))
+    assert main(["finetune", "--model", "sam-hf-tiny", "--dataset", "d"]) == 0
+    assert runs == [FinetuneConfig(model="sam-hf-tiny", dataset="d")]
 
 
 def _splits_dataset(path):

@@ -9,6 +9,7 @@ sam-hf finetune ...`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -31,62 +32,105 @@ def _eval_split(text: str) -> str | None:
     return None if text == "none" else text
 
 
+def _config_defaults() -> dict[str, Any]:
+    """`FinetuneConfig`'s field defaults, the command's defaults, so both describe the same run."""
+    from ..training import FinetuneConfig
+
+    return {
+        field.name: field.default_factory()
+        if field.default_factory is not dataclasses.MISSING
+        else field.default
+        for field in dataclasses.fields(FinetuneConfig)
+    }
+
+
 def add_parser(subparsers: Any) -> None:
+    default = _config_defaults()
     parser = subparsers.add_parser("finetune", help="fine-tune the mask decoder with LoRA on a dataset")
     add_model_arguments(parser, what="base model", device=False)
     parser.add_argument(
         "--dataset", required=True, help="Hub id, save_to_disk folder, imagefolder or COCO .json"
     )
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--mask-column", default="label")
-    parser.add_argument("--mask-format", default="auto")
-    parser.add_argument("--prompt", type=parse_prompt_types, default=["box", "point"], help="e.g. box,point")
-    parser.add_argument("--max-prompts", type=int, default=8, help="instances per image and step")
+    parser.add_argument("--split", default=default["split"])
+    parser.add_argument("--image-column", default=default["image_column"])
+    parser.add_argument("--mask-column", default=default["mask_column"])
+    parser.add_argument("--mask-format", default=default["mask_format"])
+    parser.add_argument(
+        "--prompt", type=parse_prompt_types, default=default["prompt_types"], help="e.g. box,point"
+    )
+    parser.add_argument(
+        "--max-prompts", type=int, default=default["max_prompts"], help="instances per image and step"
+    )
     parser.add_argument(
         "--correction-clicks",
         type=int,
-        default=0,
+        default=default["correction_clicks"],
         help="extra decoder passes per step, each adding a click in the previous prediction's error region "
         "and feeding its mask back (SAM's interactive training; this loop only, not transformers.Trainer)",
     )
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank; 0 = full decoder fine-tuning")
-    parser.add_argument("--modules-to-save", nargs="*", default=None, help="e.g. iou_prediction_head")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument(
+        "--lora-r", type=int, default=default["lora_r"], help="LoRA rank; 0 = full decoder fine-tuning"
+    )
+    parser.add_argument(
+        "--modules-to-save", nargs="*", default=default["modules_to_save"], help="e.g. iou_prediction_head"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=default["epochs"], help="passes over the dataset (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=default["max_steps"], help="optimizer steps; overrides --epochs"
+    )
+    parser.add_argument("--batch-size", type=int, default=default["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=default["learning_rate"])
+    parser.add_argument(
+        "--gradient-accumulation-steps", type=int, default=default["gradient_accumulation_steps"]
+    )
+    parser.add_argument(
+        "--mixed-precision", default=default["mixed_precision"], choices=["no", "fp16", "bf16"]
+    )
+    parser.add_argument("--seed", type=int, default=default["seed"])
+    parser.add_argument("--checkpoint-every", type=int, default=default["checkpoint_every"])
     parser.add_argument("--resume-from-checkpoint", default=None, help="a step-<n> folder or 'latest'")
-    parser.add_argument("--no-cache-embeddings", action="store_true", help="encode images every step")
-    parser.add_argument("--output-dir", default="out")
+    parser.add_argument(
+        "--no-cache-embeddings",
+        dest="cache_embeddings",
+        action="store_false",
+        default=default["cache_embeddings"],
+        help="encode images every step",
+    )
+    parser.add_argument("--output-dir", default=default["output_dir"])
     parser.add_argument(
         "--eval-split",
         type=_eval_split,
-        default="auto",
+        default=default["eval_split"],
         help="split of --dataset to measure the model on before and after training (eval_results.json, "
         "shown in the model card); 'auto' (default): 'test' or 'validation' when the dataset has one; "
         "'none': no evaluation",
     )
     parser.add_argument(
-        "--eval-prompt", default="point,3point,box,jittered_box", help="evaluation prompt types"
+        "--eval-prompt",
+        default=",".join(default["eval_prompts"]),
+        help="evaluation prompt types (default: %(default)s)",
     )
     parser.add_argument(
-        "--eval-max-images", type=int, default=None, help="evaluate on at most this many images"
+        "--eval-max-images",
+        type=int,
+        default=default["eval_max_images"],
+        help="evaluate on at most this many images",
     )
     parser.add_argument(
-        "--push-to-hub", default=None, metavar="REPO_ID", help="upload the result (user/repo)"
+        "--push-to-hub",
+        default=default["push_to_hub"],
+        metavar="REPO_ID",
+        help="upload the result (user/repo)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..hub import HubPushError
+    from ..training import FinetuneConfig
     from ..training.job import run_finetune
-    from ..training.loop import FinetuneConfig
 
     config = FinetuneConfig(
         model=resolve_model(args.model),
@@ -109,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
-        cache_embeddings=not args.no_cache_embeddings,
+        cache_embeddings=args.cache_embeddings,
         eval_split=args.eval_split,
         eval_prompts=[p.strip() for p in args.eval_prompt.split(",") if p.strip()],
         eval_max_images=args.eval_max_images,
