@@ -220,35 +220,37 @@ def test_external_data_export_lists_every_file_and_runs_as_the_inline_one(tmp_pa
 def test_export_into_an_earlier_export_leaves_no_stale_file(tmp_path):
     """A re-export replaces the earlier export's files and removes those it does not write again, whether
     its onnx_config.json lists them or only its graphs reference them (one loose file per tensor), and
-    leaves the user's own files alone."""
+    leaves every other file alone, inside the folder or outside it."""
     import onnx
 
-    first = export_onnx("sam-hf-tiny", tmp_path, external_data=True)
+    out = tmp_path / "onnx"
+    first = export_onnx("sam-hf-tiny", out, external_data=True)
     sizes = {path.name: path.stat().st_size for path in first.files if path.name.endswith(DATA_SUFFIX)}
-    second = export_onnx("sam-hf-tiny", tmp_path, external_data=True)
+    second = export_onnx("sam-hf-tiny", out, external_data=True)
     assert {
         path.name: path.stat().st_size for path in second.files if path.name.endswith(DATA_SUFFIX)
     } == sizes
-    _listed_files(tmp_path)
+    _listed_files(out)
 
-    # An export whose graph keeps each tensor in a file of its own, and whose config lists no files.
-    encoder = onnx.load(tmp_path / ENCODER_FILE)
-    (tmp_path / (ENCODER_FILE + DATA_SUFFIX)).unlink()
-    onnx.save_model(
-        encoder, tmp_path / ENCODER_FILE, save_as_external_data=True, all_tensors_to_one_file=False
-    )
-    loose = _data_locations(tmp_path / ENCODER_FILE)
-    assert len(loose) > 10 and all((tmp_path / name).is_file() for name in loose)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    del config["files"]
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
-    (tmp_path / "notes.txt").write_text("the user's")
+    # An earlier export whose encoder keeps each tensor in a file of its own, which its config does not
+    # list, and whose config lists a file this export does not write and one outside the folder.
+    encoder = onnx.load(out / ENCODER_FILE)
+    (out / (ENCODER_FILE + DATA_SUFFIX)).unlink()
+    onnx.save_model(encoder, out / ENCODER_FILE, save_as_external_data=True, all_tensors_to_one_file=False)
+    loose = _data_locations(out / ENCODER_FILE)
+    assert len(loose) > 10 and all((out / name).is_file() for name in loose)
+    config = json.loads((out / CONFIG_FILE).read_text())
+    config["files"] = ["old_code.py", "../outside.txt", DECODER_FILE]
+    (out / CONFIG_FILE).write_text(json.dumps(config))
+    for path in (out / "old_code.py", out / "notes.txt", tmp_path / "outside.txt"):
+        path.write_text("text")
 
-    export_onnx("sam-hf-tiny", tmp_path)
-    (tmp_path / "notes.txt").unlink()
-    listed = _listed_files(tmp_path)
-    assert not any(name.endswith(DATA_SUFFIX) for name in listed)
-    assert not _data_locations(tmp_path / ENCODER_FILE) and not _data_locations(tmp_path / DECODER_FILE)
+    export_onnx("sam-hf-tiny", out)
+    assert (tmp_path / "outside.txt").is_file()
+    (out / "notes.txt").unlink()
+    listed = _listed_files(out)
+    assert "old_code.py" not in listed and not any(name.endswith(DATA_SUFFIX) for name in listed)
+    assert not _data_locations(out / ENCODER_FILE) and not _data_locations(out / DECODER_FILE)
 
 
 def test_single_mask_decoder_answers_a_box_alone_as_documented(tmp_path, tiny_fp32_export, tiny, photos):

@@ -356,24 +356,26 @@ def _external_data_locations(path: Path, graph: Any = None) -> set[str]:
 
 def _earlier_export_files(folder: Path) -> set[str]:
     """Names of the files of an export in `folder`: those its `onnx_config.json` lists and those its graphs'
-    external data is read from (an export may predate the list). Only plain names are taken, so nothing
-    outside `folder` is ever named."""
+    external data is read from (a config may list none). Only names of files directly in `folder` are taken,
+    so nothing elsewhere is ever named."""
     from google.protobuf.message import DecodeError
 
     names = set()
     config = folder / CONFIG_FILE
     if config.is_file():
         try:
-            names.update(json.loads(config.read_text()).get("files", []))
-        except (json.JSONDecodeError, AttributeError):
-            pass  # not an export's config: it names no files of ours
+            listed = json.loads(config.read_text())["files"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            listed = []  # not a config that lists files: it names none of ours
+        if isinstance(listed, list):
+            names.update(name for name in listed if isinstance(name, str))
     for graph in (ENCODER_FILE, DECODER_FILE):
         if (folder / graph).is_file():
             try:
                 names.update(_external_data_locations(folder / graph))
             except DecodeError:
                 pass  # not an ONNX graph: it references no files of ours
-    return {name for name in names if isinstance(name, str) and Path(name).name == name}
+    return {name for name in names if Path(name).name == name and (folder / name).is_file()}
 
 
 def _replace_export(written: Path, out: Path, files: list[str]) -> None:
@@ -383,7 +385,7 @@ def _replace_export(written: Path, out: Path, files: list[str]) -> None:
     for name in files:
         os.replace(written / name, out / name)
     for name in stale:
-        (out / name).unlink(missing_ok=True)
+        (out / name).unlink()
 
 
 def _require_onnx() -> None:
