@@ -18,7 +18,8 @@ from PIL import Image
 
 from sam_hf import SamAutomaticMaskGenerator, SamHFConfig, SamHFModel
 from sam_hf.cli import main
-from sam_hf.inference.annotate import annotate, assign_splits
+from sam_hf.data.mask_dataset import assign_splits
+from sam_hf.inference.annotate import annotate
 
 GENERATOR = {
     "points_per_side": 4,
@@ -109,7 +110,10 @@ def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
         assert len(expected) > 0
         assert row["masks"] == [r["segmentation"] for r in expected]
         assert row["area"] == [r["area"] for r in expected]
-        assert row["bbox"] == [[float(v) for v in r["bbox"]] for r in expected]
+        # COCO's boxes (pycocotools' of each mask); the generator keeps the official one, 1 px narrower.
+        assert row["bbox"] == [mask_utils.toBbox(rle).tolist() for rle in row["masks"]]
+        assert row["bbox"] == [[x, y, w + 1, h + 1] for x, y, w, h in (r["bbox"] for r in expected)]
+        assert row["category_id"] == [1] * len(expected) and row["category"] == ["object"] * len(expected)
         np.testing.assert_allclose(row["predicted_iou"], [r["predicted_iou"] for r in expected], rtol=1e-6)
         mask = mask_utils.decode(row["masks"][0])
         assert mask.shape == image.shape[:2] and mask.sum() == row["area"][0]
@@ -118,8 +122,11 @@ def test_folder_to_dataset_and_coco(model, image_folder, tmp_path, caplog):
     assert len(coco.getImgIds()) == 4
     assert len(coco.getAnnIds()) == sum(len(m) for m in _all(dataset)["masks"])
     assert [image["split"] for image in coco.loadImgs(coco.getImgIds())] == splits
-    ann = coco.loadAnns(coco.getAnnIds(imgIds=[dataset["test"][0]["image_id"]]))[0]
-    assert coco.annToMask(ann).sum() == ann["area"]
+    assert coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "object"}]
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        rle = coco.annToRLE(ann)
+        assert ann["area"] == int(mask_utils.area(rle)) and ann["bbox"] == mask_utils.toBbox(rle).tolist()
+        assert ann["category_id"] == 1 and ann["iscrowd"] == 0
 
 
 def test_assign_splits_is_a_stable_hash_split():
@@ -331,6 +338,30 @@ def test_cli_annotate_folder(model, image_folder, tmp_path):
     assert main(args) == 0
     dataset = _all(load_from_disk(str(out)))
     assert len(dataset) == 4 and all(a >= 10 for areas in dataset["area"] for a in areas)
+
+
+@pytest.mark.parametrize("content", ["empty", "unreadable"])
+def test_cli_annotate_without_a_readable_image_says_so_before_loading_the_model(
+    content, tmp_path, capsys, monkeypatch
+):
+    import sam_hf.cli.annotate as cli_annotate
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if content == "unreadable":
+        (folder / "a.png").write_bytes(b"not a PNG")
+        (folder / "b.jpg").write_bytes(b"")
+    monkeypatch.setattr(cli_annotate, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    assert main(["annotate", str(folder), "--model", "sam-hf-tiny", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    expected = "got none in" if content == "empty" else "got 2 unreadable in"
+    assert (
+        len(error) == 1
+        and error[0].startswith("sam-hf annotate: error: cannot read IMAGES")
+        and expected in error[0]
+    )
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -87,23 +87,142 @@ def test_imagefolder_source(tmp_path):
 
 
 def test_coco_json_polygons_and_rle(tmp_path):
+    from pycocotools.coco import COCO
+
     for i in range(2):
         Image.fromarray(_image(seed=i)).save(tmp_path / f"{i}.png")
     square = [[3.0, 2.0, 11.0, 2.0, 11.0, 9.0, 3.0, 9.0]]
     coco = {
         "images": [{"id": i, "file_name": f"{i}.png", "height": 24, "width": 32} for i in range(2)],
         "annotations": [
-            {"id": 1, "image_id": 0, "segmentation": square, "iscrowd": 0},
-            {"id": 2, "image_id": 0, "segmentation": _rle_encode(_label_map() == 4), "iscrowd": 1},
+            {"id": 1, "image_id": 0, "category_id": 1, "segmentation": square, "iscrowd": 0},
+            {
+                "id": 2,
+                "image_id": 0,
+                "category_id": 1,
+                "segmentation": _rle_encode(_label_map() == 4),
+                "iscrowd": 0,
+            },
         ],
+        "categories": [{"id": 1, "name": "thing"}],
     }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     dataset, stats = load_segmentation_dataset(str(tmp_path / "coco.json"))
     assert (stats.num_rows, stats.num_usable, dict(stats.unusable)) == (2, 1, {"empty_mask": 1})
     _, masks = to_instances(dataset[0], mask_format=stats.mask_format)
     assert masks.shape == (2, 24, 32)
-    np.testing.assert_array_equal(masks[0], _label_map() == 1)  # polygon with inclusive corners
-    np.testing.assert_array_equal(masks[1], _label_map() == 4)
+    oracle = COCO(str(tmp_path / "coco.json"))
+    for mask, annotation in zip(masks, oracle.loadAnns([1, 2]), strict=True):
+        np.testing.assert_array_equal(mask, oracle.annToMask(annotation).astype(bool))
+    assert masks[0].sum() == 8 * 7  # the 8x7 polygon covers 56 pixels, as pycocotools draws it
+
+
+def test_polygons_are_rasterised_as_pycocotools_does(tmp_path):
+    """A polygon's mask equals `COCO.annToMask` (cocoapi's own rasteriser), for squares and random shapes."""
+    from pycocotools.coco import COCO
+
+    from sam_hf.data.coco import segmentation_to_mask
+
+    rng = np.random.default_rng(0)
+    polygons = [
+        [[10.0, 10.0, 60.0, 10.0, 60.0, 60.0, 10.0, 60.0]],
+        [[2.0, 2.0, 6.0, 2.0, 6.0, 6.0, 2.0, 6.0]],
+    ]
+    polygons += [[rng.uniform(0, 40, 2 * int(rng.integers(3, 8))).round(1).tolist()] for _ in range(30)]
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png", "height": 70, "width": 80}],
+        "annotations": [
+            {"id": i, "image_id": 1, "category_id": 1, "segmentation": p, "iscrowd": 0}
+            for i, p in enumerate(polygons, start=1)
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    oracle = COCO(str(tmp_path / "c.json"))
+    for annotation in oracle.loadAnns(oracle.getAnnIds()):
+        expected = oracle.annToMask(annotation).astype(bool)
+        np.testing.assert_array_equal(segmentation_to_mask(annotation["segmentation"], 70, 80), expected)
+    assert segmentation_to_mask(polygons[0], 70, 80).sum() == 2500
+    assert segmentation_to_mask(polygons[1], 70, 80).sum() == 16
+
+
+def _standard_layout(root, photos):
+    """COCO's own layout: coco/annotations/instances_val2017.json beside coco/val2017/."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    Image.fromarray(photos["coffee"][:60, :80]).save(root / "val2017" / "000001.jpg")
+    mask = np.zeros((60, 80), bool)
+    mask[10:40, 20:50] = True
+    crowd = np.zeros((60, 80), bool)
+    crowd[45:55, 5:70] = True
+    coco = {
+        "images": [{"id": 1, "file_name": "000001.jpg", "height": 60, "width": 80}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 3,
+                "segmentation": [[20, 10, 50, 10, 50, 40, 20, 40]],
+                "iscrowd": 0,
+            },
+            {"id": 2, "image_id": 1, "category_id": 7, "segmentation": _rle_encode(mask), "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 3, "segmentation": _rle_encode(crowd), "iscrowd": 1},
+            {
+                "id": 4,
+                "image_id": 1,
+                "category_id": 3,
+                "segmentation": [[5, 45, 70, 45, 70, 55, 5, 55]],
+                "iscrowd": 1,
+            },
+        ],
+        "categories": [{"id": 3, "name": "cup"}, {"id": 7, "name": "saucer"}],
+    }
+    path = root / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_coco_standard_layout_loads_and_crowds_are_never_instances(tmp_path, photos):
+    path = _standard_layout(tmp_path / "coco", photos)
+    dataset, stats = load_segmentation_dataset(str(path))
+    image, masks = to_instances(dataset[0], mask_format=stats.mask_format)
+    assert image.shape == (60, 80, 3) and len(masks) == 2  # both crowd regions, RLE and polygon, left out
+    assert dataset[0]["iscrowd"] == [0, 0, 1, 1] and dataset[0]["category_id"] == [3, 7, 3, 3]
+
+
+def test_coco_image_root_and_a_missing_image_is_named(tmp_path, photos):
+    from sam_hf.cli import main
+
+    path = _standard_layout(tmp_path / "coco", photos)
+    (tmp_path / "coco" / "val2017").rename(tmp_path / "pictures")
+    with pytest.raises(FileNotFoundError, match=r"image '.*000001.jpg' of .* does not exist .*--image-root"):
+        load_segmentation_dataset(str(path))
+    dataset, _ = load_segmentation_dataset(str(path), image_root=str(tmp_path / "pictures"))
+    assert len(dataset) == 1
+    out = tmp_path / "eval.json"
+    args = [
+        "evaluate",
+        "--model",
+        "sam-hf-tiny",
+        "--dataset",
+        str(path),
+        "--prompt",
+        "box",
+        "--output",
+        str(out),
+    ]
+    assert main([*args, "--image-root", str(tmp_path / "pictures")]) == 0
+    assert json.loads(out.read_text())["num_images"] == 1
+
+
+def test_cli_evaluate_names_the_missing_image(tmp_path, photos, capsys):
+    from sam_hf.cli import main
+
+    path = _standard_layout(tmp_path / "coco", photos)
+    (tmp_path / "coco" / "val2017" / "000001.jpg").unlink()
+    assert main(["evaluate", "--model", "sam-hf-tiny", "--dataset", str(path), "--prompt", "box"]) == 2
+    error = capsys.readouterr().err
+    assert "000001.jpg" in error and "does not exist" in error and "instances_val2017.json" in error
 
 
 def test_rejects_unknown_format():

@@ -247,7 +247,7 @@ def test_label_in_the_browser(photos, tmp_path):
     assert np.abs(np.array(row["point_coords"][stage["manual"]]) - [180, 110]).max() <= 1.0
     assert row["num_clicks"][stage["semi"]] == 1
     assert row["num_clicks"][stage["auto"]] == 0
-    assert row["class_name"][stage["semi"]] == "floor"
+    assert row["category"][stage["semi"]] == "floor"
     assert set(row["model_id"]) == {"sam-hf-tiny"}
     assert all(revision for revision in row["model_revision"])
     assert all(seconds > 0 for seconds in row["seconds"])
@@ -292,7 +292,11 @@ def test_label_input_errors(photos, tmp_path, capsys):
         main(["label", str(tmp_path / "missing"), "--model", "sam-hf-tiny", "--out", str(tmp_path / "a")])
         == 2
     )
-    assert "IMAGES_OR_DATASET must be a folder of images or a dataset folder" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert re.search(
+        r"IMAGES_OR_DATASET .*: images must be an image folder, a dataset folder, a COCO \.json file", error
+    )
+    assert "(no such file or folder)" in error
     assert (
         main(["label", str(photos), "--model", str(tmp_path / "no-model.pth"), "--out", str(tmp_path / "b")])
         == 2

@@ -53,7 +53,7 @@ def test_label_retrain_label_loop_records_consistent_stats(tmp_path):
             assert log["strokes"] == 0 or log["label_iou"] > log["iou_per_click"][-1]  # the brush helped
     # what the session stored is the annotator's final mask: its IoU with the ground truth is the logged one
     ground_truth = generate_sample(0, "train", "cells", 64).masks
-    record = json.loads((tmp_path / "labels" / "work" / "records" / f"{0:08d}.json").read_text())
+    record = json.loads((tmp_path / "labels" / "labeling" / "records" / f"{0:08d}.json").read_text())
     accepted = [o for o in logs["labelled"] if o["accepted"]]
     assert len(record["annotations"]) == len(accepted)
     for annotation, log in zip(record["annotations"], accepted, strict=True):

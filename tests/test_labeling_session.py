@@ -35,7 +35,7 @@ def session(photo_folder, tmp_path):
 
 
 def _record(out, index):
-    return json.loads((out / "work" / "records" / f"{index:08d}.json").read_text())
+    return json.loads((out / "labeling" / "records" / f"{index:08d}.json").read_text())
 
 
 def test_clicks_give_masks_and_feed_the_previous_logits_back(session, monkeypatch):
@@ -94,7 +94,7 @@ def test_undo_steps_back_and_accept_writes_at_once(session, tmp_path):
     assert len(stored) == 1 and stored[0]["id"] == obj.id == 1
     np.testing.assert_array_equal(rle_to_mask(stored[0]["segmentation"]), proposal.mask)
     assert stored[0]["stage"] == "manual" and stored[0]["num_clicks"] == 1
-    assert stored[0]["class_name"] == "person" and stored[0]["model_id"] == "sam-hf-tiny"
+    assert stored[0]["category"] == "person" and stored[0]["model_id"] == "sam-hf-tiny"
     assert stored[0]["model_revision"].startswith("sam_hf-") and stored[0]["seconds"] >= 0
     assert stored[0]["predicted_iou"] == pytest.approx(float(proposal.iou_predictions[proposal.selected]))
     assert session.proposal is None
@@ -202,7 +202,7 @@ def test_resume_after_a_crash_and_one_writer(photo_folder, tmp_path):
     )
     process = subprocess.Popen([sys.executable, "-c", crash], env={**os.environ, "PYTHONPATH": SRC})
     assert process.wait() == 3
-    assert json.loads((out / "work" / "lock.json").read_text())["pid"] == process.pid  # left behind
+    assert json.loads((out / "labeling" / "lock.json").read_text())["pid"] == process.pid  # left behind
 
     session = LabelSession("sam-hf-tiny", photo_folder, out)  # the dead process's lock is taken over
     try:
@@ -233,7 +233,7 @@ def test_export_is_read_by_finetune_and_evaluate(session, tmp_path):
     assert set(dataset) == {"train", "test"}
     rows = [row for split in dataset.values() for row in split]
     assert sorted(r["file_name"] for r in rows) == ["astronaut.png", "chelsea.png", "coffee.png"]
-    assert all(r["stage"] == ["manual"] and r["class_name"] == ["thing"] for r in rows)
+    assert all(r["stage"] == ["manual"] and r["category"] == ["thing"] for r in rows)
     coco = json.loads((out / "annotations.json").read_text())
     assert len(coco["images"]) == len(coco["annotations"]) == 3
     assert {a["model_id"] for a in coco["annotations"]} == {"sam-hf-tiny"}

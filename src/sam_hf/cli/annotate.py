@@ -29,12 +29,19 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "images",
         metavar="IMAGES",
-        help="a folder of images, a folder written by Dataset.save_to_disk, or a Hub dataset id",
+        help="a folder of images, a folder written by Dataset.save_to_disk, a COCO .json file or a Hub dataset id",
     )
     add_model_arguments(parser, device=False)
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder")
     parser.add_argument("--image-column", default="image", help="image column of a dataset input")
-    parser.add_argument("--split", default="train", help="split of a dataset input that has splits")
+    parser.add_argument(
+        "--split", default=None, help="split of a dataset input that has splits (default: all, in order)"
+    )
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="image folder of a COCO .json input (default: found from its layout)",
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,
@@ -62,11 +69,13 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from sam_hf.data.sources import open_images
     from sam_hf.inference.annotate import annotate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with user_input(f"IMAGES {args.images}"):
-        images = _images(args.images, args.split)
+        images = open_images(args.images, args.image_column, args.split, args.image_root)
+        images.check_readable()
     model = load_model(args.model)[0]
     dataset = annotate(
         images,
@@ -93,23 +102,3 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
-
-
-def _images(images: str, split: str) -> Any:
-    """IMAGES as `annotate` takes it: a folder of image files, or a dataset (saved here or on the Hub)."""
-    from pathlib import Path
-
-    path = Path(images)
-    saved = (path / "state.json").exists() or (path / "dataset_dict.json").exists()
-    if path.exists() and not saved:
-        return images
-    import datasets
-
-    if not saved:
-        return datasets.load_dataset(images, split=split)
-    loaded = datasets.load_from_disk(images)
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"--split must be one of {sorted(loaded)}, got {split!r}")
-        loaded = loaded[split]
-    return loaded

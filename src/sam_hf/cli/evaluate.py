@@ -34,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="split to evaluate (default: test; ignored for a dataset without splits)",
     )
     parser.add_argument(
+        "--image-root",
+        default=None,
+        help="image folder of a COCO .json dataset (default: found from its layout)",
+    )
+    parser.add_argument(
         "--prompt",
         default="point,3point,box,jittered_box,clicks",
         help="comma-separated prompt types: point, 3point, box, jittered_box, clicks (default: all)",
@@ -62,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_clicks=args.max_clicks,
     )
+    with user_input(f"--dataset {args.dataset}"):
+        dataset, stats = load_segmentation_dataset(args.dataset, args.split, image_root=args.image_root)
     args.model = resolve_model(args.model)
     device = torch.device(resolve_device(args.device))
     model, processor, resolved = load_model(args.model, merge_adapter=False)
     model.to(device)
     is_adapter = resolved.base is not None
-    with user_input(f"--dataset {args.dataset}"):
-        dataset, stats = load_segmentation_dataset(args.dataset, args.split)
     if args.max_images is not None:
         dataset = dataset.select(range(min(args.max_images, len(dataset))))
 

@@ -29,7 +29,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "images",
         metavar="IMAGES_OR_DATASET",
-        help="a folder of images, or a dataset folder (datasets.save_to_disk, e.g. `sam-hf annotate` output)",
+        help="a folder of images, a dataset folder (datasets.save_to_disk, e.g. `sam-hf annotate` output, "
+        "which may be OUT itself) or a COCO .json file; masks it holds are kept, and images added later are "
+        "appended when the same OUT is labelled again",
+    )
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="image folder of a COCO .json input (default: found from its layout)",
     )
     add_model_arguments(parser)
     parser.add_argument(
@@ -86,12 +93,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..data.sources import source_kind
 
-    if not Path(args.images).is_dir():  # before any model loads
-        raise SamHFUserError(
-            f"IMAGES_OR_DATASET must be a folder of images or a dataset folder, got {args.images!r}"
-        )
+    with user_input(f"IMAGES_OR_DATASET {args.images}"):  # before any model loads
+        source_kind(args.images)
     if args.port is not None and not 0 < args.port < 65536:
         raise SamHFUserError(f"--port must be between 1 and 65535, got {args.port}")
     if args.export_space is not None:
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 def open_session(args: argparse.Namespace) -> Any:
     """The `LabelSession` the command's arguments describe (the model checked before anything loads)."""
+    from ..data.sources import open_images
     from ..labeling import LabelSession
     from ..labeling.store import DatasetLockedError
 
@@ -137,7 +143,8 @@ def open_session(args: argparse.Namespace) -> Any:
     device = resolve_device(args.device)
     try:
         with user_input(f"IMAGES_OR_DATASET {args.images}"):
-            return LabelSession(model=model, images=args.images, out=args.out, device=device)
+            images = open_images(args.images, image_root=args.image_root)
+            return LabelSession(model=model, images=images, out=args.out, device=device)
     except DatasetLockedError as error:
         raise SamHFUserError(f"--out: {error}") from error
 

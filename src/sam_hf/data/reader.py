@@ -1,7 +1,8 @@
 """Segmentation datasets as `(image, instance masks)` pairs for fine-tuning SAM.
 
-Sources (`load_segmentation_dataset`): a Hub dataset id, a local `Dataset.save_to_disk` folder, an
-`imagefolder` directory, or a COCO-format annotation JSON file.
+Sources (`load_segmentation_dataset`), told apart by `sam_hf.data.sources.source_kind`: a Hub dataset id, a
+local `Dataset.save_to_disk` folder, an `imagefolder` directory, or a COCO instances JSON file (its images
+found by `sam_hf.data.coco.read_coco`, in COCO's standard layout or under `image_root`).
 
 The mask column (`mask_column`): the one named; when that is the default `"label"` and the dataset has
 no such column, the first of `MASK_COLUMNS` it has (so the `masks` column `sam-hf annotate` writes is
@@ -12,9 +13,12 @@ Mask formats (`mask_format`), converted by `to_instances` with this rule:
   palette and colour-coded maps; one instance per id or colour; lossy maps cleaned or refused).
 - `"binary"`: per-instance binary masks, `(N, H, W)` array or a list of `(H, W)` masks.
 - `"rle"`: a list of COCO RLE dicts `{"size": [H, W], "counts": list[int] | str}` (`sam_hf.data.rle`).
-- `"coco"`: a list of COCO `segmentation` fields (polygon lists or RLE dicts), as produced for COCO files.
+- `"coco"`: a list of COCO `segmentation` fields (polygon lists or RLE dicts), decoded as pycocotools'
+  `annToMask` (`sam_hf.data.coco.segmentation_to_mask`).
 - `"auto"`: chosen from each row's value.
-Images are read by `sam_hf.data.images.to_rgb`. Empty instances are dropped; a row with no instance left,
+Images are read by `sam_hf.data.images.to_rgb`. Crowd regions (a row's `iscrowd` list beside its masks, as
+COCO files and the package's mask datasets carry) are not instances (`sam_hf.data.coco`). Empty instances are
+dropped; a row with no instance left,
 whose masks differ in size from the image, or with a lossy colour map, is unusable. Unusable rows are
 counted in `DatasetStats`, logged, and left out of the returned dataset; a split with no usable row is
 an error.
@@ -22,19 +26,19 @@ an error.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from .coco import segmentation_to_mask
 from .images import to_rgb
 from .label_maps import LossyLabelMapError, label_map_to_masks
 from .rle import rle_to_mask
+from .sources import source_kind
 
 __all__ = [
     "DEFAULT_MASK_COLUMN",
@@ -83,26 +87,6 @@ class _UnusableRow(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-def _polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in polygons:
-        points = [(float(x), float(y)) for x, y in zip(polygon[0::2], polygon[1::2], strict=True)]
-        if len(points) >= 3:
-            draw.polygon(points, fill=1, outline=1)
-    return np.asarray(canvas, dtype=bool)
-
-
-def _segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    if isinstance(segmentation, str):
-        segmentation = json.loads(segmentation)
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation["counts"], list) and segmentation.get("size") is None:
-            segmentation = {**segmentation, "size": [height, width]}
-        return rle_to_mask(segmentation)
-    return _polygons_to_mask(segmentation, height, width)
 
 
 def _detect_format(value: Any) -> str:
@@ -193,10 +177,13 @@ def to_instances(
     elif fmt == "rle":
         instances = [rle_to_mask(r) for r in value]
     else:
-        instances = [_segmentation_to_mask(s, height, width) for s in value]
+        instances = [segmentation_to_mask(s, height, width) for s in value]
     for mask in instances:
         if mask.shape != (height, width):
             raise _UnusableRow("size_mismatch", f"a mask is {mask.shape} but the image is {(height, width)}")
+    crowd = example.get("iscrowd")
+    if isinstance(crowd, (list, tuple)) and len(crowd) == len(instances):
+        instances = [mask for mask, flag in zip(instances, crowd, strict=True) if not flag]
     instances = [mask for mask in instances if mask.any()]
     if not instances:
         raise _UnusableRow("empty_mask", "the row has no non-empty instance mask")
@@ -204,41 +191,34 @@ def to_instances(
     return image, masks
 
 
-def _load_coco(path: str, image_column: str, mask_column: str):
+def _load_coco(path: str, image_root: str | None, image_column: str):
+    """A COCO file as rows of the package's mask datasets: the image path, `masks` (RLE), `iscrowd`, `category_id`."""
     import datasets
 
-    with open(path) as f:
-        coco = json.load(f)
-    root = os.path.dirname(os.path.abspath(path))
-    by_image: dict[int, list[str]] = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco.get("annotations", []):
-        if not annotation.get("iscrowd", 0) or isinstance(annotation["segmentation"], dict):
-            by_image.setdefault(annotation["image_id"], []).append(json.dumps(annotation["segmentation"]))
+    from .coco import read_coco
+
+    coco = read_coco(path, image_root)
     rows = {
-        image_column: [os.path.join(root, image["file_name"]) for image in coco["images"]],
-        mask_column: [by_image[image["id"]] for image in coco["images"]],
+        image_column: [str(coco.image_path(i)) for i in range(len(coco.images))],
+        "file_name": [image["file_name"] for image in coco.images],
+        "masks": [[a["segmentation"] for a in annotations] for annotations in coco.annotations],
+        "iscrowd": [[a["iscrowd"] for a in annotations] for annotations in coco.annotations],
+        "category_id": [[a["category_id"] for a in annotations] for annotations in coco.annotations],
     }
     return datasets.Dataset.from_dict(rows).cast_column(image_column, datasets.Image())
 
 
-def _load_source(source: str, split: str | None, image_column: str, mask_column: str):
+def _load_source(source: str, split: str | None, image_column: str, image_root: str | None):
     """-> (dataset, format forced by the source or None, split read or None for a dataset without splits)."""
     import datasets
 
-    if os.path.isfile(source) and source.endswith(".json"):
-        return _load_coco(source, image_column, mask_column), "coco", None
-    if os.path.isdir(source):
-        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(
-            os.path.join(source, "dataset_dict.json")
-        ):
-            loaded = datasets.load_from_disk(source)
-        else:
-            loaded = datasets.load_dataset("imagefolder", data_dir=source)
-    elif os.path.exists(source):
-        raise ValueError(
-            f"source must be a dataset folder, an image folder, a COCO .json file or a Hub dataset id, "
-            f"got {source!r}"
-        )
+    kind = source_kind(source)
+    if kind == "coco":
+        return _load_coco(source, image_root, image_column), "rle", None
+    if kind == "dataset":
+        loaded = datasets.load_from_disk(source)
+    elif kind == "images":
+        loaded = datasets.load_dataset("imagefolder", data_dir=source)
     else:
         loaded = datasets.load_dataset(source)
     if not isinstance(loaded, datasets.DatasetDict):
@@ -256,6 +236,7 @@ def load_segmentation_dataset(
     image_column: str = "image",
     mask_column: str = DEFAULT_MASK_COLUMN,
     mask_format: str = "auto",
+    image_root: str | None = None,
 ):
     """Load a segmentation dataset and keep the rows usable for training and evaluation.
 
@@ -265,9 +246,10 @@ def load_segmentation_dataset(
         split: split of a `DatasetDict` (default `"train"` if present, else the first); ignored for a
             dataset without splits.
         image_column: column with the images.
-        mask_column: column with the masks (found as in `resolve_mask_column`; for COCO files, the column
-            created to hold the segmentations).
-        mask_format: one of `MASK_FORMATS`; fixed to `"coco"` for COCO files.
+        mask_column: column with the masks (found as in `resolve_mask_column`; for COCO files, `masks`).
+        mask_format: one of `MASK_FORMATS`; fixed to `"rle"` for COCO files, whose segmentations are read as
+            pycocotools reads them.
+        image_root: the image folder of a COCO file (default: its layout's, see `sam_hf.data.coco.read_coco`).
 
     Returns:
         `(dataset, stats)`: a `datasets.Dataset` with the usable rows (other columns kept) and their
@@ -276,10 +258,11 @@ def load_segmentation_dataset(
 
     Raises:
         ValueError: if a column is missing, or no row is usable (saying why for each reason).
+        FileNotFoundError: an image of a COCO file is missing (named in the message).
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
-    dataset, forced_format, split = _load_source(source, split, image_column, mask_column)
+    dataset, forced_format, split = _load_source(source, split, image_column, image_root)
     if image_column not in dataset.column_names:
         raise ValueError(
             f"image_column {image_column!r} is not a column of {source}; columns are {sorted(dataset.column_names)}"

@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.coco import DEFAULT_CATEGORY, annotation_geometry, mask_to_rle
 from ..data.images import to_rgb
-from ..data.rle import coco_encode_rle, mask_to_rle_pytorch, rle_to_mask
+from ..data.rle import rle_to_mask
+from ..data.sources import open_images
 from ..inference.amg_utils import calculate_stability_score
 from ..inference.predictor import SamPredictor
-from .store import STAGES, LabelStore, open_images
+from .store import STAGES, LabelStore
 
 __all__ = ["LabelSession", "LabelledObject", "PrefilledMask", "Proposal"]
 
@@ -95,7 +97,8 @@ class LabelledObject:
     Attributes:
         id: number of the object on its image (stable across deletes).
         mask: `(H, W)` bool.
-        class_name: optional label given by the annotator ("" when none).
+        class_name: the class name given by the annotator, the mask's COCO category ("" when none was
+            given: category `sam_hf.data.coco.DEFAULT_CATEGORY`).
         stage: one of `STAGES`.
         num_clicks: prompts that made it (0 for an accepted automatic mask).
         num_strokes: brush and eraser strokes that corrected it.
@@ -488,24 +491,18 @@ class LabelSession:
     def _annotation(self, mask: np.ndarray, **fields: Any) -> dict[str, Any]:
         """Store a new object of the current image and return its annotation record."""
         class_name = fields.pop("class_name")
-        rle = mask_to_rle_pytorch(torch.from_numpy(mask)[None])[0]
-        ys, xs = np.nonzero(mask)
+        category_id = self.store.category_id(class_name)
         annotation = {
             "id": max((a["id"] for a in self._record["annotations"]), default=0) + 1,
-            "segmentation": coco_encode_rle(rle),
-            "bbox": [
-                float(xs.min()),
-                float(ys.min()),
-                float(xs.max() - xs.min()),
-                float(ys.max() - ys.min()),
-            ],
-            "area": int(mask.sum()),
+            **annotation_geometry(mask_to_rle(mask)),
+            "category_id": category_id,
+            "category": class_name or DEFAULT_CATEGORY,
+            "iscrowd": 0,
             "crop_box": [0, 0, int(mask.shape[1]), int(mask.shape[0])],
             **fields,
             "seconds": round(self._timer.restart(), 3),
             "model_id": self.model_id,
             "model_revision": self.model_revision,
-            "class_name": class_name or "",
             "round": self.round,
         }
         self._write({**self._record, "annotations": [*self._record["annotations"], annotation]})
@@ -756,7 +753,7 @@ def _labelled_object(annotation: dict[str, Any]) -> LabelledObject:
     return LabelledObject(
         id=annotation["id"],
         mask=rle_to_mask(annotation["segmentation"]),
-        class_name=annotation["class_name"],
+        class_name="" if annotation["category"] == DEFAULT_CATEGORY else annotation["category"],
         stage=annotation["stage"],
         num_clicks=annotation["num_clicks"],
         num_strokes=annotation["num_strokes"],

@@ -1,20 +1,21 @@
 """The labelled dataset on disk: one writer, a record per image written at once, a dataset materialised from them.
 
-Layout of the output folder `out` (the same as `sam-hf annotate`'s, see `sam_hf.inference.annotate`, so every
-command that reads annotate output reads this one with no extra flags):
-
-- `out/` itself is a `DatasetDict.save_to_disk` folder with a `train` and (with two or more images) a `test`
-  split (`assign_splits`; a single image may form a `test` split alone), one row per image that has a record, with `dataset_features()`: annotate's
-  columns plus, per mask, the provenance columns of `PROVENANCE_COLUMNS`;
-- `out/data/<split>.parquet` and `out/annotations.json` (COCO instances, provenance on each annotation);
-- `out/work/records/<index:08d>.json`: the source of truth, one record per image touched, rewritten atomically
-  (temp file + rename) on every accept, delete and finish, so a crash loses at most the mask in progress.
-  A record holds the image's `annotations` (annotate's fields plus provenance and the labelling `round`) and
-  whether the image is `finished`;
-- `out/work/manifest.json`: the image list (reopening `out` with other images is an error);
-- `out/work/rounds.json`: the model of each labelling round (see `LabelSession.round_stats`);
-- `out/work/lock.json`: the lock of the one process writing `out` (`DatasetLockedError` for any other);
+The output folder `out` is a mask dataset (`sam_hf.data.mask_dataset`: layout, record and schema shared with
+`sam-hf annotate`, so every command that reads annotate output reads this one with no extra flags), with the
+per-mask `PROVENANCE_COLUMNS` added and each class name as the mask's COCO category. The session's state is in
+`out/labeling/` (apart from `sam-hf annotate`'s `out/work/`, so an annotate folder can be labelled in place):
+- `out/labeling/records/<index:08d>.json`: the source of truth, one record per image touched, rewritten atomically
+  on every accept, delete and finish, so a crash loses at most the mask in progress. A record holds the
+  image's `annotations` (with provenance and the labelling `round`) and whether the image is `finished`;
+- `out/labeling/manifest.json`: the image list, by name. Reopening `out` with more images appends the new ones;
+  an image of the list that the source no longer has is an error;
+- `out/labeling/rounds.json`: the model of each labelling round (see `LabelSession.round_stats`);
+- `out/labeling/lock.json`: the lock of the one process writing `out` (`DatasetLockedError` for any other);
 - `out/rounds/<n>/`: the fine-tuning output of retraining round n (`sam_hf.labeling.retrain`).
+
+Images that already carry masks (a COCO file's annotations, a mask dataset's `masks`, e.g. `sam-hf annotate`
+output, labelled into its own folder or another) keep them: their record is written when the image first
+joins the manifest, with the masks as objects of stage `"imported"`.
 
 The `load_from_disk` folder is rebuilt from the records (`materialize`), never edited in place.
 """
@@ -29,34 +30,42 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..inference.annotate import ImageSource, assign_splits, coco_instances, write_atomic
-from ..inference.annotate import dataset_features as annotate_features
+from ..data.coco import Categories
+from ..data.mask_dataset import dataset_features as mask_dataset_features
+from ..data.mask_dataset import write_atomic, write_mask_dataset
+from ..data.sources import ImageSource
 
 __all__ = [
     "PROVENANCE_COLUMNS",
     "STAGES",
     "DatasetLockedError",
     "LabelStore",
-    "coco_json",
     "dataset_card",
     "dataset_features",
-    "open_images",
 ]
 
 # Where a mask came from, as the SAM paper's data engine names its stages: "manual" (clicks, assisted-manual
 # stage), "semi" (clicks that add an object the automatic masks missed, semi-automatic stage), "auto" (an
-# automatic mask the annotator accepted unchanged).
-STAGES = ("manual", "semi", "auto")
-# Per-mask columns added to annotate's schema.
-PROVENANCE_COLUMNS = (
-    "stage",
-    "num_clicks",
-    "num_strokes",
-    "seconds",
-    "model_id",
-    "model_revision",
-    "class_name",
-)
+# automatic mask the annotator accepted unchanged); and "imported", a mask the image already had.
+STAGES = ("manual", "semi", "auto", "imported")
+# Per-mask columns added to the mask dataset's schema, with their `datasets` value types.
+_PROVENANCE = {
+    "stage": "string",
+    "num_clicks": "int32",
+    "num_strokes": "int32",
+    "seconds": "float32",
+    "model_id": "string",
+    "model_revision": "string",
+}
+PROVENANCE_COLUMNS = tuple(_PROVENANCE)
+_IMPORTED = {
+    "stage": "imported",
+    "num_clicks": 0,
+    "num_strokes": 0,
+    "seconds": None,
+    "model_id": "",
+    "model_revision": "",
+}
 _LOCK_NAME = "lock.json"
 
 
@@ -65,43 +74,14 @@ class DatasetLockedError(RuntimeError):
 
 
 def dataset_features() -> Any:
-    """`sam_hf.inference.annotate.dataset_features()` plus the per-mask `PROVENANCE_COLUMNS`."""
-    from datasets import List, Value
-
-    features = annotate_features()
-    features["stage"] = List(Value("string"))
-    features["num_clicks"] = List(Value("int32"))
-    features["num_strokes"] = List(Value("int32"))
-    features["seconds"] = List(Value("float32"))
-    features["model_id"] = List(Value("string"))
-    features["model_revision"] = List(Value("string"))
-    features["class_name"] = List(Value("string"))
-    return features
+    """The mask dataset's features (`sam_hf.data.mask_dataset.dataset_features`) plus `PROVENANCE_COLUMNS`."""
+    return mask_dataset_features(_provenance_features())
 
 
-def open_images(images: Any, image_column: str = "image") -> ImageSource:
-    """The images to label: a folder of image files, a `load_from_disk` dataset folder (all splits in order,
-    e.g. `sam-hf annotate` output) or a `datasets.Dataset`/`DatasetDict` with an `image_column`.
+def _provenance_features() -> dict[str, Any]:
+    from datasets import Value
 
-    Raises:
-        ValueError: `images` is none of these, or holds no image.
-    """
-    import datasets
-
-    if isinstance(images, (str, os.PathLike)):
-        folder = Path(images)
-        if not folder.is_dir():
-            raise ValueError(
-                f"images must be a folder of images or a dataset folder (datasets.save_to_disk), got {str(images)!r}"
-            )
-        if (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file():
-            images = datasets.load_from_disk(str(folder))
-    if isinstance(images, datasets.DatasetDict):
-        images = datasets.concatenate_datasets(list(images.values()))
-    source = ImageSource(images, image_column)
-    if len(source) == 0:
-        raise ValueError(f"images must hold at least one image, got none in {images!r:.200}")
-    return source
+    return {name: Value(dtype) for name, dtype in _PROVENANCE.items()}
 
 
 class LabelStore:
@@ -112,19 +92,19 @@ class LabelStore:
 
     Args:
         out: the output folder (created if missing).
-        source: the images, from `open_images`.
+        source: the images, from `sam_hf.data.sources.open_images`.
         test_fraction: share of the labelled images in the `test` split, as `sam-hf annotate`'s.
 
     Raises:
         DatasetLockedError: another live process on this machine holds `out` (the message names its pid).
-        ValueError: `out` holds a session on other images.
+        ValueError: `out` holds labels of an image that `source` does not have.
     """
 
     def __init__(self, out: str | os.PathLike, source: ImageSource, test_fraction: float = 0.2):
         self.out = Path(out)
         self.source = source
         self.test_fraction = test_fraction
-        self.work = self.out / "work"
+        self.work = self.out / "labeling"
         self.records_dir = self.work / "records"
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.work / _LOCK_NAME
@@ -178,18 +158,44 @@ class LabelStore:
     # ------------------------------------------------------------------------------------------- records
 
     def _check_or_write_manifest(self) -> None:
+        """Order the source as the manifest (new images last), import the masks of images new to it."""
         path = self.work / "manifest.json"
-        manifest = {"images": self.source.names}
-        if path.exists():
-            previous = json.loads(path.read_text())
-            if previous.get("images") != manifest["images"]:
-                raise ValueError(
-                    f"out {str(self.out)!r} holds labels of other images ({len(previous.get('images', []))} "
-                    f"images, first {previous.get('images', [None])[0]!r}); use a new out folder for these "
-                    f"{len(self.source)} images"
-                )
+        known = json.loads(path.read_text())["images"] if path.exists() else []
+        missing = set(known) - set(self.source.names)
+        if missing:
+            raise ValueError(
+                f"images must include the {len(known)} images labelled in {str(self.out)!r}, got {len(missing)} "
+                f"of them missing from {self.source.origin} (first {sorted(missing)[0]!r}); label into a new out "
+                "folder to start over"
+            )
+        names = known + [n for n in self.source.names if n not in set(known)]
+        self.source = self.source.select(names)
+        self.categories = Categories(self.source.categories.to_coco())
+        for record in self.records():
+            for annotation in record["annotations"]:
+                self.categories.add({"id": annotation["category_id"], "name": annotation["category"]})
+        if self.source.annotations is not None:
+            for index in range(len(known), len(names)):
+                self._import(index)
+        if names != known:
+            write_atomic(path, json.dumps({"images": names}))
+
+    def _import(self, index: int) -> None:
+        """Write the record of a new image that carries masks, unless one is there (a crash after writing it)."""
+        if self._record_path(index).exists():
             return
-        write_atomic(path, json.dumps(manifest))
+        names = {c["id"]: c["name"] for c in self.categories.to_coco()}
+        annotations = [
+            {**_IMPORTED, **a, "id": number, "category": names[a["category_id"]], "round": -1}
+            for number, a in enumerate(self.source.annotations[index], start=1)
+        ]
+        # An RLE holds its image's size; an image without masks is read for it.
+        height, width = (
+            annotations[0]["segmentation"]["size"] if annotations else self.source.load(index).shape[:2]
+        )
+        self.write_record(
+            {**self.record(index), "height": height, "width": width, "annotations": annotations}
+        )
 
     def _record_path(self, index: int) -> Path:
         return self.records_dir / f"{index:08d}.json"
@@ -247,82 +253,35 @@ class LabelStore:
 
     # ----------------------------------------------------------------------------------------- datasets
 
-    def _rows(self, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for record in records:
-            annotations = record["annotations"]
-            row = {
-                "image": self.source.stored_image(record["image_id"]),
-                "image_id": record["image_id"],
-                "file_name": record["file_name"],
-                "width": record["width"],
-                "height": record["height"],
-            }
-            for column in ("bbox", "area", "predicted_iou", "stability_score", "point_coords", "crop_box"):
-                row[column] = [a[column] for a in annotations]
-            row["masks"] = [a["segmentation"] for a in annotations]
-            for column in PROVENANCE_COLUMNS:
-                row[column] = [a[column] for a in annotations]
-            yield row
-
-    def _dataset(self, records: list[dict[str, Any]], cache: str) -> Any:
-        from datasets import Dataset
-
-        # A fresh cache folder each time: from_generator must not reuse rows cached from earlier records.
-        return Dataset.from_generator(
-            self._rows, features=dataset_features(), gen_kwargs={"records": records}, cache_dir=cache
+    def _write(self, folder: Path, records: list[dict[str, Any]], test_fraction: float) -> Any:
+        return write_mask_dataset(
+            folder,
+            records,
+            self.source.stored_image,
+            test_fraction=test_fraction,
+            categories=self.categories,
+            description="sam-hf label: masks made in the browser with SAM",
+            extra_features=_provenance_features(),
         )
+
+    def category_id(self, name: str | None) -> int:
+        """The COCO category id of class `name` (`sam_hf.data.coco.DEFAULT_CATEGORY` when empty); a new name
+        gets the next free id."""
+        return self.categories.id_for(name)
 
     def materialize(self) -> Any:
         """Rebuild `out/` (dataset, parquet files, COCO JSON) from the records; returns the `DatasetDict`
         (None while no image has a record: `datasets` cannot reload an empty dataset)."""
-        import tempfile
-
-        from datasets import DatasetDict, load_from_disk
-
         records = list(self.records())
-        if not records:
-            return None
-        splits = assign_splits([r["file_name"] for r in records], self.test_fraction)
-        write_atomic(self.out / "annotations.json", json.dumps(coco_json(records, splits)))
-        with tempfile.TemporaryDirectory(dir=self.work) as cache:
-            rows = self._dataset(records, cache)
-            dataset = DatasetDict(
-                {
-                    name: rows.select([i for i, split in enumerate(splits) if split == name])
-                    for name in ("train", "test")
-                    if name in splits  # one image alone may be in test: an empty split would not reload
-                }
-            )
-            dataset.save_to_disk(str(self.out))
-            parquet = self.out / "data"
-            parquet.mkdir(exist_ok=True)
-            for stale in parquet.glob("*.parquet"):
-                stale.unlink()
-            for name, split in dataset.items():
-                split.to_parquet(str(parquet / f"{name}.parquet"))
-        return load_from_disk(str(self.out))
+        return self._write(self.out, records, self.test_fraction) if records else None
 
     def save_training_dataset(self, folder: str | os.PathLike) -> int:
-        """Save every labelled image with at least one mask, all splits together, as one `Dataset` folder
-        for fine-tuning; returns the number of masks in it."""
-        import tempfile
-
+        """Save every labelled image with at least one mask as a mask dataset with one `train` split, for
+        fine-tuning; returns the number of masks in it."""
         records = [r for r in self.records() if r["annotations"]]
-        if not records:
-            return 0
-        with tempfile.TemporaryDirectory(dir=self.work) as cache:
-            self._dataset(records, cache).save_to_disk(str(folder))
+        if records:
+            self._write(Path(folder), records, 0.0)
         return sum(len(r["annotations"]) for r in records)
-
-
-def coco_json(records: list[dict[str, Any]], splits: list[str]) -> dict[str, Any]:
-    """COCO instances of the records (annotate's `coco_instances`), each annotation with its provenance columns."""
-    coco = coco_instances(records, splits)
-    coco["info"] = {"description": "sam-hf label: masks made in the browser with SAM"}
-    stored = [a for record in records for a in record["annotations"]]
-    for annotation, source in zip(coco["annotations"], stored, strict=True):
-        annotation.update({column: source[column] for column in PROVENANCE_COLUMNS})
-    return coco
 
 
 def _is_alive(holder: dict[str, Any]) -> bool:
@@ -352,16 +311,17 @@ Instance masks labelled with sam_hf's `sam-hf label`, SAM's data engine in the b
 | manual | {{ stages.manual }} | clicks and boxes, SAM answering each, and brush strokes (assisted-manual stage) |
 | semi | {{ stages.semi }} | clicks adding objects the automatic masks missed (semi-automatic stage) |
 | auto | {{ stages.auto }} | automatic masks accepted unchanged |
+| imported | {{ stages.imported }} | masks the images already had |
 
 Models that made them (id, revision: masks):
 {% for model, count in models %}
 - `{{ model }}`: {{ count }}
 {% endfor %}
 
-Columns: those of `sam-hf annotate` output (`image`, `masks` as COCO RLE, `bbox` XYWH, `area`, `predicted_iou`,
-`stability_score`, `point_coords`, `crop_box`) plus, per mask, `stage`, `num_clicks`, `num_strokes`, `seconds`,
-`model_id`,
-`model_revision` and `class_name`. Load with `datasets.load_dataset("{{ repo_id }}")`.
+Columns: those of `sam-hf annotate` output (`image`, `masks` as COCO RLE, `bbox` XYWH, `area`, `category_id`,
+`category` (the class name), `iscrowd`, `predicted_iou`, `stability_score`, `point_coords`, `crop_box`) plus,
+per mask, `stage`, `num_clicks`, `num_strokes`, `seconds`, `model_id` and `model_revision`. Load with
+`datasets.load_dataset("{{ repo_id }}")`.
 """
 
 

@@ -91,10 +91,14 @@ def run_finetune(
 
 def default_eval_split(dataset: str) -> str | None:
     """'test' or 'validation' when `dataset` is a saved `DatasetDict` with one; Hub datasets are not probed."""
-    for split in ("test", "validation"):
-        if os.path.isdir(os.path.join(dataset, split)):
-            return split
-    return None
+    from ..data.sources import source_kind
+
+    path = os.path.join(dataset, "dataset_dict.json")
+    if source_kind(dataset) != "dataset" or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        splits = json.load(f)["splits"]
+    return next((split for split in ("test", "validation") if split in splits), None)
 
 
 def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> None:
