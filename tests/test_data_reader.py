@@ -213,6 +213,9 @@ def test_coco_image_root_and_a_missing_image_is_named(tmp_path, photos):
     ]
     assert main([*args, "--image-root", str(tmp_path / "pictures")]) == 0
     assert json.loads(out.read_text())["num_images"] == 1
+    finetune = ["finetune", "--model", "sam-hf-tiny", "--dataset", str(path), "--max-steps", "1"]
+    finetune += ["--eval-split", "none", "--output-dir", str(tmp_path / "tuned")]
+    assert main([*finetune, "--image-root", str(tmp_path / "pictures")]) == 0
 
 
 def test_cli_evaluate_names_the_missing_image(tmp_path, photos, capsys):
@@ -220,9 +223,16 @@ def test_cli_evaluate_names_the_missing_image(tmp_path, photos, capsys):
 
     path = _standard_layout(tmp_path / "coco", photos)
     (tmp_path / "coco" / "val2017" / "000001.jpg").unlink()
-    assert main(["evaluate", "--model", "sam-hf-tiny", "--dataset", str(path), "--prompt", "box"]) == 2
-    error = capsys.readouterr().err
-    assert "000001.jpg" in error and "does not exist" in error and "instances_val2017.json" in error
+    for command in (
+        ["evaluate", "--model", "sam-hf-tiny", "--dataset", str(path), "--prompt", "box"],
+        ["finetune", "--model", "sam-hf-tiny", "--dataset", str(path), "--output-dir", str(tmp_path / "out")],
+    ):
+        assert main(command) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith(f"sam-hf {command[0]}: error: ")
+        assert (
+            "000001.jpg" in error[0] and "does not exist" in error[0] and "instances_val2017.json" in error[0]
+        )
 
 
 def test_rejects_unknown_format():

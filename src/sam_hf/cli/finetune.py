@@ -56,6 +56,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--mask-column", default=default["mask_column"])
     parser.add_argument("--mask-format", default=default["mask_format"])
     parser.add_argument(
+        "--image-root",
+        default=default["image_root"],
+        help="image folder of a COCO .json dataset (default: found from its layout)",
+    )
+    parser.add_argument(
         "--prompt", type=parse_prompt_types, default=default["prompt_types"], help="e.g. box,point"
     )
     parser.add_argument(
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         mask_column=args.mask_column,
         mask_format=args.mask_format,
+        image_root=args.image_root,
         prompt_types=args.prompt,
         max_prompts=args.max_prompts,
         correction_clicks=args.correction_clicks,

@@ -134,7 +134,7 @@ def _evaluate_before_after(config: FinetuneConfig, split: str) -> str:
     from ..hub import load_pretrained, load_processor
 
     dataset, stats = load_segmentation_dataset(
-        config.dataset, split, config.image_column, config.mask_column, config.mask_format
+        config.dataset, split, config.image_column, config.mask_column, config.mask_format, config.image_root
     )
     if config.eval_max_images is not None:
         dataset = dataset.select(range(min(config.eval_max_images, len(dataset))))

@@ -67,6 +67,7 @@ class FinetuneConfig:
     image_column: str = "image"
     mask_column: str = "label"
     mask_format: str = "auto"
+    image_root: str | None = None
     prompt_types: list[str] = field(default_factory=lambda: list(PROMPT_TYPES))
     max_prompts: int = 8
     num_points: int = 1
@@ -200,12 +201,14 @@ def finetune(
 
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    # Any model form; the model is named portably, which is what the saved adapter records as its base.
-    model, processor, _ = load_model(config.model, merge_adapter=True, verbose=accelerator.is_main_process)
-    image_size = processor.image_size
     with accelerator.main_process_first():
         dataset, stats = load_segmentation_dataset(
-            config.dataset, config.split, config.image_column, config.mask_column, config.mask_format
+            config.dataset,
+            config.split,
+            config.image_column,
+            config.mask_column,
+            config.mask_format,
+            config.image_root,
         )
         if len(dataset) == 0:
             raise ValueError(
@@ -215,6 +218,10 @@ def finetune(
                 f"mask_column {config.mask_column!r} and mask_format {config.mask_format!r}"
             )
         dataset = add_example_index(dataset)
+    # Any model form; the model is named portably, which is what the saved adapter records as its base.
+    model, processor, _ = load_model(config.model, merge_adapter=True, verbose=accelerator.is_main_process)
+    image_size = processor.image_size
+    with accelerator.main_process_first():
         if config.cache_embeddings:
             cache_dir = config.cache_dir or os.path.join(config.output_dir, "embedding_cache")
             dataset = cache_image_embeddings(
