@@ -229,3 +229,29 @@ def test_an_annotate_dataset_labelled_into_its_own_folder_keeps_its_masks(image_
     store = LabelStore(out, open_images(out))
     assert len(store.record(index)["annotations"]) == len(before["a.png"]) + 1
     store.release()
+
+
+def test_a_session_kept_in_work_is_resumed_with_categories(image_folder, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "out"
+    store = LabelStore(out, open_images(image_folder))
+    mask = np.zeros((96, 128), bool)
+    mask[1:9, 2:7] = True
+    old = {
+        k: v for k, v in _annotation(store, mask).items() if k not in ("category", "category_id", "iscrowd")
+    }
+    old.update(class_name="cat", bbox=[2.0, 1.0, 4.0, 7.0])  # a record as sessions kept it in work/
+    store.write_record(store.record(0) | {"width": 128, "height": 96, "annotations": [old]})
+    store.release()
+    os.replace(out / "labeling", out / "work")
+    store = LabelStore(out, open_images(image_folder))
+    (annotation,) = store.record(0)["annotations"]
+    assert (annotation["category"], annotation["category_id"]) == ("cat", 1) and not (out / "work").exists()
+    assert (
+        annotation["bbox"]
+        == [2.0, 1.0, 5.0, 8.0]
+        == mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))).tolist()
+    )
+    assert store.materialize()  # writes with the migrated categories
+    store.release()

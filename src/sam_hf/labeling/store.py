@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..data.coco import Categories
+from ..data.coco import DEFAULT_CATEGORY, Categories, annotation_geometry
 from ..data.mask_dataset import dataset_features as mask_dataset_features
 from ..data.mask_dataset import write_atomic, write_mask_dataset
 from ..data.sources import ImageSource
@@ -105,6 +105,7 @@ class LabelStore:
         self.source = source
         self.test_fraction = test_fraction
         self.work = self.out / "labeling"
+        _move_state_out_of_work(self.out, self.work)
         self.records_dir = self.work / "records"
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.work / _LOCK_NAME
@@ -282,6 +283,24 @@ class LabelStore:
         if records:
             self._write(Path(folder), records, 0.0)
         return sum(len(r["annotations"]) for r in records)
+
+
+def _move_state_out_of_work(out: Path, state: Path) -> None:
+    """Move a labelling session's state kept in `out/work/` to `state`, its records in today's form: the class
+    name as a COCO category, area and box recomputed by pycocotools. `annotate`'s `work/` (its manifest has
+    `settings`) stays."""
+    manifest = out / "work" / "manifest.json"
+    if state.exists() or not manifest.is_file() or "settings" in json.loads(manifest.read_text()):
+        return
+    categories = Categories()
+    for path in sorted((out / "work" / "records").glob("*.json")):
+        record = json.loads(path.read_text())
+        for annotation in record["annotations"]:
+            name = annotation.pop("class_name", "") or DEFAULT_CATEGORY
+            annotation.update(annotation_geometry(annotation["segmentation"]))
+            annotation.update(category=name, category_id=categories.id_for(name), iscrowd=0)
+        write_atomic(path, json.dumps(record))
+    os.replace(out / "work", state)
 
 
 def _is_alive(holder: dict[str, Any]) -> bool:
