@@ -426,6 +426,35 @@ def test_offline_mode_loads_cached_repos_without_requests_and_refuses_others(
     torch.testing.assert_close(_masks(model), _masks(tiny_model))
 
 
+def test_every_entry_point_names_offline_as_the_cause_for_a_repo_not_cached(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    from sam_hf import SamHFProcessor, sam_model_registry
+
+    hub = _hub_answering(monkeypatch, AssertionError("no request may be made offline"), offline=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache (read at import, as HF_HUB_OFFLINE)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    cause = r"'facebook/sam-vit-base' is not in the local Hub cache, and the Hub is not consulted \(HF_HUB_OFFLINE"
+    entry_points = (
+        (SamHFModel.from_pretrained, ValueError),
+        (SamHFProcessor.from_pretrained, FileNotFoundError),  # what load_processor falls back on
+        (load_model, ValueError),
+        (load_pretrained, ValueError),
+        (load_processor, ValueError),
+        (lambda name: sam_model_registry["vit_b"](checkpoint=name), ValueError),
+    )
+    for load, error in entry_points:
+        with pytest.raises(error, match=f"^{cause}"):
+            load("facebook/sam-vit-base")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
+    argv = ["segment", str(tmp_path / "image.png"), "--model", "facebook/sam-vit-base", "--point", "1,1"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert re.search(f"^sam-hf segment: error: --model: {cause}", capsys.readouterr().err, re.M)
+    assert hub.requests == 0
+
+
 def test_unreachable_hub_falls_back_to_the_cache(tiny_model, monkeypatch, tmp_path):
     hub = _hub_answering(monkeypatch, ConnectionError("[Errno -2] Name or service not known"))
     tiny_model.save_pretrained(_cached_hub_repo(tmp_path, "acme/sam-tiny"))

@@ -32,6 +32,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import IMAGE_FORMS, to_rgb
+from .modeling.checkpoint_io import hub_cache_miss
 from .modeling.image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upscale_masks
 from .modeling.modeling_sam_hf import shipped_model_folder
 from .prompting.batching import pad_points
@@ -672,16 +673,21 @@ def _read_processor_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, A
                     return json.load(f)
         raise FileNotFoundError(f"no {' or '.join(names)} in {path}")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
+    offline = hub_cache_miss(path, hub_kwargs)
     for name in names:
         try:
             file = hf_hub_download(path, name, **hub_kwargs)
         except RemoteEntryNotFoundError:  # try the next name; network and auth errors propagate
             continue
+        except LocalEntryNotFoundError:  # not cached: offline, try the next name; else the Hub did not answer
+            if offline is None:
+                raise
+            continue
         with open(file) as f:
             return json.load(f)
-    raise FileNotFoundError(f"no {' or '.join(names)} in the Hub repo {path}")
+    raise FileNotFoundError(offline or f"no {' or '.join(names)} in the Hub repo {path}")
 
 
 def _from_transformers_config(config: dict[str, Any]) -> dict[str, Any]:

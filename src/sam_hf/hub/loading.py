@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..modeling import SamHFModel
-from ..modeling.checkpoint_io import resolve_checkpoint
+from ..modeling.checkpoint_io import hub_cache_miss, resolve_checkpoint
 from ..pretrained import SHIPPED_MODELS, shipped_model_name, shipped_model_path
 from ..processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
 
@@ -267,7 +267,7 @@ def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
         ValueError: no such repo or revision, a gated repo without access, or neither the Hub nor the local
             cache has it; the message gives the cause and a shipped name `repo_id` nearly matches.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -276,13 +276,11 @@ def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
     )
 
     cached = any(_cached_file(repo_id, name, hub_kwargs) for name in ("config.json", ADAPTER_CONFIG_NAME))
-    if hub_kwargs.get("local_files_only") or constants.is_offline_mode():
+    offline = hub_cache_miss(repo_id, hub_kwargs)
+    if offline is not None:
         if cached:
             return {**hub_kwargs, "local_files_only": True}
-        why = "local_files_only is set" if hub_kwargs.get("local_files_only") else "HF_HUB_OFFLINE is set"
-        raise ValueError(
-            f"{repo_id!r} is not in the local Hub cache, and the Hub is not consulted ({why}){_near_miss(repo_id)}"
-        )
+        raise ValueError(f"{offline}{_near_miss(repo_id)}")
     revision = hub_kwargs.get("revision")
     try:
         HfApi().model_info(

@@ -43,6 +43,7 @@ __all__ = [
     "HUB_KWARGS",
     "ResolvedCheckpoint",
     "check_state_dict",
+    "hub_cache_miss",
     "load_foreign_checkpoint",
     "load_state_dict_file",
     "resolve_checkpoint",
@@ -117,6 +118,20 @@ class ResolvedCheckpoint:
     weights_files: list[str]
 
 
+def hub_cache_miss(repo_id: str, hub_kwargs: dict[str, Any]) -> str | None:
+    """The cause to give when files of the Hub repo `repo_id` are not in the local Hub cache and the Hub is not
+    asked for them (`local_files_only`, or `HF_HUB_OFFLINE`); None when the Hub may be asked."""
+    from huggingface_hub import constants
+
+    if hub_kwargs.get("local_files_only"):
+        why = "local_files_only is set"
+    elif constants.is_offline_mode():
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        return None
+    return f"{repo_id!r} is not in the local Hub cache, and the Hub is not consulted ({why})"
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> ResolvedCheckpoint:
     """Find out which format `name_or_path` is in and fetch its config and weights (local path or Hub id).
 
@@ -131,16 +146,27 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Re
     if os.path.isfile(source):
         return ResolvedCheckpoint("meta", source, None, [source])
     try:
+        # Raising for a Hub repo: a missing config.json, an unreachable Hub and an offline cache miss would all
+        # give None otherwise.
         config_file = cached_file(
-            source, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
+            source,
+            "config.json",
+            _raise_exceptions_for_missing_entries=not os.path.isdir(source),
+            **hub_kwargs,
         )
     except OSError as error:
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        cause = (
+            hub_cache_miss(source, hub_kwargs)
+            if isinstance(error.__cause__, LocalEntryNotFoundError)
+            else None
+        )
         raise ValueError(
-            f"{source!r} is neither a local file or folder nor a reachable Hub repo ({error})"
+            cause or f"{source!r} is neither a local file or folder nor a reachable Hub repo ({error})"
         ) from error
     if config_file is None:
-        found = sorted(os.listdir(source)) if os.path.isdir(source) else "no config.json"
-        raise ValueError(f"{source!r} has no config.json (found: {found}); {_EXPECTED}")
+        raise ValueError(f"{source!r} has no config.json (found: {sorted(os.listdir(source))}); {_EXPECTED}")
     with open(config_file, encoding="utf-8") as f:
         config_dict = json.load(f)
     model_type = config_dict.get("model_type")

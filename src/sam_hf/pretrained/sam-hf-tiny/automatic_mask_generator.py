@@ -190,6 +190,10 @@ class SamAutomaticMaskGenerator:
             One record per mask, in the official generator's format:
             `segmentation` (per `output_mode`), `area` (int pixels), `bbox` (XYWH list), `predicted_iou`,
             `point_coords` (`[[x, y]]`, the prompt in image pixels), `stability_score`, `crop_box` (XYWH list).
+            `bbox` keeps the official generator's convention, width and height from the first to the last
+            pixel's index (a one-pixel mask is `[x, y, 0, 0]`); COCO's box (pycocotools' `toBbox`, one more
+            in each) is what the datasets and COCO files the package writes hold
+            (`sam_hf.data.coco.annotation_geometry`).
         """
         image = to_rgb(image)
         if image_embedding is not None:
