@@ -358,3 +358,35 @@ def test_export_space_builds_the_page_without_launching(photos, tmp_path):
     shipped = tmp_path / "shipped-space"
     assert main(["label", str(photos), "--model", "sam-hf-tiny", "--export-space", str(shipped)]) == 0
     assert 'model="sam-hf-tiny"' in (shipped / "app.py").read_text() and not (shipped / "model").exists()
+
+
+def test_label_grows_and_corrects_an_annotate_dataset_in_place(photos, tmp_path, monkeypatch, capsys):
+    """`sam-hf label` on `sam-hf annotate` output into the same folder keeps the automatic masks and adds the new
+    object with its class as a COCO category; an image added to a labelled folder is appended."""
+    import json
+
+    from pycocotools.coco import COCO
+
+    import sam_hf.cli.label as cli_label
+
+    def accept_a_box(session, args):
+        session.set_box(10, 10, 120, 100)
+        session.accept(class_name="mug")
+
+    monkeypatch.setattr(cli_label, "serve", accept_a_box)
+    auto = tmp_path / "auto"
+    grid = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    assert main(["annotate", str(photos), "--model", "sam-hf-tiny", "--out", str(auto), *grid]) == 0
+    before = COCO(str(auto / "annotations.json"))
+    assert main(["label", str(auto), "--model", "sam-hf-tiny", "--out", str(auto)]) == 0
+    after = COCO(str(auto / "annotations.json"))
+    assert len(after.getAnnIds()) == len(before.getAnnIds()) + 1
+    assert {c["name"]: c["id"] for c in after.loadCats(after.getCatIds())} == {"object": 1, "mug": 2}
+
+    labels = tmp_path / "labels"
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--out", str(labels)]) == 0
+    Image.fromarray(np.asarray(Image.open(photos / "coffee.png"))[:200, :300]).save(photos / "a-crop.png")
+    assert main(["label", str(photos), "--model", "sam-hf-tiny", "--out", str(labels)]) == 0
+    manifest = json.loads((labels / "labeling" / "manifest.json").read_text())
+    assert manifest["images"] == ["chelsea.jpg", "coffee.png", "a-crop.png"]
+    assert len(COCO(str(labels / "annotations.json")).getAnnIds()) == 2  # one object per run, both kept
