@@ -310,7 +310,7 @@ def export_onnx(
 
 def _quantize(graph: Path, folder: Path) -> Path:
     """onnxruntime's dynamic int8 quantization of `graph`, written to `folder` (its weights beside it where
-    the float32 graph's were)."""
+    the float32 graph's were, so a graph over 2 GB can be written)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder.mkdir(exist_ok=True)
@@ -325,16 +325,14 @@ def _quantize(graph: Path, folder: Path) -> Path:
 
 
 def _save_graph(source: Path, target: Path, external_data: bool | None) -> str | None:
-    """Write the graph at `source` to `target` with its weights inside it or, with `external_data` (None: where
-    the graph at `source` needed it), in one `<target name>.data` file beside it. Returns that file's name, or
-    None when the weights are inside `target`."""
+    """Write the graph at `source` to `target` with its weights inside it or, with `external_data` (None: when
+    they do not fit inside), in one `<target name>.data` file beside it. Returns that file's name, or None
+    when the weights are inside `target`."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
-    graph = onnx.load(source, load_external_data=False)
+    graph = onnx.load(source)
     if external_data is None:
-        external_data = bool(_external_data_locations(source, graph))
-    load_external_data_for_model(graph, str(source.parent))
+        external_data = _over_protobuf_limit(graph)
     location = target.name + DATA_SUFFIX
     onnx.save_model(
         graph, target, save_as_external_data=external_data, all_tensors_to_one_file=True, location=location
@@ -342,13 +340,23 @@ def _save_graph(source: Path, target: Path, external_data: bool | None) -> str |
     return location if external_data else None
 
 
-def _external_data_locations(path: Path, graph: Any = None) -> set[str]:
-    """Names of the files beside the graph at `path` that hold its external data (read from `graph`, the
-    graph loaded without its data, when given)."""
+def _over_protobuf_limit(graph: Any) -> bool:
+    """Whether `graph`, weights included, is over protobuf's 2 GB limit on one serialized message."""
+    import onnx
+    from google.protobuf.message import EncodeError
+
+    try:
+        return graph.ByteSize() > onnx.checker.MAXIMUM_PROTOBUF
+    except EncodeError:  # protobuf's upb backend cannot even size a message over the limit
+        return True
+
+
+def _external_data_locations(path: Path) -> set[str]:
+    """Names of the files beside the graph at `path` that hold its external data."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    graph = graph if graph is not None else onnx.load(path, load_external_data=False)
+    graph = onnx.load(path, load_external_data=False)
     return {
         ExternalDataInfo(tensor).location for tensor in graph.graph.initializer if uses_external_data(tensor)
     }
