@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_clicks=args.max_clicks,
     )
+    device = torch.device(resolve_device(args.device))
     with user_input(f"--dataset {args.dataset}"):
         dataset, stats = load_segmentation_dataset(args.dataset, args.split, image_root=args.image_root)
     args.model = resolve_model(args.model)
-    device = torch.device(resolve_device(args.device))
     model, processor, resolved = load_model(args.model, merge_adapter=False)
     model.to(device)
     is_adapter = resolved.base is not None
