@@ -294,7 +294,7 @@ def test_label_input_errors(photos, tmp_path, capsys):
     )
     error = capsys.readouterr().err
     assert re.search(
-        r"IMAGES_OR_DATASET .*: images must be an image folder, a dataset folder, a COCO \.json file", error
+        r"IMAGES_OR_DATASET .*: a source must be an image folder, a dataset folder, a COCO \.json file", error
     )
     assert "(no such file or folder)" in error
     assert (

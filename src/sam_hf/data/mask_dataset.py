@@ -88,11 +88,12 @@ def dataset_features(extra: dict[str, Any] | None = None) -> Any:
 
 
 def annotation_from_row(row: dict[str, Any], index: int) -> dict[str, Any]:
-    """Annotation `index` of a mask dataset row, as a record's annotation (every per-mask column of the row)."""
+    """Annotation `index` of a mask dataset row (without its image), as a record's annotation: every per-mask
+    column of the row."""
     annotation = {
         ("segmentation" if name == "masks" else name): values[index]
         for name, values in row.items()
-        if isinstance(values, list) and len(values) == len(row["masks"]) and name not in ("image",)
+        if isinstance(values, list) and len(values) == len(row["masks"])
     }
     annotation.setdefault("category_id", 1)
     annotation.setdefault("iscrowd", 0)

@@ -51,7 +51,7 @@ def source_kind(source: str | os.PathLike) -> str:
     ):
         reason = "not a folder or a .json file" if path.exists() else "no such file or folder"
         raise ValueError(
-            "images must be an image folder, a dataset folder, a COCO .json file or a Hub dataset id, "
+            "a source must be an image folder, a dataset folder, a COCO .json file or a Hub dataset id, "
             f"got {text!r} ({reason})"
         )
     return "hub"
