@@ -162,14 +162,15 @@ class LabelStore:
         """Order the source as the manifest (new images last), import the masks of images new to it."""
         path = self.work / "manifest.json"
         known = json.loads(path.read_text())["images"] if path.exists() else []
-        missing = set(known) - set(self.source.names)
+        labelled = set(known)
+        missing = labelled - set(self.source.names)
         if missing:
             raise ValueError(
                 f"images must include the {len(known)} images labelled in {str(self.out)!r}, got {len(missing)} "
                 f"of them missing from {self.source.origin} (first {sorted(missing)[0]!r}); label into a new out "
                 "folder to start over"
             )
-        names = known + [n for n in self.source.names if n not in set(known)]
+        names = known + [n for n in self.source.names if n not in labelled]
         self.source = self.source.select(names)
         self.categories = Categories(self.source.categories.to_coco())
         for record in self.records():
