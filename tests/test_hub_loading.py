@@ -375,12 +375,14 @@ def _hub_answering(monkeypatch, error: Exception | None, offline: bool = False) 
 
 
 def test_unknown_hub_name_is_no_such_model_after_one_request(monkeypatch, tmp_path):
-    import httpx2
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    response = httpx2.Response(
-        404, request=httpx2.Request("GET", "https://huggingface.co/api/models/sam-hf-tiy")
-    )
+    try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx before
+        import httpx2 as http
+    except ModuleNotFoundError:
+        import httpx as http
+
+    response = http.Response(404, request=http.Request("GET", "https://huggingface.co/api/models/sam-hf-tiy"))
     hub = _hub_answering(monkeypatch, RepositoryNotFoundError("404 Repository Not Found", response=response))
     with pytest.raises(ValueError, match=r"no such model: 'sam-hf-tiy' .*; did you mean sam-hf-tiny\?"):
         load_model("sam-hf-tiy", cache_dir=tmp_path, verbose=False)
