@@ -370,20 +370,20 @@ def test_two_processes_give_the_same_dataset(model, image_folder, tmp_path):
     sam-hf annotate ...`, runs two CPU processes (ranks 0 and 1 each annotate their shard) and merges to the
     same dataset as one process. (`accelerate launch --cpu --num_processes 2` starts a single process in
     accelerate 1.15: its CPU launcher only spawns several processes through mpirun.)"""
-    import shutil
+    from conftest import console_script
 
-    if shutil.which("sam-hf") is None:
-        pytest.skip("the sam-hf console script is not installed")
+    script = console_script("sam-hf")
+    assert script is not None, "pip install -e . installs the sam-hf console script beside the interpreter"
     model.save_pretrained(tmp_path / "model")
     common = ["annotate", str(image_folder), "--model", str(tmp_path / "model")]
     common += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "CUDA_VISIBLE_DEVICES": ""}
     single = subprocess.run(
-        ["sam-hf", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True
+        [script, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]  # = `accelerate launch`
-    launch += ["--multi_gpu", "--num_machines", "1", "--num_processes", "2", "--no_python", "sam-hf"]
+    launch += ["--multi_gpu", "--num_machines", "1", "--num_processes", "2", "--no_python", script]
     double = subprocess.run(
         [*launch, *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True
     )
