@@ -382,3 +382,23 @@ def test_click_stage_continues_from_a_model_with_a_frozen_encoder_and_long_click
         pretrain.pretrain({**recipe, "image_size": 96}, tmp_path / "stage3", "cpu")
     with pytest.raises(ValueError, match="freeze_image_encoder needs init_from"):
         pretrain.pretrain({**recipe, "init_from": None}, tmp_path / "stage3", "cpu")
+
+
+def test_shipped_source_is_the_package_source(tmp_path, monkeypatch):
+    """The copies beside the shipped weights (remote code for `trust_remote_code=True` without sam_hf) are what
+    `ship_tiny.py --source-only` writes from today's package: a change to a copied module fails here until the
+    copies are refreshed."""
+    import shutil
+
+    monkeypatch.syspath_prepend(str(_ROOT / "training"))
+    import ship_tiny
+
+    shipped = shipped_model_path("sam-hf-tiny")
+    fresh = tmp_path / "sam-hf-tiny"
+    shutil.copytree(shipped, fresh)
+    ship_tiny.ship_source(fresh)
+    for name in sorted({p.name for p in shipped.iterdir()} | {p.name for p in fresh.iterdir()}):
+        assert (fresh / name).read_bytes() == (shipped / name).read_bytes(), (
+            f"{name} differs from the package source: run python training/ship_tiny.py --source-only"
+        )
+    sys.modules.pop("ship_tiny", None)
