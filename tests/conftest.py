@@ -92,6 +92,28 @@ def official_vit_b():
     return sam.eval()
 
 
+def perturb_all_weights(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Add small seeded noise to every floating tensor of the state dict (batch-norm running variances stay
+    positive): reference inits leave biases, position tables and some batch-norm scales at constants."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator) * scale
+                tensor.add_(noise.abs() if name.endswith("running_var") else noise)
+
+
+@pytest.fixture(scope="session")
+def official_vit_t():
+    """MobileSAM (`mobile_sam`'s vit_t) with seeded random weights, every tensor perturbed, in eval mode."""
+    from mobile_sam import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_t"]()
+    perturb_all_weights(sam)
+    return sam.eval()  # after the perturbation: TinyViT caches its attention biases when put in eval mode
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real RGB photos shipped with scikit-image, HxWx3 uint8."""

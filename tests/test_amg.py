@@ -418,3 +418,20 @@ def test_follows_a_peft_adapter(shipped_pair):
         assert a["point_coords"] == b["point_coords"]
         inter = (a["segmentation"] & b["segmentation"]).sum()
         assert inter >= 0.99 * (a["segmentation"] | b["segmentation"]).sum()
+
+
+@pytest.mark.slow
+def test_matches_mobile_sam_generator_on_a_photo(official_vit_t, photos):
+    """MobileSAM with seeded perturbed weights, a real photo at 256x171, 8x8 grid, thresholds open, fp32: each
+    mask of mobile_sam's generator is matched one-to-one with ours at IoU >= 0.999 (a logit within float noise
+    of the threshold may flip a pixel), predicted IoU and stability score within 1e-3."""
+    from mobile_sam import SamAutomaticMaskGenerator as MobileSamGenerator
+
+    model = SamHFModel(SamHFConfig.from_preset("vit_t")).eval()
+    model.load_state_dict(official_vit_t.state_dict(), strict=True)
+    image = np.asarray(Image.fromarray(photos["coffee"]).resize((256, 171)))
+    kwargs = {"points_per_side": 8, **OPENED, "box_nms_thresh": 1.0}
+    official = MobileSamGenerator(official_vit_t, **kwargs).generate(image)
+    ours = SamAutomaticMaskGenerator(model, **kwargs).generate(image)
+    assert len(ours) == 3 * 64
+    assert_same_masks(official, ours, min_iou=0.999)

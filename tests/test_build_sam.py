@@ -13,7 +13,16 @@ import torch
 from PIL import Image
 
 import sam_hf
-from sam_hf import SamHFConfig, SamHFModel, build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
+from conftest import assert_bit_exact
+from sam_hf import (
+    SamHFConfig,
+    SamHFModel,
+    build_sam,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    build_sam_vit_t,
+)
 from sam_hf.build_sam import _build
 from sam_hf.modeling.checkpoint_io import save_meta_checkpoint
 
@@ -257,7 +266,7 @@ def assert_same_records(official: dict, ours: dict, atol: float) -> None:
 def test_registry_keys_and_random_init_match_the_official_builders():
     import segment_anything
 
-    assert sorted(sam_hf.sam_model_registry) == sorted(segment_anything.sam_model_registry)
+    assert sorted(sam_hf.sam_model_registry) == sorted([*segment_anything.sam_model_registry, "vit_t"])
     assert sam_hf.sam_model_registry["default"] is build_sam is build_sam_vit_h
     builders = {"vit_b": build_sam_vit_b, "vit_l": build_sam_vit_l, "vit_h": build_sam_vit_h}
     for name, builder in builders.items():
@@ -269,6 +278,28 @@ def test_registry_keys_and_random_init_match_the_official_builders():
         shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
         official_shapes = {k: tuple(v.shape) for k, v in official.state_dict().items()}
         assert shapes == official_shapes, name
+
+
+def test_vit_t_is_mobile_sams_builder(official_vit_t, tmp_path):
+    """`sam_model_registry["vit_t"]` as MobileSAM spells it: random init with MobileSAM's parameters, or its
+    `mobile_sam.pt` (a plain state dict) loaded; a ViT-B builder names what such a file holds."""
+    assert sam_hf.sam_model_registry["vit_t"] is build_sam_vit_t
+    with torch.device("meta"):
+        random = build_sam_vit_t()
+    assert {k: tuple(v.shape) for k, v in random.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in official_vit_t.state_dict().items()
+    }
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(official_vit_t.state_dict(), path)
+    loaded = sam_hf.sam_model_registry["vit_t"](checkpoint=path)
+    assert isinstance(loaded, SamHFModel) and not loaded.training
+    assert_bit_exact(loaded.state_dict(), official_vit_t.state_dict())
+    with pytest.raises(
+        ValueError,
+        match=r"does not hold a vit_b model: vision_config.encoder_type='tiny_vit' \(expected 'vit'\).*"
+        r"It holds a vit_t model: use sam_model_registry\['vit_t'\]",
+    ):
+        sam_hf.sam_model_registry["vit_b"](checkpoint=path)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +330,7 @@ def test_a_checkpoint_of_another_size_or_type_raises(shipped_pth):
     with pytest.raises(
         ValueError,
         match=r"does not hold a vit_b model: vision_config.image_size=128 \(expected 1024\).*"
-        r"It holds no SAM ViT-B/L/H model",
+        r"It holds no SAM ViT-B/L/H or MobileSAM model",
     ):
         sam_hf.sam_model_registry["vit_b"](checkpoint=shipped_pth)
     with pytest.raises(

@@ -27,10 +27,10 @@ from sam_hf.modeling.checkpoint_io import save_meta_checkpoint, save_transformer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _lively_tiny_model(seed: int = 0) -> SamHFModel:
+def _lively_tiny_model(seed: int = 0, preset: str = "tiny") -> SamHFModel:
     """Tiny model with PyTorch's default initialisation (mask logits of order 0.1, not 1e-5 as with std 0.02)."""
     torch.manual_seed(seed)
-    model = SamHFModel(SamHFConfig.from_preset("tiny")).eval()
+    model = SamHFModel(SamHFConfig.from_preset(preset)).eval()
     for module in model.modules():
         if module is not model and hasattr(module, "reset_parameters"):
             module.reset_parameters()
@@ -132,11 +132,13 @@ save_file({"pred_masks": out.pred_masks.contiguous(), "iou_scores": out.iou_scor
 
 
 @pytest.mark.slow
-def test_saved_folder_loads_as_remote_code_without_sam_hf(tmp_path):
-    model = _lively_tiny_model()
+@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t"])
+def test_saved_folder_loads_as_remote_code_without_sam_hf(tmp_path, preset):
+    """Each image encoder travels with the model's source and is built through the copied registry."""
+    model = _lively_tiny_model(preset=preset)
     model.save_pretrained(tmp_path / "model")
     copied = sorted(p.name for p in (tmp_path / "model").glob("*.py"))
-    assert "modeling_sam_hf.py" in copied and "configuration_sam_hf.py" in copied
+    assert {"modeling_sam_hf.py", "configuration_sam_hf.py", "registry.py", "tiny_vit.py"} <= set(copied)
     generator = torch.Generator().manual_seed(0)
     inputs = {"pixel_values": torch.randn(1, 3, 128, 128, generator=generator), **_prompts(batch_size=1)[2]}
     save_file(inputs, tmp_path / "inputs.safetensors")
@@ -423,3 +425,24 @@ def test_every_torch_load_passes_weights_only_true():
                     offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     assert calls >= 1  # the checkpoint loader itself
     assert offenders == []
+
+
+def test_mobile_sam_state_dict_is_detected_and_loads_strictly(official_vit_t, tmp_path):
+    """MobileSAM's `mobile_sam.pt` is a plain state dict with the official names: the TinyViT encoder is told
+    by its keys, the architecture read from shapes, every tensor loaded bit for bit, by every loader."""
+    from sam_hf.hub import load_model
+    from sam_hf.modeling.configuration_sam_hf import SamHFTinyViTConfig
+
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(official_vit_t.state_dict(), path)
+    model = SamHFModel.from_pretrained(path)
+    assert type(model.config.vision_config) is SamHFTinyViTConfig
+    assert (
+        model.config.to_dict()["vision_config"] == SamHFConfig.from_preset("vit_t").to_dict()["vision_config"]
+    )
+    assert_bit_exact(model.state_dict(), official_vit_t.state_dict())
+    loaded, processor, _ = load_model(path, verbose=False)
+    assert_bit_exact(loaded.state_dict(), official_vit_t.state_dict())
+    assert (processor.image_size, processor.mask_size) == (1024, 256)
+    with pytest.raises(ValueError, match="the transformers format holds SAM's ViT image encoder only"):
+        save_transformers_checkpoint(model.config, model.state_dict(), tmp_path / "hf")

@@ -105,3 +105,16 @@ def test_meta_vit_b_through_sam_hf_loads_in_official_code(official_vit_b, tmp_pa
     _convert(tmp_path / "hf", tmp_path / "exported.pth", "--to", "meta")
     reloaded = sam_model_registry["vit_b"](checkpoint=str(tmp_path / "exported.pth"))
     assert_bit_exact(reloaded.state_dict(), original)
+
+
+def test_mobile_sam_round_trip_through_sam_hf_is_bit_exact(official_vit_t, tmp_path):
+    """mobile_sam.pt -> sam_hf -> the official layout again, bit for bit, which MobileSAM's builder loads."""
+    from mobile_sam import sam_model_registry as mobile_sam_registry
+
+    torch.save(official_vit_t.state_dict(), tmp_path / "mobile_sam.pt")
+    _convert(tmp_path / "mobile_sam.pt", tmp_path / "ours")
+    assert SamHFModel.from_pretrained(tmp_path / "ours").config.vision_config.encoder_type == "tiny_vit"
+    _convert(tmp_path / "ours", tmp_path / "back.pt", "--to", "meta")
+    back = torch.load(tmp_path / "back.pt", map_location="cpu", weights_only=True)
+    assert_bit_exact(back, official_vit_t.state_dict())
+    mobile_sam_registry["vit_t"](checkpoint=str(tmp_path / "back.pt"))  # loads strictly

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoConfig
 
 from sam_hf import SAM_HF_PRESETS, SamHFConfig
-from sam_hf.modeling.configuration_sam_hf import SamHFVisionConfig
+from sam_hf.modeling.configuration_sam_hf import SamHFTinyViTConfig, SamHFVisionConfig
 
 # Published architecture of Meta's three checkpoints: (width, depth, heads, global attention blocks).
 META_VARIANTS = {
@@ -54,7 +54,7 @@ def test_tiny_preset_derived_fields():
 
 
 def test_presets_table_lists_all_variants():
-    assert set(SAM_HF_PRESETS) == {"vit_b", "vit_l", "vit_h", "tiny", "sam_hf_tiny"}
+    assert set(SAM_HF_PRESETS) == {"vit_b", "vit_l", "vit_h", "vit_t", "tiny", "tiny_vit_t", "sam_hf_tiny"}
 
 
 def test_from_preset_forwards_keyword_arguments():
@@ -66,7 +66,7 @@ def test_dict_round_trip(name):
     config = SamHFConfig.from_preset(name)
     restored = SamHFConfig.from_dict(config.to_dict())
     assert restored.to_dict() == config.to_dict()
-    assert isinstance(restored.vision_config, SamHFVisionConfig)
+    assert type(restored.vision_config) is type(config.vision_config)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -96,7 +96,8 @@ def test_sections_accept_configs_and_dicts_with_model_type():
 def test_unknown_preset_is_rejected():
     with pytest.raises(
         ValueError,
-        match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'vit_b', 'vit_h', 'vit_l'\], got 'vit_x'",
+        match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'tiny_vit_t', 'vit_b', 'vit_h', 'vit_l', 'vit_t'\], "
+        r"got 'vit_x'",
     ):
         SamHFConfig.from_preset("vit_x")
 
@@ -121,3 +122,55 @@ def test_sections_must_share_one_width():
 def test_section_of_wrong_type_is_rejected():
     with pytest.raises(TypeError, match="expected SamHFVisionConfig, a dict or None, got int"):
         SamHFConfig(vision_config=3)
+
+
+def test_encoder_type_is_saved_and_old_config_json_loads_as_vit(tmp_path):
+    config = SamHFConfig.from_preset("tiny")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["vision_config"]["encoder_type"] == "vit"
+    del saved["vision_config"]["encoder_type"]  # a config.json written before encoders had a name
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = SamHFConfig.from_pretrained(tmp_path)
+    assert type(loaded.vision_config) is SamHFVisionConfig
+    assert loaded.vision_config.to_dict() == config.vision_config.to_dict()
+
+
+def test_mobile_sam_preset_is_tiny_vit_5m_with_sam_decoder(tmp_path):
+    config = SamHFConfig.from_preset("vit_t")
+    vision = config.vision_config
+    assert type(vision) is SamHFTinyViTConfig and vision.encoder_type == "tiny_vit"
+    assert (vision.embed_dims, vision.depths, vision.num_heads, vision.window_sizes) == (
+        [64, 128, 160, 320],
+        [2, 2, 6, 2],
+        [2, 4, 5, 10],
+        [7, 7, 14, 7],
+    )
+    assert (config.image_size, config.image_embedding_size, config.mask_size) == (1024, 64, 256)
+    assert (
+        config.mask_decoder_config.to_dict() == SamHFConfig.from_preset("vit_b").mask_decoder_config.to_dict()
+    )
+    config.save_pretrained(tmp_path)
+    loaded = SamHFConfig.from_pretrained(tmp_path)
+    assert type(loaded.vision_config) is SamHFTinyViTConfig
+    assert loaded.vision_config.to_dict() == vision.to_dict()
+
+
+def test_unknown_encoder_type_is_named():
+    with pytest.raises(
+        ValueError, match=r"vision_config.encoder_type must be one of \['tiny_vit', 'vit'\], got 'hiera'"
+    ):
+        SamHFConfig(vision_config={"encoder_type": "hiera"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"depths": [2, 2, 6]}, "one entry per stage"),
+        ({"image_size": 1000}, "image_size must be a multiple of 16, got 1000"),
+        ({"num_heads": [2, 4, 6, 10]}, "multiple of its num_heads"),
+    ],
+)
+def test_tiny_vit_config_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SamHFTinyViTConfig(**fields)

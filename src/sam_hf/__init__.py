@@ -2,7 +2,14 @@
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
-from .build_sam import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, sam_model_registry
+from .build_sam import (
+    build_sam,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    build_sam_vit_t,
+    sam_model_registry,
+)
 from .inference import SamAutomaticMaskGenerator, SamPredictor
 from .modeling import SAM_HF_PRESETS, SamHFConfig, SamHFModel, SamHFOutput
 from .pipelines import SamHFMaskGenerationPipeline, register_mask_generation_pipeline
@@ -36,6 +43,7 @@ __all__ = [
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "sam_model_registry",
 ]
 __version__ = "0.1.0"

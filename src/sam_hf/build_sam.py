@@ -1,7 +1,9 @@
-"""The official `segment_anything` builders by the same names: `sam_model_registry`, `build_sam`, `build_sam_vit_b/l/h`.
+"""The official `segment_anything` builders by the same names: `sam_model_registry`, `build_sam`, `build_sam_vit_b/l/h`,
+and MobileSAM's `build_sam_vit_t`.
 
 Code written for the official package (`sam = sam_model_registry["vit_b"](checkpoint="sam_vit_b_01ec64.pth")`)
-runs unchanged with `from sam_hf import sam_model_registry` and gets a `SamHFModel` in eval mode. As in the
+or for MobileSAM (`sam_model_registry["vit_t"](checkpoint="mobile_sam.pt")`) runs unchanged with
+`from sam_hf import sam_model_registry` and gets a `SamHFModel` in eval mode. As in the
 official `segment_anything/build_sam.py`, `"default"` is ViT-H and `checkpoint=None` gives random weights.
 A checkpoint may be any form `sam_hf.hub.load_model` resolves (a Meta `.pth`, a sam_hf or transformers SAM
 folder, a Hub id, a shipped name, an adapter, which is merged into its base); it must hold the requested size.
@@ -18,9 +20,16 @@ import torch
 from .hub.loading import load_model
 from .modeling import SamHFConfig, SamHFModel
 
-__all__ = ["build_sam", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "sam_model_registry"]
+__all__ = [
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "build_sam_vit_t",
+    "sam_model_registry",
+]
 
-_SIZES = ("vit_b", "vit_l", "vit_h")
+_SIZES = ("vit_b", "vit_l", "vit_h", "vit_t")
 
 
 def build_sam_vit_h(checkpoint: str | os.PathLike | None = None) -> SamHFModel:
@@ -52,6 +61,12 @@ def build_sam_vit_b(checkpoint: str | os.PathLike | None = None) -> SamHFModel:
     return _build("vit_b", checkpoint)
 
 
+def build_sam_vit_t(checkpoint: str | os.PathLike | None = None) -> SamHFModel:
+    """MobileSAM (TinyViT-5M image encoder, SAM's prompt encoder and mask decoder), as MobileSAM's
+    `build_sam_vit_t`: random weights, or those of `checkpoint` (e.g. `mobile_sam.pt`; see `build_sam_vit_b`)."""
+    return _build("vit_t", checkpoint)
+
+
 build_sam = build_sam_vit_h
 
 sam_model_registry: dict[str, Callable[..., SamHFModel]] = {
@@ -59,6 +74,7 @@ sam_model_registry: dict[str, Callable[..., SamHFModel]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
 }
 
 
@@ -77,7 +93,11 @@ def _build(preset: str, checkpoint: str | os.PathLike | None) -> SamHFModel:
             (s for s in _SIZES if not _architecture_differences(model.config, SamHFConfig.from_preset(s))),
             None,
         )
-        holds = f"a {found} model: use sam_model_registry[{found!r}]" if found else "no SAM ViT-B/L/H model"
+        holds = (
+            f"a {found} model: use sam_model_registry[{found!r}]"
+            if found
+            else "no SAM ViT-B/L/H or MobileSAM model"
+        )
         raise ValueError(
             f"checkpoint {os.fspath(checkpoint)!r} ({resolved.describe()}) does not hold a {preset} model: "
             f"{'; '.join(differences)}. It holds {holds} (sam_hf.hub.load_pretrained loads any architecture)"
@@ -90,6 +110,11 @@ def _architecture_differences(config: SamHFConfig, expected: SamHFConfig) -> lis
     differences = []
     for section_name in SamHFConfig.sub_configs:
         section, wanted = getattr(config, section_name), getattr(expected, section_name)
+        if type(section) is not type(wanted):
+            differences.append(
+                f"{section_name}.encoder_type={section.encoder_type!r} (expected {wanted.encoder_type!r})"
+            )
+            continue
         fields = inspect.signature(type(wanted).__init__).parameters
         for field in fields:
             if field in ("self", "kwargs"):

@@ -107,7 +107,7 @@ class SamHFProcessor(BaseImageProcessor):
     @classmethod
     def from_model_config(cls, config: Any) -> SamHFProcessor:
         """The processor matching a `SamHFConfig` (its image size and mask size; SAM's pixel statistics)."""
-        return cls(image_size=config.vision_config.image_size, mask_size=config.mask_size)
+        return cls(image_size=config.image_size, mask_size=config.mask_size)
 
     def to_dict(self) -> dict[str, Any]:
         """The saved configuration: this class's fields, its class name under the keys transformers' Auto

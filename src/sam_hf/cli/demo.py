@@ -105,7 +105,7 @@ def _adapt_to_cells(model_name: str, model, out: Path):
     from ..processing_sam_hf import SamHFProcessor
     from ..training.loop import FinetuneConfig, finetune
 
-    size = model.config.vision_config.image_size
+    size = model.config.image_size
     train_dir = out / "cells-train"
     synthetic_dataset(_TRAIN_IMAGES, "train", "cells", size).save_to_disk(str(train_dir))
     config = FinetuneConfig(

@@ -248,8 +248,7 @@ def export_onnx(
     model, processor = _exportable_model(model, processor)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vision = model.config.vision_config
-    size, grid = vision.image_size, vision.embedding_size
+    size, grid = model.config.image_size, model.config.image_embedding_size
     channels = model.mask_decoder.iou_token.weight.shape[1]
     mask_size = model.config.mask_size
     # Everything is written to a scratch folder first and moved into `out` once complete, so a failed export

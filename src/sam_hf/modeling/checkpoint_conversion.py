@@ -1,7 +1,8 @@
 """Lossless mapping between SAM's checkpoint conventions: parameter names and configs.
 
-Our parameter names are Meta's, so Meta's state dicts need no renaming, only their architecture read from
-tensor shapes (`infer_config_from_state_dict`). transformers' `SamModel` names differ: one table of prefix
+Our parameter names are the official ones (Meta's SAM, MobileSAM's TinyViT), so their state dicts need no
+renaming, only their architecture read from tensor shapes (`infer_config_from_state_dict`), the image encoder
+told by its keys. transformers' `SamModel` names differ: one table of prefix
 rules (`_transformers_rules`), read left to right or right to left, maps them both ways, so conversion is a
 bijection of keys and tensors are never touched: round trips are bit-exact. Files are handled in
 `checkpoint_io`.
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from transformers import SamConfig
 
-from .configuration_sam_hf import SamHFConfig
+from .configuration_sam_hf import SamHFConfig, SamHFTinyViTConfig, SamHFVisionConfig
 
 __all__ = [
     "TRANSFORMERS_TIED_KEY",
@@ -139,8 +140,17 @@ def from_transformers_state_dict(
 
 
 def to_transformers_config(config: SamHFConfig) -> SamConfig:
-    """The transformers `SamConfig` describing the same network as `config`."""
+    """The transformers `SamConfig` describing the same network as `config`.
+
+    Raises:
+        ValueError: if the image encoder is not SAM's ViT (transformers' `SamModel` has no other).
+    """
     vision, prompt, decoder = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
+    if not isinstance(vision, SamHFVisionConfig):
+        raise ValueError(
+            f"the transformers format holds SAM's ViT image encoder only (vision_config.encoder_type 'vit'), "
+            f"got {vision.encoder_type!r}; save in the sam_hf or meta format"
+        )
     return SamConfig(
         vision_config={
             "hidden_size": vision.hidden_size,
@@ -252,11 +262,11 @@ def _indices(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFConfig:
-    """Read the architecture of a Meta-named state dict from its tensor shapes.
+    """Read the architecture of an official-named state dict (Meta's SAM, MobileSAM) from its tensor shapes.
 
-    Every hyperparameter is visible in some shape (ViT width from the patch embedding, depth from the block
-    count, heads from the relative-position tables' head dimension, global blocks from tables spanning the
-    whole grid: `2 * grid - 1` rows) except the decoder's head count, which is SAM's 8.
+    The image encoder is told by its keys (TinyViT's convolutional stem, else SAM's ViT). Every hyperparameter
+    is visible in some shape except the decoder's head count, which is SAM's 8, and TinyViT's input size,
+    which is MobileSAM's 1024 (SAM's ViT reveals its own in the position table): pass `config=` otherwise.
 
     Raises:
         ValueError: if tensors SAM always has are missing (the message lists a few keys that were found).
@@ -269,32 +279,11 @@ def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFCo
             )
         return tuple(state_dict[name].shape)
 
-    hidden, channels, patch, _ = shape("image_encoder.patch_embed.proj.weight")
-    grid = shape("image_encoder.pos_embed")[1]
-    depth = _indices(state_dict, "image_encoder.blocks.")
-    if "image_encoder.blocks.0.attn.rel_pos_h" not in state_dict:
-        raise ValueError(
-            "a state dict without relative position tables does not reveal its head count; pass config="
-        )
-    rows = [shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")[0] for i in range(depth)]
-    global_blocks = [i for i, r in enumerate(rows) if r == 2 * grid - 1]
-    windowed_rows = [r for r in rows if r != 2 * grid - 1]
-    head_dim = shape("image_encoder.blocks.0.attn.rel_pos_h")[1]
+    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
+        vision = _tiny_vit_section(state_dict, shape)
+    else:
+        vision = _vit_section(state_dict, shape)
     mask_tokens, decoder_width = shape("mask_decoder.mask_tokens.weight")
-    vision = {
-        "image_size": grid * patch,
-        "patch_size": patch,
-        "num_channels": channels,
-        "hidden_size": hidden,
-        "num_hidden_layers": depth,
-        "num_attention_heads": hidden // head_dim,
-        "mlp_ratio": shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / hidden,
-        "output_channels": shape("image_encoder.neck.0.weight")[0],
-        "global_attn_indexes": global_blocks,
-        "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state_dict,
-    }
-    if windowed_rows:
-        vision["window_size"] = (windowed_rows[0] + 1) // 2
     return SamHFConfig(
         vision_config=vision,
         prompt_encoder_config={
@@ -313,3 +302,62 @@ def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFCo
             "iou_head_hidden_dim": shape("mask_decoder.iou_prediction_head.layers.0.weight")[0],
         },
     )
+
+
+def _vit_section(state_dict: dict[str, torch.Tensor], shape) -> dict[str, Any]:
+    """SAM's ViT: width from the patch embedding, depth from the block count, heads from the relative-position
+    tables' head dimension, global blocks from tables spanning the whole grid (`2 * grid - 1` rows)."""
+    hidden, channels, patch, _ = shape("image_encoder.patch_embed.proj.weight")
+    grid = shape("image_encoder.pos_embed")[1]
+    depth = _indices(state_dict, "image_encoder.blocks.")
+    if "image_encoder.blocks.0.attn.rel_pos_h" not in state_dict:
+        raise ValueError(
+            "a state dict without relative position tables does not reveal its head count; pass config="
+        )
+    rows = [shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")[0] for i in range(depth)]
+    global_blocks = [i for i, r in enumerate(rows) if r == 2 * grid - 1]
+    windowed_rows = [r for r in rows if r != 2 * grid - 1]
+    head_dim = shape("image_encoder.blocks.0.attn.rel_pos_h")[1]
+    vision = {
+        "encoder_type": SamHFVisionConfig.encoder_type,
+        "image_size": grid * patch,
+        "patch_size": patch,
+        "num_channels": channels,
+        "hidden_size": hidden,
+        "num_hidden_layers": depth,
+        "num_attention_heads": hidden // head_dim,
+        "mlp_ratio": shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / hidden,
+        "output_channels": shape("image_encoder.neck.0.weight")[0],
+        "global_attn_indexes": global_blocks,
+        "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state_dict,
+    }
+    if windowed_rows:
+        vision["window_size"] = (windowed_rows[0] + 1) // 2
+    return vision
+
+
+def _tiny_vit_section(state_dict: dict[str, torch.Tensor], shape) -> dict[str, Any]:
+    """MobileSAM's TinyViT: stage widths from the stem and the patch mergings, heads and windows from the
+    attention bias tables `(heads, window^2)`; the first (convolutional) stage has neither and keeps the
+    defaults' entries."""
+    stages = _indices(state_dict, "image_encoder.layers.")
+    if stages < 2:
+        raise ValueError(
+            f"a TinyViT state dict must have at least 2 stages (image_encoder.layers.N), got {stages}"
+        )
+    dims = [shape("image_encoder.patch_embed.seq.2.c.weight")[0]]
+    dims += [shape(f"image_encoder.layers.{i}.downsample.conv1.c.weight")[0] for i in range(stages - 1)]
+    biases = [shape(f"image_encoder.layers.{i}.blocks.0.attn.attention_biases") for i in range(1, stages)]
+    defaults = SamHFTinyViTConfig()
+    return {
+        "encoder_type": SamHFTinyViTConfig.encoder_type,
+        "num_channels": shape("image_encoder.patch_embed.seq.0.c.weight")[1],
+        "embed_dims": dims,
+        "depths": [_indices(state_dict, f"image_encoder.layers.{i}.blocks.") for i in range(stages)],
+        "num_heads": [defaults.num_heads[0]] + [heads for heads, _ in biases],
+        "window_sizes": [defaults.window_sizes[0]] + [round(offsets**0.5) for _, offsets in biases],
+        "mlp_ratio": shape("image_encoder.layers.1.blocks.0.mlp.fc1.weight")[0] / dims[1],
+        "mbconv_expand_ratio": shape("image_encoder.layers.0.blocks.0.conv1.c.weight")[0] / dims[0],
+        "local_conv_size": shape("image_encoder.layers.1.blocks.0.local_conv.c.weight")[2],
+        "output_channels": shape("image_encoder.neck.0.weight")[0],
+    }

@@ -1,8 +1,10 @@
 """Configuration of SamHF: a composite of the image encoder, prompt encoder and mask decoder sections.
 
-The three SAM variants (ViT-B/L/H) and a tiny test model live in one presets table, `SAM_HF_PRESETS`;
-`SamHFConfig.from_preset(name)` builds a config from it. Fields the architecture fixes (the image
-embedding grid, the low-resolution mask size) are derived in `__init__`, never stored twice.
+The image encoder section is chosen by its `encoder_type` (`VISION_CONFIG_CLASSES`): SAM's ViT ("vit") or
+MobileSAM's TinyViT ("tiny_vit"); a config.json without it is a ViT. The SAM variants (ViT-B/L/H), MobileSAM
+(`vit_t`) and tiny test models live in one presets table, `SAM_HF_PRESETS`; `SamHFConfig.from_preset(name)`
+builds a config from it. Fields the architecture fixes (the image embedding grid, the low-resolution mask
+size) are derived in `__init__`, never stored twice.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ __all__ = [
     "SamHFConfig",
     "SamHFMaskDecoderConfig",
     "SamHFPromptEncoderConfig",
+    "SamHFTinyViTConfig",
     "SamHFVisionConfig",
+    "VISION_CONFIG_CLASSES",
 ]
 
 
@@ -40,6 +44,7 @@ class SamHFVisionConfig(PretrainedConfig):
 
     model_type = "sam_hf_vision"
     base_config_key = "vision_config"
+    encoder_type = "vit"
 
     def __init__(
         self,
@@ -72,6 +77,7 @@ class SamHFVisionConfig(PretrainedConfig):
         self.use_rel_pos = use_rel_pos
         self.layer_norm_eps = layer_norm_eps
         super().__init__(**kwargs)
+        self.encoder_type = type(self).encoder_type  # saved in config.json, which names the section's class
         if image_size % patch_size:
             raise ValueError(
                 f"image_size must be a multiple of patch_size, got {image_size} and {patch_size}"
@@ -85,6 +91,90 @@ class SamHFVisionConfig(PretrainedConfig):
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for SAM)."""
         return self.image_size // self.patch_size
+
+
+class SamHFTinyViTConfig(PretrainedConfig):
+    """TinyViT image encoder (MobileSAM): a convolutional stem and stage, then windowed-attention stages, and
+    SAM's convolutional neck.
+
+    The stem divides the input side by 4; each stage but the last ends in a patch merging that halves the grid,
+    except the merging before the last stage, which keeps it (as MobileSAM's), so four stages give an image
+    embedding grid of `image_size // 16`.
+
+    Args:
+        image_size: side of the square input the encoder sees (the processor pads to it).
+        embed_dims: channels of each stage.
+        depths: blocks of each stage (the first stage's are MBConv blocks, the others' attention blocks).
+        num_heads: attention heads of each stage (the first stage's entry is unused).
+        window_sizes: side of the attention windows of each stage (the first stage's entry is unused).
+        mlp_ratio: MLP width as a multiple of a stage's channels.
+        mbconv_expand_ratio: width of the MBConv blocks' inverted bottleneck as a multiple of their channels.
+        local_conv_size: kernel of the depthwise convolution between attention and MLP.
+        output_channels: channels of the image embedding the neck produces.
+    """
+
+    model_type = "sam_hf_tiny_vit"
+    base_config_key = "vision_config"
+    encoder_type = "tiny_vit"
+
+    def __init__(
+        self,
+        image_size: int = 1024,
+        num_channels: int = 3,
+        embed_dims: list[int] | tuple[int, ...] = (64, 128, 160, 320),
+        depths: list[int] | tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: list[int] | tuple[int, ...] = (2, 4, 5, 10),
+        window_sizes: list[int] | tuple[int, ...] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        local_conv_size: int = 3,
+        output_channels: int = 256,
+        **kwargs: Any,
+    ):
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.embed_dims = list(embed_dims)
+        self.depths = list(depths)
+        self.num_heads = list(num_heads)
+        self.window_sizes = list(window_sizes)
+        self.mlp_ratio = mlp_ratio
+        self.mbconv_expand_ratio = mbconv_expand_ratio
+        self.local_conv_size = local_conv_size
+        self.output_channels = output_channels
+        super().__init__(**kwargs)
+        self.encoder_type = type(self).encoder_type
+        lengths = {
+            name: len(getattr(self, name)) for name in ("embed_dims", "depths", "num_heads", "window_sizes")
+        }
+        if len(set(lengths.values())) != 1 or lengths["depths"] < 2:
+            raise ValueError(
+                f"embed_dims, depths, num_heads and window_sizes must give one entry per stage (at least 2), "
+                f"got lengths {lengths}"
+            )
+        if image_size % self.stride:
+            raise ValueError(f"image_size must be a multiple of {self.stride}, got {image_size}")
+        if any(dim % heads for dim, heads in zip(self.embed_dims[1:], self.num_heads[1:], strict=True)):
+            raise ValueError(
+                f"each attention stage's embed_dims must be a multiple of its num_heads, got "
+                f"{self.embed_dims[1:]} and {self.num_heads[1:]}"
+            )
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per image-embedding cell: 4 for the stem, 2 per patch merging but the last."""
+        return 4 * 2 ** (len(self.depths) - 2)
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid (64 for MobileSAM)."""
+        return self.image_size // self.stride
+
+
+# encoder_type -> the class of its vision config section; the encoder itself is in `registry`.
+VISION_CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
+    "vit": SamHFVisionConfig,
+    "tiny_vit": SamHFTinyViTConfig,
+}
 
 
 class SamHFPromptEncoderConfig(PretrainedConfig):
@@ -178,6 +268,18 @@ SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
         {"hidden_size": 256},
         _SAM_DECODER,
     ),
+    # MobileSAM: TinyViT-5M in front of SAM's prompt encoder and mask decoder.
+    "vit_t": (
+        {
+            "encoder_type": "tiny_vit",
+            "embed_dims": [64, 128, 160, 320],
+            "depths": [2, 2, 6, 2],
+            "num_heads": [2, 4, 5, 10],
+            "window_sizes": [7, 7, 14, 7],
+        },
+        {"hidden_size": 256},
+        _SAM_DECODER,
+    ),
     # A few-hundred-kilobyte model with SAM's exact structure, for tests.
     "tiny": (
         {
@@ -188,6 +290,20 @@ SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
             "output_channels": 32,
             "window_size": 3,
             "global_attn_indexes": [1],
+        },
+        {"hidden_size": 32, "mask_input_channels": 4},
+        {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
+    ),
+    # TinyViT's structure at test size.
+    "tiny_vit_t": (
+        {
+            "encoder_type": "tiny_vit",
+            "image_size": 128,
+            "embed_dims": [16, 24, 32, 32],
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 2, 2],
+            "window_sizes": [7, 7, 3, 7],
+            "output_channels": 32,
         },
         {"hidden_size": 32, "mask_input_channels": 4},
         {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
@@ -215,13 +331,15 @@ class SamHFConfig(PretrainedConfig):
     """Configuration of `SamHFModel`.
 
     Args:
-        vision_config: image encoder section (`SamHFVisionConfig` or its dict).
+        vision_config: image encoder section (one of `VISION_CONFIG_CLASSES`, or its dict, whose
+            `encoder_type` picks the class: "vit" when absent).
         prompt_encoder_config: prompt encoder section (`SamHFPromptEncoderConfig` or its dict).
         mask_decoder_config: mask decoder section (`SamHFMaskDecoderConfig` or its dict).
         initializer_range: std of the truncated-normal init of linear layers when training from scratch.
 
-    Derived (not stored): `image_embedding_size` (64 for SAM) and `mask_size` (4x that: 256), the side
-    of the low-resolution mask logits the decoder predicts and accepts as `input_masks`.
+    Derived (not stored): `image_size` (the encoder's input side), `image_embedding_size` (64 for SAM) and
+    `mask_size` (4x that: 256), the side of the low-resolution mask logits the decoder predicts and accepts as
+    `input_masks`. Code above the model reads these, never the encoder section's own fields.
     """
 
     model_type = "sam_hf"
@@ -238,13 +356,13 @@ class SamHFConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vision_config: SamHFVisionConfig | dict | None = None,
+        vision_config: PretrainedConfig | dict | None = None,
         prompt_encoder_config: SamHFPromptEncoderConfig | dict | None = None,
         mask_decoder_config: SamHFMaskDecoderConfig | dict | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
-        self.vision_config = _as_section(SamHFVisionConfig, vision_config)
+        self.vision_config = _vision_section(vision_config)
         self.prompt_encoder_config = _as_section(SamHFPromptEncoderConfig, prompt_encoder_config)
         self.mask_decoder_config = _as_section(SamHFMaskDecoderConfig, mask_decoder_config)
         self.initializer_range = initializer_range
@@ -260,6 +378,10 @@ class SamHFConfig(PretrainedConfig):
             raise ValueError(f"SamHFConfig sections must share one embedding width, got {widths}")
 
     @property
+    def image_size(self) -> int:
+        return self.vision_config.image_size
+
+    @property
     def image_embedding_size(self) -> int:
         return self.vision_config.embedding_size
 
@@ -269,7 +391,8 @@ class SamHFConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> SamHFConfig:
-        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `tiny`, `sam_hf_tiny`)."""
+        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `vit_t`, `tiny`,
+        `tiny_vit_t`, `sam_hf_tiny`)."""
         if name not in SAM_HF_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SAM_HF_PRESETS)}, got {name!r}")
         vision, prompt, decoder = SAM_HF_PRESETS[name]
@@ -281,13 +404,25 @@ class SamHFConfig(PretrainedConfig):
         )
 
 
+def _vision_section(value: PretrainedConfig | dict | None) -> PretrainedConfig:
+    """The vision section of the class its `encoder_type` names."""
+    encoder_type = value.get("encoder_type", "vit") if isinstance(value, dict) else "vit"
+    if encoder_type not in VISION_CONFIG_CLASSES:
+        raise ValueError(
+            f"vision_config.encoder_type must be one of {sorted(VISION_CONFIG_CLASSES)}, got {encoder_type!r}"
+        )
+    if isinstance(value, tuple(VISION_CONFIG_CLASSES.values())):
+        return value
+    return _as_section(VISION_CONFIG_CLASSES[encoder_type], value)
+
+
 def _as_section(
     section_class: type[PretrainedConfig], value: PretrainedConfig | dict | None
 ) -> PretrainedConfig:
     if value is None:
         return section_class()
     if isinstance(value, dict):
-        return section_class(**{k: v for k, v in value.items() if k != "model_type"})
+        return section_class(**{k: v for k, v in value.items() if k not in ("model_type", "encoder_type")})
     if isinstance(value, section_class):
         return value
     raise TypeError(f"expected {section_class.__name__}, a dict or None, got {type(value).__name__}")

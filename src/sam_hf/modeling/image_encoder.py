@@ -13,6 +13,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .common import LayerNorm2d, MLPBlock
 from .configuration_sam_hf import SamHFVisionConfig
+from .registry import register_image_encoder
 
 __all__ = ["ImageEncoderBlock", "ImageEncoderViT"]
 
@@ -187,6 +188,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)  # (B, H, W, C)
 
 
+@register_image_encoder("vit")
 class ImageEncoderViT(nn.Module):
     def __init__(self, config: SamHFVisionConfig):
         super().__init__()

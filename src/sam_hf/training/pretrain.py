@@ -184,10 +184,9 @@ def _initial_model(recipe: dict) -> SamHFModel:
         model, _, _ = load_model(recipe["init_from"], merge_adapter=True)
         if not isinstance(model, SamHFModel):
             raise ValueError(f"recipe init_from must name a SAM model, got {recipe['init_from']!r}")
-        if recipe.get("image_size") not in (None, model.config.vision_config.image_size):
+        if recipe.get("image_size") not in (None, model.config.image_size):
             raise ValueError(
-                f"recipe image_size {recipe['image_size']} differs from init_from's "
-                f"{model.config.vision_config.image_size}"
+                f"recipe image_size {recipe['image_size']} differs from init_from's {model.config.image_size}"
             )
         return model
     config = SamHFConfig.from_preset(recipe["preset"])
@@ -233,7 +232,7 @@ def _training_loss(
     best = out_a.iou_scores.argmax(-1)[..., None, None, None].expand(-1, -1, 1, *out_a.pred_masks.shape[-2:])
     logits = torch.cat([out_a.pred_masks.gather(2, best)[:, :, 0], out_b.pred_masks[:, :, 0]], dim=1)
     points, point_labels, boxes = batch["point_coords"], batch["point_labels"], batch["boxes"]
-    image_size = model.config.vision_config.image_size
+    image_size = model.config.image_size
     trained = recipe["correction_iterations"] if step % recipe["correction_every"] == 0 else 0
     # Untrained passes first (forward only, a number drawn per step), so the trained ones see long click
     # sequences, as `sam-hf evaluate`'s k-click protocol gives, at the cost of decoder forwards alone.
@@ -355,7 +354,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         start, elapsed = state["step"], state["elapsed_s"]
         print(f"resuming at step {start}")
-    dataset = _PromptedShapes(recipe, config.vision_config.image_size, config.mask_size)
+    dataset = _PromptedShapes(recipe, config.image_size, config.mask_size)
     batch_size = recipe["batch_size"]
     indices = range(start * batch_size, len(dataset))
     loader = DataLoader(

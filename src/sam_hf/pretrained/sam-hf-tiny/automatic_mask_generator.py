@@ -281,7 +281,7 @@ class SamAutomaticMaskGenerator:
         else:
             embeddings = embeddings.to(device, torch.float32)
             valid_h, valid_w = self.processor.get_preprocess_shape(crop_h, crop_w)
-        mask_size, image_size = self.model.config.mask_size, self.model.config.vision_config.image_size
+        mask_size, image_size = self.model.config.mask_size, self.model.config.image_size
         upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
         upsample_w = _trimmed(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
 

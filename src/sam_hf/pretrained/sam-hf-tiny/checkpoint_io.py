@@ -6,8 +6,8 @@ The same weights come in three formats:
   with Meta's parameter names (transformers' own `from_pretrained` reads them).
 - `"transformers"`: folders or Hub repos of transformers' `SamModel` (e.g. facebook/sam-vit-base): `config.json`
   (`model_type` "sam") and `model.safetensors` or `pytorch_model.bin` with transformers' parameter names.
-- `"meta"`: Meta's released state dicts (`sam_vit_b_01ec64.pth`, ...), whose names are ours; the variant is
-  read from tensor shapes.
+- `"meta"`: the official state dicts (Meta's `sam_vit_b_01ec64.pth`, ..., MobileSAM's `mobile_sam.pt`), whose
+  names are ours; the image encoder is told by the keys, the variant read from tensor shapes.
 
 Pickles are only ever read with `torch.load(weights_only=True)`; anything else is refused. Loading is strict:
 missing, unexpected or mis-shaped tensors are reported before any model is returned.

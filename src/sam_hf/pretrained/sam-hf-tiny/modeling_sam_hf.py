@@ -27,6 +27,8 @@ from .image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upsca
 from .loss import sam_loss
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .registry import build_image_encoder
+from .tiny_vit import TinyViTAttention
 
 __all__ = ["SamHFModel", "SamHFOutput"]
 
@@ -56,7 +58,7 @@ class SamHFPreTrainedModel(PreTrainedModel):
     base_model_prefix = "sam_hf"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = ["ImageEncoderBlock", "TwoWayAttentionBlock"]
+    _no_split_modules = ["ImageEncoderBlock", "TinyViTBlock", "TwoWayAttentionBlock"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
@@ -80,6 +82,12 @@ class SamHFPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, LayerNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=1.0)
         elif isinstance(module, EncoderAttention) and module.use_rel_pos:
@@ -87,6 +95,8 @@ class SamHFPreTrainedModel(PreTrainedModel):
             init.zeros_(module.rel_pos_w)
         elif isinstance(module, ImageEncoderViT):
             init.zeros_(module.pos_embed)
+        elif isinstance(module, TinyViTAttention):
+            init.zeros_(module.attention_biases)
         elif isinstance(module, PositionEmbeddingRandom):
             init.normal_(module.positional_encoding_gaussian_matrix, std=1.0)
 
@@ -123,10 +133,9 @@ class SamHFModel(SamHFPreTrainedModel):
 
     def __init__(self, config: SamHFConfig):
         super().__init__(config)
-        vision = config.vision_config
-        self.image_encoder = ImageEncoderViT(vision)
+        self.image_encoder = build_image_encoder(config.vision_config)
         self.prompt_encoder = PromptEncoder(
-            config.prompt_encoder_config, vision.embedding_size, vision.image_size
+            config.prompt_encoder_config, config.image_embedding_size, config.image_size
         )
         self.mask_decoder = MaskDecoder(config.mask_decoder_config)
         self.post_init()
@@ -143,8 +152,9 @@ class SamHFModel(SamHFPreTrainedModel):
           parameters renamed (`checkpoint_conversion.from_transformers_state_dict`).
         - the name of a model shipped inside the `sam_hf` package (`"sam-hf-tiny"`), unless a local path of
           that name exists.
-        - Meta state dict files (sam_vit_b_01ec64.pth, ...): the architecture is read from tensor shapes; pass
-          `config=` for a model whose decoder does not have SAM's 8 heads.
+        - official state dict files (Meta's sam_vit_b_01ec64.pth, ..., MobileSAM's mobile_sam.pt): the image
+          encoder is told by the keys, the architecture read from tensor shapes; pass `config=` for a model whose
+          decoder does not have SAM's 8 heads.
 
         For the last two, `config`, `dtype` (a torch dtype, its name, or "auto" to keep the checkpoint's) and the
         Hub arguments (`revision`, `token`, `cache_dir`, ...) are accepted; a `.pth` stored in a Hub repo is read
@@ -179,7 +189,12 @@ class SamHFModel(SamHFPreTrainedModel):
         Runs in the image encoder's dtype, so `model.image_encoder.to(torch.bfloat16)` gives a bf16 encoder in
         front of a float32 decoder.
         """
-        return self.image_encoder(pixel_values.to(self.image_encoder.pos_embed.dtype))
+        return self.image_encoder(pixel_values.to(self.image_encoder_dtype))
+
+    @property
+    def image_encoder_dtype(self) -> torch.dtype:
+        """The dtype of the image encoder's parameters, which may differ from the decoder's."""
+        return next(self.image_encoder.parameters()).dtype
 
     @property
     def pixel_mean(self) -> torch.Tensor:
@@ -197,7 +212,7 @@ class SamHFModel(SamHFPreTrainedModel):
         other statistics: use its `SamHFProcessor`)."""
         if x.dim() != 3 or x.shape[0] != 3:
             raise ValueError(f"x must be a (3, h, w) RGB image tensor, got shape {tuple(x.shape)}")
-        return normalize_and_pad(x[None], self.image_encoder.img_size, SAM_PIXEL_MEAN, SAM_PIXEL_STD)[0]
+        return normalize_and_pad(x[None], self.config.image_size, SAM_PIXEL_MEAN, SAM_PIXEL_STD)[0]
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
@@ -205,7 +220,7 @@ class SamHFModel(SamHFPreTrainedModel):
         """`(B, C, mask_size, mask_size)` logits -> `(B, C, H, W)` float32 logits at `original_size` `(H, W)`,
         the padding beyond `input_size` (the resized image's `(h, w)`) removed, as official
         `Sam.postprocess_masks`."""
-        return upscale_masks(masks, self.image_encoder.img_size, input_size, original_size)
+        return upscale_masks(masks, self.config.image_size, input_size, original_size)
 
     def forward(
         self,

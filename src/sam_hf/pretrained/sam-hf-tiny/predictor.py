@@ -65,7 +65,7 @@ class SamPredictor:
         encoder = model.image_encoder
         self._converted_encoder = (
             copy.deepcopy(encoder).to(encoder_dtype)
-            if encoder_dtype is not None and encoder.pos_embed.dtype != encoder_dtype
+            if encoder_dtype is not None and model.image_encoder_dtype != encoder_dtype
             else None
         )
         self.transform = ResizeLongestSide(self.processor.image_size, self.processor)
@@ -284,7 +284,7 @@ class ResizeLongestSide:
     is one, built on the predictor's processor.
 
     Args:
-        target_length: the model's input side (`model.image_encoder.img_size`).
+        target_length: the model's input side (`model.config.image_size`).
         processor: the processor whose frame to use (its `image_size` must be `target_length`); by default one
             with SAM's settings (its mask size plays no part in these transforms).
 

@@ -1,0 +1,78 @@
+"""The image encoder registry: SamHFModel builds the encoder its config names, and nothing above the model
+needs to know which."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from sam_hf import SamHFConfig, SamHFModel, SamPredictor
+from sam_hf.modeling import configuration_sam_hf, registry
+from sam_hf.modeling.image_encoder import ImageEncoderViT
+from sam_hf.modeling.tiny_vit import TinyViT
+
+
+@pytest.mark.parametrize(("preset", "encoder_class"), [("tiny", ImageEncoderViT), ("tiny_vit_t", TinyViT)])
+def test_model_builds_the_encoder_its_config_names(preset, encoder_class):
+    model = SamHFModel(SamHFConfig.from_preset(preset)).eval()
+    assert type(model.image_encoder) is encoder_class
+    embeddings = model.get_image_embeddings(torch.randn(2, 3, 128, 128))
+    assert embeddings.shape == (2, 32, 8, 8)
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="image encoder 'vit' is registered already, as ImageEncoderViT"):
+        registry.register_image_encoder("vit")(type("Other", (nn.Module,), {}))
+
+
+def test_unregistered_encoder_type_is_named():
+    config = SamHFConfig.from_preset("tiny").vision_config
+    config.encoder_type = "hiera"
+    with pytest.raises(ValueError, match=r"encoder_type must be one of \['tiny_vit', 'vit'\], got 'hiera'"):
+        registry.build_image_encoder(config)
+
+
+class _PoolingConfig(PretrainedConfig):
+    model_type = "sam_hf_pooling"
+    encoder_type = "pooling"
+
+    def __init__(self, image_size=128, patch_size=16, num_channels=3, output_channels=32, **kwargs):
+        self.image_size, self.patch_size = image_size, patch_size
+        self.num_channels, self.output_channels = num_channels, output_channels
+        super().__init__(**kwargs)
+        self.encoder_type = type(self).encoder_type
+
+    @property
+    def embedding_size(self):
+        return self.image_size // self.patch_size
+
+
+class _PoolingEncoder(nn.Module):
+    """A new encoder: average pooling and a 1x1 convolution to the embedding width."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.pool = nn.AvgPool2d(config.patch_size)
+        self.proj = nn.Conv2d(config.num_channels, config.output_channels, 1)
+
+    def forward(self, pixel_values):
+        return self.proj(self.pool(pixel_values))
+
+
+def test_a_new_encoder_registered_by_name_runs_through_the_predictor(monkeypatch):
+    monkeypatch.setitem(configuration_sam_hf.VISION_CONFIG_CLASSES, "pooling", _PoolingConfig)
+    monkeypatch.setitem(registry._IMAGE_ENCODERS, "pooling", _PoolingEncoder)
+    _, prompt, decoder = configuration_sam_hf.SAM_HF_PRESETS["tiny"]
+    config = SamHFConfig(
+        vision_config={"encoder_type": "pooling", "image_size": 128, "output_channels": 32},
+        prompt_encoder_config=prompt,
+        mask_decoder_config=decoder,
+    )
+    model = SamHFModel(config).eval()
+    assert type(model.image_encoder) is _PoolingEncoder
+    predictor = SamPredictor(model)
+    predictor.set_image(torch.randint(0, 255, (90, 120, 3), dtype=torch.uint8).numpy())
+    masks, scores, low_res = predictor.predict(point_coords=[[60, 45]], point_labels=[1])
+    assert masks.shape == (3, 90, 120) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
