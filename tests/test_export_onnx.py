@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize_positional_terms
-from sam_hf import SamHFModel, SamHFProcessor, SamPredictor
+from conftest import perturb_all_weights, randomize_positional_terms
+from sam_hf import SamHFConfig, SamHFModel, SamHFProcessor, SamPredictor
 from sam_hf.cli import main
 from sam_hf.export import export_onnx
 from sam_hf.export.onnx import (
@@ -469,3 +469,22 @@ def test_official_onnx_code_runs_on_exported_vit_b(tmp_path, photos):
         mask_input=np.zeros((1, 1, 256, 256), dtype=np.float32), has_mask_input=np.zeros(1, np.float32)
     )
     check(ort_inputs, "box and point")
+
+
+def test_tiny_vit_model_exports_and_matches_pytorch(tmp_path, photos):
+    """The export reads the model frame from the config, so a TinyViT encoder exports as a ViT does."""
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny_vit_t")).eval()
+    perturb_all_weights(model)
+    model.save_pretrained(tmp_path / "model")
+    result = export_onnx(tmp_path / "model", tmp_path / "onnx", return_single_mask=False)
+    processor = SamHFProcessor.from_model_config(model.config)
+    encoder, decoder = _session(result.encoder), _session(result.decoder)
+    results = _run_photo(encoder, decoder, model, processor, photos["coffee"])
+    _, onnx_embeddings, torch_embeddings = next(results)
+    assert onnx_embeddings.shape == (1, 32, 8, 8)
+    np.testing.assert_allclose(onnx_embeddings, torch_embeddings, rtol=0, atol=FP32_ATOL)
+    for case, (masks, iou, low_res), (torch_low_res, torch_iou, torch_masks) in results:
+        np.testing.assert_allclose(low_res, torch_low_res, rtol=0, atol=FP32_ATOL, err_msg=case)
+        np.testing.assert_allclose(iou, torch_iou, rtol=0, atol=FP32_ATOL, err_msg=case)
+        np.testing.assert_allclose(masks, torch_masks, rtol=0, atol=FP32_ATOL, err_msg=case)
