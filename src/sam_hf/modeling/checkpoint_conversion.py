@@ -11,6 +11,7 @@ bijection of keys and tensors are never touched: round trips are bit-exact. File
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -304,7 +305,9 @@ def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFCo
     )
 
 
-def _vit_section(state_dict: dict[str, torch.Tensor], shape) -> dict[str, Any]:
+def _vit_section(
+    state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
+) -> dict[str, Any]:
     """SAM's ViT: width from the patch embedding, depth from the block count, heads from the relative-position
     tables' head dimension, global blocks from tables spanning the whole grid (`2 * grid - 1` rows)."""
     hidden, channels, patch, _ = shape("image_encoder.patch_embed.proj.weight")
@@ -336,7 +339,9 @@ def _vit_section(state_dict: dict[str, torch.Tensor], shape) -> dict[str, Any]:
     return vision
 
 
-def _tiny_vit_section(state_dict: dict[str, torch.Tensor], shape) -> dict[str, Any]:
+def _tiny_vit_section(
+    state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
+) -> dict[str, Any]:
     """MobileSAM's TinyViT: stage widths from the stem and the patch mergings, heads and windows from the
     attention bias tables `(heads, window^2)`; the first (convolutional) stage has neither and keeps the
     defaults' entries."""
