@@ -76,3 +76,20 @@ def test_a_new_encoder_registered_by_name_runs_through_the_predictor(monkeypatch
     predictor.set_image(torch.randint(0, 255, (90, 120, 3), dtype=torch.uint8).numpy())
     masks, scores, low_res = predictor.predict(point_coords=[[60, 45]], point_labels=[1])
     assert masks.shape == (3, 90, 120) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t"])
+def test_init_weights_sets_every_tensor_of_each_encoder(preset):
+    """transformers initialises what a checkpoint lacks with `_init_weights` alone: it must reach every
+    parameter and buffer of each encoder (batch-norm statistics and TinyViT's attention biases included)."""
+    model = SamHFModel(SamHFConfig.from_preset(preset))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(float("nan") if tensor.is_floating_point() else -1)
+    model.apply(model._init_weights)
+    unset = [
+        name
+        for name, tensor in model.state_dict().items()
+        if (tensor.isnan() if tensor.is_floating_point() else tensor == -1).any()
+    ]
+    assert unset == []
