@@ -306,3 +306,18 @@ def test_generate_shows_progress_on_a_terminal(small_astronaut, tmp_path, monkey
         assert main(argv + extra) == 0
         # 36 prompts on the image and on each of its 4 crops.
         assert ("generate: 100%" in terminal.getvalue() and "180/180" in terminal.getvalue()) is shown
+
+
+def test_segment_takes_mobile_sams_file_as_model(official_vit_t, image_file, tmp_path):
+    """`--model mobile_sam.pt`: the TinyViT variant is told from the file, and the scores are MobileSAM's own."""
+    import torch
+    from mobile_sam import SamPredictor as MobileSamPredictor
+
+    torch.save(official_vit_t.state_dict(), tmp_path / "mobile_sam.pt")
+    out = tmp_path / "out"
+    argv = ["segment", str(image_file), "--model", str(tmp_path / "mobile_sam.pt"), "--point", "120,80"]
+    assert main([*argv, "--out", str(out)]) == 0
+    reference = MobileSamPredictor(official_vit_t)
+    reference.set_image(np.asarray(Image.open(image_file).convert("RGB")))
+    _, scores, _ = reference.predict(point_coords=np.array([[120, 80]]), point_labels=np.array([1]))
+    np.testing.assert_allclose(json.loads((out / "scores.json").read_text())["scores"], scores, atol=1e-4)
