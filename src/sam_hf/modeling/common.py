@@ -1,11 +1,11 @@
-"""Small building blocks shared by the encoder and the decoder."""
+"""Small building blocks shared by the image encoders and the decoder."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "MLPBlock"]
+__all__ = ["MLP", "ImageEncoderBase", "LayerNorm2d", "MLPBlock"]
 
 
 class LayerNorm2d(nn.Module):
@@ -57,3 +57,41 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
         return x
+
+
+class ImageEncoderBase(nn.Module):
+    """What every registered image encoder (`registry.register_image_encoder`) shares: its config section, the
+    official encoders' `img_size`, the check of its input and SAM's neck.
+
+    Args:
+        config: the encoder's vision config section (`image_size`, `num_channels`, `output_channels`).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def img_size(self) -> int:
+        """Side of the square input in pixels (`config.image_size`), as the official encoders' `img_size`."""
+        return self.config.image_size
+
+    def build_neck(self, in_channels: int) -> nn.Sequential:
+        """SAM's neck from the trunk's `in_channels` to `config.output_channels`: a 1x1 and a 3x3 convolution
+        without bias, each followed by `LayerNorm2d`."""
+        out = self.config.output_channels
+        return nn.Sequential(
+            nn.Conv2d(in_channels, out, kernel_size=1, bias=False),
+            LayerNorm2d(out),
+            nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out),
+        )
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Raises ValueError unless `pixel_values` is `(batch_size, num_channels, image_size, image_size)`."""
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}), "
+                f"got {tuple(pixel_values.shape)}; use SamHFProcessor to resize and pad images"
+            )

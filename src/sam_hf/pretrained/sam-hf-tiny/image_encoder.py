@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .common import LayerNorm2d, MLPBlock
+from .common import ImageEncoderBase, MLPBlock
 from .configuration_sam_hf import SamHFVisionConfig
 from .registry import register_image_encoder
 
@@ -189,10 +189,9 @@ class PatchEmbed(nn.Module):
 
 
 @register_image_encoder("vit")
-class ImageEncoderViT(nn.Module):
+class ImageEncoderViT(ImageEncoderBase):
     def __init__(self, config: SamHFVisionConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         grid = config.embedding_size
         self.patch_embed = PatchEmbed(config)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.hidden_size))
@@ -200,26 +199,10 @@ class ImageEncoderViT(nn.Module):
             ImageEncoderBlock(config, 0 if i in config.global_attn_indexes else config.window_size)
             for i in range(config.num_hidden_layers)
         )
-        out = config.output_channels
-        self.neck = nn.Sequential(
-            nn.Conv2d(config.hidden_size, out, kernel_size=1, bias=False),
-            LayerNorm2d(out),
-            nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out),
-        )
-
-    @property
-    def img_size(self) -> int:
-        """Side of the square input in pixels (`config.image_size`), official `ImageEncoderViT.img_size`."""
-        return self.config.image_size
+        self.neck = self.build_neck(config.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}), "
-                f"got {tuple(pixel_values.shape)}; use SamHFProcessor to resize and pad images"
-            )
+        self.check_pixel_values(pixel_values)
         x = self.patch_embed(pixel_values) + self.pos_embed
         for block in self.blocks:
             x = block(x)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .common import LayerNorm2d
+from .common import ImageEncoderBase
 from .configuration_sam_hf import SamHFTinyViTConfig
 from .registry import register_image_encoder
 
@@ -179,10 +179,9 @@ class AttentionStage(nn.Module):
 
 
 @register_image_encoder("tiny_vit")
-class TinyViT(nn.Module):
+class TinyViT(ImageEncoderBase):
     def __init__(self, config: SamHFTinyViTConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         dims, stages = config.embed_dims, len(config.depths)
         self.patch_embed = PatchEmbed(config.num_channels, dims[0])
         merges = [
@@ -196,26 +195,10 @@ class TinyViT(nn.Module):
         # lets them load strictly and convert back bit-exactly.
         self.norm_head = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], _IMAGENET_CLASSES)
-        out = config.output_channels
-        self.neck = nn.Sequential(
-            nn.Conv2d(dims[-1], out, kernel_size=1, bias=False),
-            LayerNorm2d(out),
-            nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out),
-        )
-
-    @property
-    def img_size(self) -> int:
-        """Side of the square input in pixels (`config.image_size`), official `TinyViT.img_size`."""
-        return self.config.image_size
+        self.neck = self.build_neck(dims[-1])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}), "
-                f"got {tuple(pixel_values.shape)}; use SamHFProcessor to resize and pad images"
-            )
+        self.check_pixel_values(pixel_values)
         x = self.layers[0](self.patch_embed(pixel_values)).permute(0, 2, 3, 1)  # (B, H, W, C)
         for stage in self.layers[1:]:
             x = stage(x)
