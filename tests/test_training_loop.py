@@ -128,6 +128,22 @@ def test_embedding_cache_reused_and_invalidated(tiny_model, tmp_path, monkeypatc
     assert sum(calls) == 9  # encoder weights changed
 
 
+def test_embedding_cache_key_covers_a_tiny_vit_encoder_and_its_buffers():
+    """TinyViT holds 0-dim buffers (batch norm's `num_batches_tracked`); its running statistics change
+    the embeddings, so they change the key too."""
+    from sam_hf import SamHFConfig
+    from sam_hf.training.embeddings import embedding_cache_key
+
+    model = SamHFModel(SamHFConfig.from_preset("tiny_vit_t")).eval()
+    processor = SamHFProcessor.from_model_config(model.config)
+    assert any(t.dim() == 0 for t in model.image_encoder.state_dict().values())
+    key = embedding_cache_key(model, processor)
+    assert key == embedding_cache_key(model, processor)
+    norm = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_mean.add_(1.0)
+    assert embedding_cache_key(model, processor) != key
+
+
 def test_train_log_records_every_step(job, tmp_path):
     summary = finetune(_config(job, tmp_path / "out", max_steps=4, learning_rate=1e-3))
     log = _read_log(tmp_path / "out")

@@ -24,7 +24,8 @@ def embedding_cache_key(model: torch.nn.Module, processor: Any) -> str:
     digest = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(model.image_encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # Flattened first: a 0-dim tensor (batch norm's `num_batches_tracked` in TinyViT) has no byte view.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
