@@ -96,6 +96,30 @@ def test_every_local_form_loads_and_says_which(model_forms, tiny_model, capsys):
     }
 
 
+def test_the_loaded_line_names_the_image_encoder_in_every_form(model_forms, tmp_path, capsys):
+    """ViT (SAM) and TinyViT (MobileSAM) models, plain, as an adapter and merged: the one line says which."""
+    from sam_hf import SamHFConfig
+
+    SamHFModel(SamHFConfig.from_preset("tiny_vit_t")).save_pretrained(tmp_path / "tiny_vit")
+    _lora_adapter(str(tmp_path / "tiny_vit"), tmp_path / "tiny_vit_adapter")
+    _lora_adapter(str(model_forms["meta"]), tmp_path / "vit_adapter")
+    cases = [(path, "vit", {}) for path in model_forms.values()] + [
+        ("sam-hf-tiny", "vit", {}),
+        (tmp_path / "vit_adapter", "vit", {}),
+        (tmp_path / "vit_adapter", "vit", {"merge_adapter": True}),
+        (tmp_path / "tiny_vit", "tiny_vit", {}),
+        (tmp_path / "tiny_vit_adapter", "tiny_vit", {}),
+        (tmp_path / "tiny_vit_adapter", "tiny_vit", {"merge_adapter": True}),
+    ]
+    capsys.readouterr()
+    for path, encoder_type, kwargs in cases:
+        _, _, resolved = load_model(path, **kwargs)
+        assert resolved.encoder_type == encoder_type, path
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sam_hf:")]
+        assert said == [f"sam_hf: loaded {resolved.describe()}"], path
+        assert said[0].endswith(f", image encoder {encoder_type}"), path
+
+
 def test_shipped_model_is_named_by_its_name_however_given(tmp_path, monkeypatch):
     folder = shipped_model_path("sam-hf-tiny")
     monkeypatch.chdir(tmp_path)

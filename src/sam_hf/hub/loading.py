@@ -87,6 +87,8 @@ class ResolvedModel:
         path: the local file or folder that holds it (None for a Hub repo).
         base: portable name of the base model an adapter applies to; None for a full model.
         merged: `load_model` folded the adapter into its base (a plain `SamHFModel`).
+        encoder_type: the loaded model's image encoder (`vision_config.encoder_type`: "vit" for SAM,
+            "tiny_vit" for MobileSAM); None before loading, since only the weights or config tell it.
     """
 
     kind: str
@@ -94,6 +96,7 @@ class ResolvedModel:
     path: str | None = None
     base: str | None = None
     merged: bool = False
+    encoder_type: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -101,10 +104,12 @@ class ResolvedModel:
         return self.kind not in ("shipped", "hub")
 
     def describe(self) -> str:
-        """One line: what was loaded, from where, on which base."""
+        """One line: what was loaded, from where, on which base, with which image encoder."""
         text = f"{_KIND_TEXT[self.kind]} {self.name}"
         if self.base is not None:
             text += f" (LoRA adapter on base {self.base}{', merged' if self.merged else ''})"
+        if self.encoder_type is not None:
+            text += f", image encoder {self.encoder_type}"
         return text
 
 
@@ -219,6 +224,7 @@ def load_model(
         processor = _processor(location, model.config, hub_kwargs)
     if not hasattr(model, "peft_config"):  # an unmerged PeftModel keeps its base's name
         model.name_or_path = model.config.name_or_path = resolved.name
+    resolved = replace(resolved, encoder_type=model.config.vision_config.encoder_type)
     if verbose:
         print(f"sam_hf: loaded {resolved.describe()}", file=sys.stderr)
     return model.eval(), processor, resolved
