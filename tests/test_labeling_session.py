@@ -108,6 +108,18 @@ def test_undo_steps_back_and_accept_writes_at_once(session, tmp_path):
         session.delete_object(1)
 
 
+def test_a_tiny_vit_model_folder_labels_under_a_digest_of_its_weights(photo_folder, tmp_path):
+    """A local MobileSAM-style (TinyViT) model: its revision digests every tensor, 0-dim buffers included."""
+    from sam_hf import SamHFConfig, SamHFModel
+
+    SamHFModel(SamHFConfig.from_preset("tiny_vit_t")).save_pretrained(tmp_path / "tiny_vit")
+    with LabelSession(str(tmp_path / "tiny_vit"), photo_folder, tmp_path / "out") as session:
+        session.add_click(250, 120)
+        session.accept()
+    stored = _record(tmp_path / "out", 0)["annotations"]
+    assert stored[0]["model_revision"].startswith("sha256:") and len(stored[0]["model_revision"]) == 19
+
+
 def test_brush_and_eraser_strokes_stay_through_clicks_undo_and_are_stored(session, tmp_path):
     with pytest.raises(RuntimeError, match="no mask yet"):
         session.brush(100, 100, 10)

@@ -51,6 +51,7 @@ __all__ = [
     "load_processor",
     "locate_model",
     "portable_model_name",
+    "update_digest",
 ]
 
 MODEL_KINDS = ("shipped", "hub", "meta", "sam_hf", "transformers", "adapter", "finetune_output")
@@ -245,6 +246,17 @@ def load_processor(name_or_path: str | os.PathLike, config: Any = None) -> SamHF
     if resolved.base is not None:
         return load_processor(resolved.base, config)
     return SamHFProcessor.from_model_config(config or load_pretrained(name_or_path, verbose=False).config)
+
+
+def update_digest(digest: Any, state_dict: dict[str, torch.Tensor]) -> None:
+    """Feed each tensor's name and bytes, in name order, into `digest` (a `hashlib` object): what identifies a
+    model's weights, buffers included, where no name or revision does.
+
+    Tensors are flattened first: a 0-dim tensor (batch norm's `num_batches_tracked`) has no byte view.
+    """
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def adapter_base_model(folder: str | os.PathLike) -> str | None:

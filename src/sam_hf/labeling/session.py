@@ -35,6 +35,7 @@ from ..data.coco import DEFAULT_CATEGORY, annotation_geometry, mask_to_rle
 from ..data.images import to_rgb
 from ..data.rle import rle_to_mask
 from ..data.sources import open_images
+from ..hub.loading import update_digest
 from ..inference.amg_utils import calculate_stability_score
 from ..inference.predictor import SamPredictor
 from .store import STAGES, LabelStore
@@ -802,7 +803,5 @@ def model_revision(resolved: Any, model: torch.nn.Module) -> str:
 
 def _weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    update_digest(digest, model.state_dict())
     return f"sha256:{digest.hexdigest()[:12]}"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hub.loading import update_digest
 from .collator import EMBEDDINGS_COLUMN
 
 __all__ = ["cache_image_embeddings", "embedding_cache_key"]
@@ -22,10 +23,7 @@ __all__ = ["cache_image_embeddings", "embedding_cache_key"]
 def embedding_cache_key(model: torch.nn.Module, processor: Any) -> str:
     """Hex digest of the image encoder's weights and the processor's configuration."""
     digest = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.image_encoder.state_dict().items()):
-        digest.update(name.encode())
-        # Flattened first: a 0-dim tensor (batch norm's `num_batches_tracked` in TinyViT) has no byte view.
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    update_digest(digest, model.image_encoder.state_dict())
     return digest.hexdigest()[:32]
 
 
