@@ -1,0 +1,173 @@
+"""The data-engine loop of `test_loop` for SAM's variants, through the `sam-hf` command line on real photos.
+
+MobileSAM starts from the official file a user downloads (`mobile_sam.pt`, the `mobile_sam` package's layout):
+annotate -> finetune from that file -> evaluate -> segment / generate / label with the finetune output folder
+-> export to ONNX -> push --dry-run. Each stage reads what the stage before it wrote, and each command says
+which model, variant included, it loaded. Photos are small and grids coarse: the model resizes every image
+to 1024 px, so each encode costs seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_loop import _sam_hf
+
+pytestmark = pytest.mark.slow
+
+_SIDE = 128  # pixels
+_PHOTOS = ("astronaut", "chelsea", "coffee")
+_AMG = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+_MOBILE_SAM = "image encoder tiny_vit"  # what the resolver's line says of a MobileSAM model
+
+
+@pytest.fixture(scope="module")
+def mobile_sam_loop(tmp_path_factory, official_vit_t):
+    """Runs annotate -> finetune -> evaluate once from an official `mobile_sam.pt`; tests check each stage."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("mobile_sam_loop")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "CUDA_VISIBLE_DEVICES": ""}
+    env["HF_HUB_OFFLINE"] = "1"
+    (root / "photos").mkdir()
+    for name in _PHOTOS:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        image.thumbnail((_SIDE, _SIDE))
+        image.save(root / "photos" / f"{name}.png")
+    torch.save(official_vit_t.state_dict(), root / "mobile_sam.pt")
+    stages = {"root": root, "env": env}
+    stages["annotate"] = _sam_hf(
+        "annotate", str(root / "photos"), "--model", str(root / "mobile_sam.pt"), "--out", str(root / "dataset"),
+        "--no-progress", *_AMG, env=env,
+    )  # fmt: skip
+    stages["finetune"] = _sam_hf(
+        "finetune", "--model", str(root / "mobile_sam.pt"), "--dataset", str(root / "dataset"), "--lora-r", "4",
+        "--max-steps", "1", "--batch-size", "1", "--max-prompts", "2", "--learning-rate", "0.05",
+        "--eval-prompt", "box", "--eval-max-images", "1", "--output-dir", str(root / "ft"), env=env,
+    )  # fmt: skip
+    stages["evaluate"] = _sam_hf(
+        "evaluate", "--model", str(root / "ft"), "--dataset", str(root / "dataset"), "--prompt", "box",
+        "--max-images", "1", "--output", str(root / "eval.json"), env=env,
+    )  # fmt: skip
+    return stages
+
+
+def _said(result) -> str:
+    return next(line for line in result.stderr.splitlines() if line.startswith("sam_hf: loaded"))
+
+
+def test_annotate_reads_the_official_file_and_writes_what_finetune_reads(mobile_sam_loop):
+    from datasets import load_from_disk
+
+    from sam_hf.data.rle import rle_to_mask
+
+    root = mobile_sam_loop["root"]
+    said = _said(mobile_sam_loop["annotate"])
+    assert str(root / "mobile_sam.pt") in said and _MOBILE_SAM in said
+    dataset = load_from_disk(str(root / "dataset"))
+    rows = [row for split in dataset.values() for row in split]
+    assert sorted(row["file_name"] for row in rows) == sorted(f"{name}.png" for name in _PHOTOS)
+    assert set(dataset) == {"train", "test"}
+    assert sum(len(row["masks"]) for row in rows) > 0
+    for row in rows:
+        for rle in row["masks"]:
+            assert rle_to_mask(rle).shape == np.asarray(row["image"]).shape[:2], row["file_name"]
+    # finetune read this dataset's train split, every row of it usable
+    train = len(dataset["train"])
+    usable = f"{root / 'dataset'} (split 'train'): {train} of {train} rows usable"
+    assert usable in mobile_sam_loop["finetune"].stderr + mobile_sam_loop["finetune"].stdout
+
+
+def test_finetune_from_mobile_sam_pt_names_its_base_and_keeps_the_variant(mobile_sam_loop):
+    from sam_hf.hub import load_model
+
+    root = mobile_sam_loop["root"]
+    assert _MOBILE_SAM in _said(mobile_sam_loop["finetune"])
+    adapter = json.loads((root / "ft" / "adapter_config.json").read_text())
+    assert os.path.samefile(adapter["base_model_name_or_path"], root / "mobile_sam.pt")
+    runs = json.loads((root / "ft" / "eval_results.json").read_text())["runs"]
+    assert set(runs) == {"base", "finetuned"}
+    assert runs["base"]["results"]["box"]["mean_iou"] != runs["finetuned"]["results"]["box"]["mean_iou"]
+    model, _, resolved = load_model(root / "ft", merge_adapter=True, verbose=False)
+    assert resolved.kind == "finetune_output" and resolved.merged
+    assert model.config.vision_config.encoder_type == "tiny_vit"
+
+
+def test_evaluate_takes_the_finetune_output(mobile_sam_loop):
+    said = _said(mobile_sam_loop["evaluate"])
+    assert str(mobile_sam_loop["root"] / "ft") in said and _MOBILE_SAM in said
+    results = json.loads((mobile_sam_loop["root"] / "eval.json").read_text())
+    assert set(results["runs"]) == {"base", "finetuned"}
+
+
+def test_segment_generate_and_label_take_the_finetune_output(mobile_sam_loop, monkeypatch, capsys):
+    import sam_hf.cli.label as cli_label
+    from sam_hf.cli import main
+
+    root, env = mobile_sam_loop["root"], mobile_sam_loop["env"]
+    photo = root / "photos" / "coffee.png"
+    scores = {}
+    for model in ("mobile_sam.pt", "ft"):
+        result = _sam_hf("segment", str(photo), "--model", str(root / model), "--point", "60,40", "--out",
+                         str(root / f"seg_{model}"), env=env)  # fmt: skip
+        assert _MOBILE_SAM in _said(result)
+        scores[model] = json.loads((root / f"seg_{model}" / "scores.json").read_text())
+    assert scores["ft"]["model"] == str(root / "ft")
+    assert scores["ft"]["scores"] != scores["mobile_sam.pt"]["scores"]  # the adapter is applied
+    result = _sam_hf("generate", str(photo), "--model", str(root / "ft"), "--out", str(root / "gen"), *_AMG,
+                     env=env)  # fmt: skip
+    assert _MOBILE_SAM in _said(result)
+    assert json.loads((root / "gen" / "masks.json").read_text())
+
+    def click_and_accept(session, args):
+        proposal = session.add_click(60, 40)
+        # Random weights: the largest of the three candidates, since the most confident one may be empty.
+        session.select_candidate(int(proposal.masks.sum(axis=(1, 2)).argmax()))
+        session.accept(class_name="cup")
+
+    monkeypatch.setattr(cli_label, "serve", click_and_accept)
+    capsys.readouterr()
+    assert (
+        main(["label", str(root / "photos"), "--model", str(root / "ft"), "--out", str(root / "labels")]) == 0
+    )
+    assert _MOBILE_SAM in capsys.readouterr().err
+    annotations = json.loads((root / "labels" / "annotations.json").read_text())
+    assert len(annotations["annotations"]) == 1 and annotations["annotations"][0]["area"] > 0
+
+
+def test_export_runs_in_onnxruntime_as_the_merged_model(mobile_sam_loop, capsys):
+    from sam_hf.cli import main
+    from sam_hf.hub import load_model
+    from test_export_onnx import FP32_ATOL, _run_photo, _session
+
+    root = mobile_sam_loop["root"]
+    capsys.readouterr()
+    assert main(["export", str(root / "ft"), str(root / "onnx"), "--all-masks"]) == 0
+    assert _MOBILE_SAM in capsys.readouterr().err
+    config = json.loads((root / "onnx" / "onnx_config.json").read_text())
+    encoder = _session(root / "onnx" / config["image_encoder"]["file"])
+    decoder = _session(root / "onnx" / config["mask_decoder"]["file"])
+    model, processor, _ = load_model(root / "ft", merge_adapter=True, verbose=False)
+    image = np.asarray(Image.open(root / "photos" / "coffee.png").convert("RGB"))
+    results = _run_photo(encoder, decoder, model, processor, image)
+    _, onnx_embeddings, torch_embeddings = next(results)
+    assert onnx_embeddings.shape == (1, 256, 64, 64)
+    np.testing.assert_allclose(onnx_embeddings, torch_embeddings, rtol=0, atol=FP32_ATOL)
+    for case, (_, iou, low_res), (torch_low_res, torch_iou, _) in results:
+        np.testing.assert_allclose(low_res, torch_low_res, rtol=0, atol=FP32_ATOL, err_msg=case)
+        np.testing.assert_allclose(iou, torch_iou, rtol=0, atol=FP32_ATOL, err_msg=case)
+
+
+def test_push_dry_run_lists_the_adapter_and_names_the_local_base(mobile_sam_loop):
+    result = _sam_hf("push", str(mobile_sam_loop["root"] / "ft"), "--repo-id", "someone/mobile-sam-loop",
+                     "--dry-run", env=mobile_sam_loop["env"])  # fmt: skip
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "preprocessor_config.json"):
+        assert name in result.stdout
+    assert "base model" in result.stderr.lower()
