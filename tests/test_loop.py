@@ -201,7 +201,7 @@ def test_commands_take_the_finetune_output_folder(loop):
         _sam_hf("segment", str(photo), "--model", str(root / model), "--point", "60,80", "--out",
                 str(root / f"seg_{model}"), env=env)  # fmt: skip
         outputs[model] = json.loads((root / f"seg_{model}" / "scores.json").read_text())
-    assert outputs["ft_pth"] != outputs["base_folder"]  # the adapter is applied
+    assert outputs["ft_pth"]["scores"] != outputs["base_folder"]["scores"]  # the adapter is applied
     _sam_hf(
         "generate", str(photo), "--model", str(root / "ft_pth"), "--out", str(root / "gen"), *_AMG, env=env
     )
