@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data.coco import Categories, annotation_geometry, mask_to_rle
+from sam_hf.data.coco import Categories, annotation_geometry
+from sam_hf.data.rle import mask_to_rle
 
 
 def test_categories_keep_ids_and_give_new_names_the_next_id():

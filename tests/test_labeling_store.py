@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data.coco import annotation_geometry, mask_to_rle
+from sam_hf.data.coco import annotation_geometry
 from sam_hf.data.mask_dataset import dataset_features as mask_dataset_features
+from sam_hf.data.rle import mask_to_rle
 from sam_hf.data.sources import open_images
 from sam_hf.inference.annotate import annotate
 from sam_hf.labeling import PROVENANCE_COLUMNS, DatasetLockedError, LabelStore

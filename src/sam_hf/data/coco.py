@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .rle import area_from_rle, mask_to_rle, rle_to_mask
+
 __all__ = [
     "DEFAULT_CATEGORY",
     "Categories",
     "CocoFile",
     "annotation_geometry",
     "coco_json",
-    "mask_to_rle",
     "read_coco",
     "segmentation_to_mask",
     "segmentation_to_rle",
@@ -82,18 +83,12 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
 
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A COCO `segmentation` (forms as in `segmentation_to_rle`) -> `(H, W)` bool mask, as `COCO.annToMask`."""
-    rle = segmentation_to_rle(segmentation, height, width)
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """`(H, W)` bool mask -> compressed RLE `{"size": [H, W], "counts": str}` (`pycocotools.mask.encode`)."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
+    return rle_to_mask(segmentation_to_rle(segmentation, height, width))
 
 
 def annotation_geometry(rle: dict[str, Any]) -> dict[str, Any]:
-    """The geometry fields of a COCO annotation from a compressed RLE (`mask_to_rle`, `segmentation_to_rle`).
+    """The geometry fields of a COCO annotation from a compressed RLE (`sam_hf.data.rle.mask_to_rle`,
+    `segmentation_to_rle`).
 
     Returns:
         `{"segmentation": rle, "area": int, "bbox": [x, y, w, h]}`: area and XYWH box in pixels, computed by
@@ -102,7 +97,7 @@ def annotation_geometry(rle: dict[str, Any]) -> dict[str, Any]:
     encoded = {"size": list(rle["size"]), "counts": rle["counts"].encode()}
     return {
         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]},
-        "area": int(mask_utils.area(encoded)),
+        "area": area_from_rle(rle),
         "bbox": [float(v) for v in mask_utils.toBbox(encoded)],
     }
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .coco import segmentation_to_mask
+from .coco import read_coco, segmentation_to_mask
 from .images import to_rgb
 from .label_maps import LossyLabelMapError, label_map_to_masks
 from .rle import rle_to_mask
@@ -194,8 +194,6 @@ def to_instances(
 def _load_coco(path: str, image_root: str | None, image_column: str):
     """A COCO file as rows of the package's mask datasets: the image path, `masks` (RLE), `iscrowd`, `category_id`."""
     import datasets
-
-    from .coco import read_coco
 
     coco = read_coco(path, image_root)
     rows = {

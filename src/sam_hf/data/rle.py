@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-__all__ = ["area_from_rle", "coco_encode_rle", "mask_to_rle_pytorch", "rle_counts", "rle_to_mask"]
+__all__ = [
+    "area_from_rle",
+    "coco_encode_rle",
+    "mask_to_rle",
+    "mask_to_rle_pytorch",
+    "rle_counts",
+    "rle_to_mask",
+]
 
 
 def rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
@@ -65,6 +72,12 @@ def mask_to_rle_pytorch(masks: torch.Tensor) -> list[dict[str, Any]]:
     """`(N, H, W)` bool masks -> uncompressed RLE dicts (as the official `mask_to_rle_pytorch`)."""
     h, w = masks.shape[-2:]
     return [{"size": [h, w], "counts": counts.tolist()} for counts in rle_counts(masks)]
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """`(H, W)` bool mask -> compressed RLE `{"size": [H, W], "counts": str}` (`pycocotools.mask.encode`)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.coco import DEFAULT_CATEGORY, annotation_geometry, mask_to_rle
+from ..data.coco import DEFAULT_CATEGORY, annotation_geometry
 from ..data.images import to_rgb
-from ..data.rle import rle_to_mask
+from ..data.rle import mask_to_rle, rle_to_mask
 from ..data.sources import open_images
 from ..hub.loading import update_digest
 from ..inference.amg_utils import calculate_stability_score
