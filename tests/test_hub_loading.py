@@ -368,16 +368,23 @@ def test_hub_model_and_hub_adapter_repos_load(tiny_model, tmp_path):
 # Hub names that cannot be loaded fail at once with the cause; the Hub is asked once, or not at all offline
 
 
+_COMMIT = "0123abcd" * 5
+
+
 class _Hub:
-    """Stands in for `HfApi.model_info`: counts the requests and answers with `error` (None: the repo exists)."""
+    """Stands in for `HfApi.model_info`: counts the requests and answers with `error`, else that the repo exists
+    at commit `_COMMIT`."""
 
     def __init__(self, error: Exception | None = None):
         self.error, self.requests = error, 0
 
     def model_info(self, repo_id, **kwargs):
+        from huggingface_hub import ModelInfo
+
         self.requests += 1
         if self.error is not None:
             raise self.error
+        return ModelInfo(id=repo_id, sha=_COMMIT)
 
 
 def _hub_answering(monkeypatch, error: Exception | None, offline: bool = False) -> _Hub:
@@ -487,3 +494,71 @@ def test_unreachable_hub_falls_back_to_the_cache(tiny_model, monkeypatch, tmp_pa
     model, _, _ = load_model("acme/sam-tiny", cache_dir=tmp_path, verbose=False)
     assert hub.requests == 1
     torch.testing.assert_close(_masks(model), _masks(tiny_model))
+
+
+def _http_404(url: str) -> Exception:
+    """The Hub's answer for a file its repo lacks, with the commit header huggingface_hub records it under."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx before
+        import httpx2 as http
+    except ModuleNotFoundError:
+        import httpx as http
+
+    response = http.Response(404, headers={"X-Repo-Commit": _COMMIT}, request=http.Request("HEAD", url))
+    return RemoteEntryNotFoundError("404 Entry Not Found", response=response)
+
+
+def test_one_command_resolves_a_hub_name_once_with_one_request(tiny_model, monkeypatch, tmp_path, capsys):
+    """`sam-hf segment --model <hub id>`: the resolver asks the Hub once, and every file of the load comes from
+    the commit it named, so transformers does not ask again; the name is resolved, looked up among the shipped
+    models and its format read once, and the model and processor loaders take what was resolved."""
+    import huggingface_hub
+    from huggingface_hub import constants, file_download
+
+    import sam_hf.hub.loading
+    import sam_hf.modeling.modeling_sam_hf
+    import sam_hf.pretrained
+    from sam_hf import SamHFProcessor
+
+    hub = _hub_answering(monkeypatch, None)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = _cached_hub_repo(tmp_path / "hub", "acme/sam-tiny").parent / _COMMIT
+    tiny_model.save_pretrained(snapshot)
+    SamHFProcessor.from_model_config(tiny_model.config).save_pretrained(snapshot)
+    files_asked = []
+
+    def file_metadata(url, **kwargs):  # the repo holds what its cached snapshot holds
+        files_asked.append(url.partition("/resolve/")[2])  # revision/filename
+        name = files_asked[-1].partition("/")[2]
+        if not (snapshot / name).is_file():
+            raise _http_404(url)
+        size = (snapshot / name).stat().st_size
+        return file_download.HfFileMetadata(_COMMIT, f"etag-{name}", url, size, None)
+
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", file_metadata)
+    calls = {"resolve": 0, "shipped": 0, "format": 0}
+
+    def counted(function, key, owners, only=lambda *args: True):
+        def count(*args, **kwargs):
+            calls[key] += only(*args)
+            return function(*args, **kwargs)
+
+        for owner in owners:
+            monkeypatch.setattr(owner, function.__name__, count)
+
+    loading, modeling = sam_hf.hub.loading, sam_hf.modeling.modeling_sam_hf
+    not_resolved = lambda name, *args: not isinstance(name, loading.ResolvedModel)  # noqa: E731
+    counted(loading.locate_model, "resolve", (loading, sam_hf.hub), not_resolved)
+    counted(sam_hf.pretrained.shipped_model_path, "shipped", (sam_hf.pretrained, loading))
+    counted(loading.resolve_checkpoint, "format", (loading, modeling))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
+    argv = ["segment", str(tmp_path / "image.png"), "--model", "acme/sam-tiny", "--point", "1,1"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "sam_hf: loaded Hub repo acme/sam-tiny, image encoder vit" in capsys.readouterr().err
+    assert hub.requests == 1 and calls == {"resolve": 1, "shipped": 1, "format": 1}
+    # Only what the cache cannot answer is asked for, by commit: whether the repo holds an adapter.
+    assert files_asked == [f"{_COMMIT}/adapter_config.json"]
+    assert huggingface_hub.try_to_load_from_cache("acme/sam-tiny", "config.json") == str(
+        snapshot / "config.json"
+    )

@@ -32,7 +32,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import IMAGE_FORMS, to_rgb
-from .modeling.checkpoint_io import hub_cache_miss
+from .modeling.checkpoint_io import ResolvedCheckpoint, hub_cache_miss
 from .modeling.image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upscale_masks
 from .modeling.modeling_sam_hf import shipped_model_folder
 from .prompting.batching import pad_points
@@ -138,7 +138,7 @@ class SamHFProcessor(BaseImageProcessor):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+        cls, pretrained_model_name_or_path: str | os.PathLike | ResolvedCheckpoint, **kwargs: Any
     ) -> SamHFProcessor:
         """Load from a folder or Hub repo holding a `SamHFProcessor` or a transformers `SamProcessor` config.
 
@@ -147,12 +147,17 @@ class SamHFProcessor(BaseImageProcessor):
         sizes as `size.longest_edge` / `mask_size.longest_edge`; they are mapped to this class's fields.
 
         Args:
-            pretrained_model_name_or_path: local folder, Hub repo id or shipped model name (`"sam-hf-tiny"`).
+            pretrained_model_name_or_path: local folder, Hub repo id or shipped model name (`"sam-hf-tiny"`),
+                or the `ResolvedCheckpoint` found for one (as `sam_hf.hub.load_model` passes it), not resolved
+                again.
             kwargs: `cache_dir`, `revision`, `token`, ... passed to `huggingface_hub.hf_hub_download` for Hub
                 repos; the rest go to `from_dict` (field overrides, `return_unused_kwargs`), which ignores
                 `trust_remote_code` and the other arguments transformers' Auto classes pass.
         """
-        location = os.fspath(shipped_model_folder(pretrained_model_name_or_path))
+        if isinstance(pretrained_model_name_or_path, ResolvedCheckpoint):
+            location = pretrained_model_name_or_path.source
+        else:
+            location = os.fspath(shipped_model_folder(pretrained_model_name_or_path))
         config = _read_processor_config(location, {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs})
         return cls.from_dict(config, **kwargs)
 
@@ -675,19 +680,20 @@ def _read_processor_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, A
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-    offline = hub_cache_miss(path, hub_kwargs)
     for name in names:
         try:
             file = hf_hub_download(path, name, **hub_kwargs)
         except RemoteEntryNotFoundError:  # try the next name; network and auth errors propagate
             continue
         except LocalEntryNotFoundError:  # not cached: offline, try the next name; else the Hub did not answer
-            if offline is None:
+            if hub_cache_miss(path, hub_kwargs) is None:
                 raise
             continue
         with open(file) as f:
             return json.load(f)
-    raise FileNotFoundError(offline or f"no {' or '.join(names)} in the Hub repo {path}")
+    raise FileNotFoundError(
+        hub_cache_miss(path, hub_kwargs) or f"no {' or '.join(names)} in the Hub repo {path}"
+    )
 
 
 def _from_transformers_config(config: dict[str, Any]) -> dict[str, Any]:

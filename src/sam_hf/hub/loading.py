@@ -10,10 +10,13 @@ The forms (`MODEL_KINDS`), all accepted by `load_model` and so by every command'
     - `"finetune_output"`: the folder `sam-hf finetune` writes: the adapter at top level (or the full model
       with `--lora-r 0`), the adapter merged into its base in `merged/`, run records beside them.
 
-A Hub repo id is checked with one request before anything is downloaded, so a typo, an unknown repo or an
-unreachable Hub fails at once with that cause (and a near miss of a shipped name is pointed out) instead of
-after huggingface_hub's retries of every file. With `HF_HUB_OFFLINE=1`, or when the Hub is unreachable, a repo
-in the local Hub cache loads from there without any request.
+A name is resolved once, by `locate_model`, into a `ResolvedModel` that every loader takes (`load_model`,
+`load_processor`, the CLI's `--model`), so one load never asks twice what a name is. A Hub repo id is checked
+with one request before anything is downloaded, so a typo, an unknown repo or an unreachable Hub fails at once
+with that cause (and a near miss of a shipped name is pointed out) instead of after huggingface_hub's retries of
+every file; the answer pins the repo's commit, so every file of the load comes from that commit and transformers
+does not ask again. With `HF_HUB_OFFLINE=1`, or when the Hub is unreachable, a repo in the local Hub cache loads
+from there without any request; one that is not cached is refused with `checkpoint_io.hub_cache_miss`'s cause.
 
 Every model is also given a *portable name*, the form that resolves on any machine where it can: the
 shipped name, the Hub id, else the absolute local path. A loaded model carries it as `name_or_path`, which is
@@ -28,14 +31,14 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..modeling import SamHFModel
-from ..modeling.checkpoint_io import hub_cache_miss, resolve_checkpoint
+from ..modeling.checkpoint_io import ResolvedCheckpoint, hub_cache_miss, resolve_checkpoint
 from ..pretrained import SHIPPED_MODELS, shipped_model_name, shipped_model_path
 from ..processing_sam_hf import PROCESSOR_CONFIG_NAME, SamHFProcessor
 
@@ -90,6 +93,11 @@ class ResolvedModel:
         merged: `load_model` folded the adapter into its base (a plain `SamHFModel`).
         encoder_type: the loaded model's image encoder (`vision_config.encoder_type`: "vit" for SAM,
             "tiny_vit" for MobileSAM); None before loading, since only the weights or config tell it.
+        hub_kwargs: the Hub arguments its files are fetched with: the caller's, with `revision` pinned to the
+            commit the Hub named, or `local_files_only` when only the local cache can serve them.
+        checkpoint: where a full model's config and weights are (`checkpoint_io.resolve_checkpoint`), which the
+            model and processor loaders take as it is; found when located for a local folder, when loaded
+            otherwise (a Hub repo's weights are not fetched to locate it).
     """
 
     kind: str
@@ -98,6 +106,8 @@ class ResolvedModel:
     base: str | None = None
     merged: bool = False
     encoder_type: str | None = None
+    hub_kwargs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    checkpoint: ResolvedCheckpoint | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -124,8 +134,9 @@ def portable_model_name(name_or_path: str | os.PathLike) -> str:
     return os.path.abspath(text) if os.path.exists(text) else text
 
 
-def locate_model(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> ResolvedModel:
-    """Find out which of `MODEL_KINDS` `name_or_path` is, without loading weights.
+def locate_model(name_or_path: str | os.PathLike | ResolvedModel, **hub_kwargs: Any) -> ResolvedModel:
+    """Find out which of `MODEL_KINDS` `name_or_path` is, without loading weights: the one place a name is
+    resolved (a `ResolvedModel` given back is returned as it is).
 
     Args:
         name_or_path: any form listed in the module docstring.
@@ -134,46 +145,47 @@ def locate_model(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Resolved
     Raises:
         ValueError: it is none of the forms; the message says what was found and what is expected.
     """
-    return _locate(name_or_path, hub_kwargs)[0]
-
-
-def _locate(
-    name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]
-) -> tuple[ResolvedModel, dict[str, Any]]:
-    """`locate_model`, and the Hub arguments to load it with (`local_files_only` when only the cache can)."""
+    if isinstance(name_or_path, ResolvedModel):
+        if hub_kwargs:
+            raise TypeError(
+                f"hub arguments go to the locate_model call that resolved {name_or_path.name!r}, got "
+                f"{sorted(hub_kwargs)}"
+            )
+        return name_or_path
     text = os.fspath(name_or_path)
     if not text:
         raise ValueError(f"name_or_path must name a model; {_EXPECTED}; got {text!r}")
-    name = portable_model_name(text)
-    shipped = shipped_model_path(name)
+    shipped = shipped_model_name(text)
     if shipped is not None:
-        return ResolvedModel("shipped", name, str(shipped)), hub_kwargs
+        return ResolvedModel("shipped", shipped, str(shipped_model_path(shipped)))
     path = Path(text)
+    name = os.path.abspath(text)
     if path.is_file():
-        return ResolvedModel("meta", name, name), hub_kwargs
+        return ResolvedModel("meta", name, name)
     if path.is_dir():
         base = adapter_base_model(path)
         if (path / FINETUNE_CONFIG_NAME).is_file():
-            return ResolvedModel("finetune_output", name, name, base), hub_kwargs
+            return ResolvedModel("finetune_output", name, name, base)
         if base is not None:
-            return ResolvedModel("adapter", name, name, base), hub_kwargs
+            return ResolvedModel("adapter", name, name, base)
         if not (path / "config.json").is_file():
             found = sorted(p.name for p in path.iterdir())[:12]
             raise ValueError(
                 f"{text!r} has no config.json or {ADAPTER_CONFIG_NAME} (found: {found}); {_EXPECTED}"
             )
-        return ResolvedModel(resolve_checkpoint(path).format, name, name), hub_kwargs
+        checkpoint = resolve_checkpoint(name)
+        return ResolvedModel(checkpoint.format, name, name, checkpoint=checkpoint)
     if not _HUB_ID.fullmatch(text):
         raise ValueError(
             f"{text!r} is no local file or folder, and no Hub repo id (namespace/name); {_EXPECTED}"
             f"{_near_miss(text)}"
         )
     hub_kwargs = _reach_hub(text, hub_kwargs)
-    return ResolvedModel("hub", name, None, _hub_adapter_base(text, hub_kwargs)), hub_kwargs
+    return ResolvedModel("hub", text, None, _hub_adapter_base(text, hub_kwargs), hub_kwargs=hub_kwargs)
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | ResolvedModel,
     *,
     merge_adapter: bool = False,
     dtype: torch.dtype | str | None = None,
@@ -183,20 +195,22 @@ def load_model(
     """Load a model in any form (see module docstring) with its processor, and say which it loaded.
 
     Args:
-        name_or_path: shipped name, Hub id, Meta file, sam_hf / transformers / adapter / finetune output folder.
+        name_or_path: shipped name, Hub id, Meta file, sam_hf / transformers / adapter / finetune output folder,
+            or what `locate_model` made of one (it is not resolved again).
         merge_adapter: fold an adapter into its base and return a plain `SamHFModel` (what inference wants;
             for a `sam-hf finetune` output, its `merged/` folder is loaded). Otherwise an adapter comes back as a
             `peft.PeftModel` on its base, so `disable_adapter()` gives the base model.
         dtype: a torch dtype or its name for the weights (None: as `SamHFModel.from_pretrained` loads them).
         verbose: print one line to stderr saying what was loaded.
-        **hub_kwargs: `revision`, `token`, `cache_dir`, ... for a Hub repo.
+        **hub_kwargs: `revision`, `token`, `cache_dir`, ... for a Hub repo (for a name, not a `ResolvedModel`).
 
     Returns:
         `(model, processor, resolved)`: the model in eval mode, named by its portable name
         (`model.name_or_path`, what PEFT records as the base of an adapter trained on it); the processor saved
         with the model (else with its base, else matching its config); what was loaded.
     """
-    resolved, hub_kwargs = _locate(name_or_path, hub_kwargs)
+    resolved = locate_model(name_or_path, **hub_kwargs)
+    hub_kwargs = resolved.hub_kwargs
     location = resolved.path or resolved.name
     model_kwargs = dict(hub_kwargs, **({"dtype": dtype} if dtype is not None else {}))
     merged_folder = Path(location) / MERGED_FOLDER
@@ -221,8 +235,10 @@ def load_model(
             model = model.merge_and_unload()
             resolved = replace(resolved, merged=True)
     else:
-        model = SamHFModel.from_pretrained(location, **model_kwargs)
-        processor = _processor(location, model.config, hub_kwargs)
+        checkpoint = resolved.checkpoint or resolve_checkpoint(location, **hub_kwargs)
+        model = SamHFModel.from_pretrained(checkpoint, **model_kwargs)
+        processor = _processor(checkpoint, model.config, hub_kwargs)
+        resolved = replace(resolved, checkpoint=checkpoint)
     if not hasattr(model, "peft_config"):  # an unmerged PeftModel keeps its base's name
         model.name_or_path = model.config.name_or_path = resolved.name
     resolved = replace(resolved, encoder_type=model.config.vision_config.encoder_type)
@@ -236,16 +252,16 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> torch.nn.
     return load_model(name_or_path, **kwargs)[0]
 
 
-def load_processor(name_or_path: str | os.PathLike, config: Any = None) -> SamHFProcessor:
-    """The processor of a model in any form: the one saved with it, else with its base model, else the one
-    matching the model config (`config`, when given, else the model's)."""
-    resolved, hub_kwargs = _locate(name_or_path, {})
-    processor = _processor(resolved.path or resolved.name, None, hub_kwargs)
+def load_processor(name_or_path: str | os.PathLike | ResolvedModel, config: Any = None) -> SamHFProcessor:
+    """The processor of a model in any form (or what `locate_model` made of one): the one saved with it, else
+    with its base model, else the one matching the model config (`config`, when given, else the model's)."""
+    resolved = locate_model(name_or_path)
+    processor = _processor(resolved.checkpoint or resolved.path or resolved.name, None, resolved.hub_kwargs)
     if processor is not None:
         return processor
     if resolved.base is not None:
         return load_processor(resolved.base, config)
-    return SamHFProcessor.from_model_config(config or load_pretrained(name_or_path, verbose=False).config)
+    return SamHFProcessor.from_model_config(config or load_pretrained(resolved, verbose=False).config)
 
 
 def update_digest(digest: Any, state_dict: dict[str, torch.Tensor]) -> None:
@@ -278,8 +294,9 @@ def adapter_base_model(folder: str | os.PathLike) -> str | None:
 
 
 def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The Hub arguments to load `repo_id` with, after one request that the repo exists; the cache alone
-    (`local_files_only`) when offline (`HF_HUB_OFFLINE`, `local_files_only`) or when the Hub is unreachable.
+    """The Hub arguments to load `repo_id` with, after one request that the repo exists, its `revision` pinned
+    to the commit the Hub named (so no later download asks again); the cache alone (`local_files_only`) when
+    offline (`HF_HUB_OFFLINE`, `local_files_only`) or when the Hub is unreachable.
 
     Raises:
         ValueError: no such repo or revision, a gated repo without access, or neither the Hub nor the local
@@ -293,15 +310,14 @@ def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
         RevisionNotFoundError,
     )
 
-    cached = any(_cached_file(repo_id, name, hub_kwargs) for name in ("config.json", ADAPTER_CONFIG_NAME))
     offline = hub_cache_miss(repo_id, hub_kwargs)
     if offline is not None:
-        if cached:
+        if _in_cache(repo_id, hub_kwargs):
             return {**hub_kwargs, "local_files_only": True}
         raise ValueError(f"{offline}{_near_miss(repo_id)}")
     revision = hub_kwargs.get("revision")
     try:
-        HfApi().model_info(
+        info = HfApi().model_info(
             repo_id, revision=revision, token=hub_kwargs.get("token"), timeout=_HUB_PROBE_TIMEOUT_S
         )
     except RevisionNotFoundError as error:
@@ -323,22 +339,47 @@ def _reach_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
     except (
         Exception
     ) as error:  # no answer at all (DNS, connection, timeout), whatever the HTTP client's types
-        if cached:
+        if _in_cache(repo_id, hub_kwargs):
             return {**hub_kwargs, "local_files_only": True}
         raise ValueError(
             f"the Hub is unreachable ({type(error).__name__}: {error}) and {repo_id!r} is not in the local Hub "
             f"cache; connect, or set HF_HUB_OFFLINE=1 and use a model cached or on disk{_near_miss(repo_id)}"
         ) from error
-    return hub_kwargs
+    commit = getattr(info, "sha", None)
+    if commit is None or commit == revision:
+        return hub_kwargs
+    _remember_commit(repo_id, revision, commit, hub_kwargs.get("cache_dir"))
+    return {**hub_kwargs, "revision": commit}
 
 
-def _cached_file(repo_id: str, filename: str, hub_kwargs: dict[str, Any]) -> bool:
+def _in_cache(repo_id: str, hub_kwargs: dict[str, Any]) -> bool:
+    """The local Hub cache holds `repo_id`'s config or adapter config at the asked revision."""
     from huggingface_hub import try_to_load_from_cache
 
-    file = try_to_load_from_cache(
-        repo_id, filename, cache_dir=hub_kwargs.get("cache_dir"), revision=hub_kwargs.get("revision")
+    return any(
+        isinstance(
+            try_to_load_from_cache(
+                repo_id, name, cache_dir=hub_kwargs.get("cache_dir"), revision=hub_kwargs.get("revision")
+            ),
+            str,
+        )
+        for name in ("config.json", ADAPTER_CONFIG_NAME)
     )
-    return isinstance(file, str)
+
+
+def _remember_commit(repo_id: str, revision: str | None, commit: str, cache_dir: str | None) -> None:
+    """Record in the Hub cache that `revision` (default: the main branch) is `commit`, as huggingface_hub's own
+    downloads by branch name do: files fetched by commit alone would not be found by name offline otherwise."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = Path(cache_dir or constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type="model"))
+    ref = ref / "refs" / (revision or constants.DEFAULT_REVISION)
+    try:  # best effort, as huggingface_hub's: the cache may be read-only
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+    except OSError:
+        pass
 
 
 def _near_miss(name: str) -> str:
@@ -374,11 +415,15 @@ def _downloaded_adapter(repo_id: str, hub_kwargs: dict[str, Any]) -> str:
     return str(Path(config).parent)
 
 
-def _processor(location: str, config: Any, hub_kwargs: dict[str, Any] | None = None) -> SamHFProcessor | None:
-    """The processor saved at `location` (folder or Hub repo); else one matching `config`, else None."""
+def _processor(
+    source: str | ResolvedCheckpoint, config: Any, hub_kwargs: dict[str, Any] | None = None
+) -> SamHFProcessor | None:
+    """The processor saved at `source` (a folder or Hub repo, or the checkpoint found there); else one matching
+    `config`, else None."""
+    location = source.source if isinstance(source, ResolvedCheckpoint) else source
     if not os.path.isfile(location) and (not os.path.isdir(location) or _has_processor_config(location)):
         try:
-            return SamHFProcessor.from_pretrained(location, **(hub_kwargs or {}))
+            return SamHFProcessor.from_pretrained(source, **(hub_kwargs or {}))
         except FileNotFoundError:
             pass
     return None if config is None else SamHFProcessor.from_model_config(config)

@@ -1,9 +1,10 @@
 """Models shipped inside the package, loadable offline by name (e.g. `sam-hf-tiny`).
 
 Each shipped model is a `save_pretrained` folder here (weights, `config.json`, `preprocessor_config.json`,
-model card). `shipped_model_path(name)` maps a name to its folder; `from_pretrained` and the CLI defaults
-call it before trying the Hub. `shipped_model_name(path)` maps a folder back to its name, so what a model
-records about its origin (an adapter's base) holds on every machine, not only on the one that installed it.
+model card). `shipped_model_path(name)` maps a name to its folder; the resolver (`sam_hf.hub.locate_model`)
+and `SamHFModel.from_pretrained` call it before trying the Hub. `shipped_model_name(path)` maps a folder back
+to its name, so what a model records about its origin (an adapter's base) holds on every machine, not only on
+the one that installed it.
 """
 
 from __future__ import annotations

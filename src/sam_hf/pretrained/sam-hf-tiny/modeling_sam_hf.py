@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .checkpoint_io import HUB_KWARGS, load_foreign_checkpoint, resolve_checkpoint
+from .checkpoint_io import HUB_KWARGS, ResolvedCheckpoint, load_foreign_checkpoint, resolve_checkpoint
 from .common import FanInLinear, LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
 from .image_encoder import Attention as EncoderAttention
@@ -155,16 +155,23 @@ class SamHFModel(SamHFPreTrainedModel):
         - official state dict files (Meta's sam_vit_b_01ec64.pth, ..., MobileSAM's mobile_sam.pt): the image
           encoder is told by the keys, the architecture read from tensor shapes; pass `config=` for a model whose
           decoder does not have SAM's 8 heads.
+        - a `checkpoint_io.ResolvedCheckpoint`, what `resolve_checkpoint` found for one of these (as
+          `sam_hf.hub.load_model` passes it): it is not resolved again.
 
-        For the last two, `config`, `dtype` (a torch dtype, its name, or "auto" to keep the checkpoint's) and the
-        Hub arguments (`revision`, `token`, `cache_dir`, ...) are accepted; a `.pth` stored in a Hub repo is read
+        For transformers SAM checkpoints and official files, `config`, `dtype` (a torch dtype, its name, or
+        "auto" to keep the checkpoint's) and the Hub arguments (`revision`, `token`, `cache_dir`, ...) are
+        accepted; a `.pth` stored in a Hub repo is read
         after `huggingface_hub.hf_hub_download`. Weights load strictly: a checkpoint with missing, extra or
         mis-shaped tensors raises ValueError listing them; pickles are read with `weights_only=True` only.
         """
         if pretrained_model_name_or_path is None:  # transformers' config= + state_dict= loading
             return super().from_pretrained(None, *model_args, **kwargs)
-        location = shipped_model_folder(pretrained_model_name_or_path)
-        checkpoint = resolve_checkpoint(location, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+        if isinstance(pretrained_model_name_or_path, ResolvedCheckpoint):  # resolved once, by the caller
+            checkpoint = pretrained_model_name_or_path
+            location = pretrained_model_name_or_path = checkpoint.source
+        else:
+            location = shipped_model_folder(pretrained_model_name_or_path)
+            checkpoint = resolve_checkpoint(location, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
         if checkpoint.format == "sam_hf":
             model = super().from_pretrained(location, *model_args, **kwargs)
         else:
