@@ -209,43 +209,69 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "sam-hf generate: interrupted\n"
 
 
-def test_default_model_is_the_shipped_one_when_offline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+def _offline(monkeypatch, cache) -> None:
+    """HF_HUB_OFFLINE=1 with an empty Hub cache at `cache`; huggingface_hub reads the variable once, at import,
+    into `constants.HF_HUB_OFFLINE`, which is what the resolver asks."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert cli.resolve_model(None) == cli.OFFLINE_FALLBACK_MODEL == "sam-hf-tiny"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def test_default_model_is_the_shipped_one_when_offline(tmp_path, monkeypatch, capsys):
+    _offline(monkeypatch, tmp_path / "empty-cache")
+    resolved = cli.resolve_model(None)
+    assert (
+        (resolved.kind, resolved.name)
+        == ("shipped", cli.OFFLINE_FALLBACK_MODEL)
+        == ("shipped", "sam-hf-tiny")
+    )
     message = capsys.readouterr().err
-    assert "facebook/sam-vit-base is not cached and HF_HUB_OFFLINE is set" in message
-    assert "using the shipped sam-hf-tiny" in message
-    assert cli.resolve_model("my/model") == "my/model"
+    assert "'facebook/sam-vit-base' is not in the local Hub cache" in message
+    assert "(HF_HUB_OFFLINE is set); using the shipped sam-hf-tiny" in message
+    with pytest.raises(cli.SamHFUserError, match=r"^--model: 'my/model' is not in the local Hub cache"):
+        cli.resolve_model("my/model")  # a model that is asked for is never swapped for the default
 
 
 def test_default_model_is_sam_vit_base_when_cached_or_reachable(tmp_path, monkeypatch, capsys):
+    """The default goes through the one resolver: one request to the Hub, or the cache alone when it fails."""
+    from huggingface_hub import ModelInfo
+
     cache = tmp_path / "cache"
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     answered = []
-    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo, timeout: answered.append(repo))
-    assert cli.resolve_model(None) == cli.DEFAULT_HUB_MODEL == "facebook/sam-vit-base"
-    assert answered == ["facebook/sam-vit-base"]
 
-    def unreachable(self, repo, timeout):
+    def reachable(self, repo, **kwargs):
+        answered.append(repo)
+        return ModelInfo(id=repo, sha="0123abcd" * 5)
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", reachable)
+    resolved = cli.resolve_model(None)
+    assert (
+        (resolved.kind, resolved.name) == ("hub", cli.DEFAULT_HUB_MODEL) == ("hub", "facebook/sam-vit-base")
+    )
+    assert answered == ["facebook/sam-vit-base"]
+    assert resolved.hub_kwargs["revision"] == "0123abcd" * 5  # every file of the load from the probed commit
+
+    def unreachable(self, repo, **kwargs):
         raise ConnectionError("no route to host")
 
+    # Recorded as a download by branch name records it, so the cache finds the files by name offline.
+    assert (cache / "models--facebook--sam-vit-base" / "refs" / "main").read_text() == "0123abcd" * 5
     monkeypatch.setattr("huggingface_hub.HfApi.model_info", unreachable)
-    assert cli.resolve_model(None) == "sam-hf-tiny"
-    assert "the Hub is unreachable (ConnectionError)" in capsys.readouterr().err
-    # A cached snapshot is used without asking the Hub.
+    assert cli.resolve_model(None).name == "sam-hf-tiny"
+    assert "the Hub is unreachable (ConnectionError: no route to host)" in capsys.readouterr().err
+    # A cached snapshot is used when the Hub cannot be reached.
     snapshot = cache / "models--facebook--sam-vit-base" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
-    (cache / "models--facebook--sam-vit-base" / "refs").mkdir()
     (cache / "models--facebook--sam-vit-base" / "refs" / "main").write_text("0123abcd")
-    assert cli.resolve_model(None) == "facebook/sam-vit-base"
+    resolved = cli.resolve_model(None)
+    assert (resolved.name, resolved.hub_kwargs) == ("facebook/sam-vit-base", {"local_files_only": True})
 
 
 def test_segment_without_model_runs_the_shipped_model_offline(image_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _offline(monkeypatch, tmp_path / "empty-cache")
     out = tmp_path / "out"
     assert main(["segment", str(image_file), "--point", "200,150", "--out", str(out)]) == 0
     assert "using the shipped sam-hf-tiny" in capsys.readouterr().err

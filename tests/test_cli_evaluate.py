@@ -109,7 +109,9 @@ def test_evaluate_shipped_model_by_name_and_offline_default(shapes_dataset, tmp_
     """`--model sam-hf-tiny` from any directory, and no `--model` with the Hub unreachable (the shipped model):
     both used to fail with "folder must be a SamHF folder" outside a folder of that name."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # what the resolver reads
     for extra in (["--model", "sam-hf-tiny"], []):
         main(["evaluate", *extra, "--dataset", shapes_dataset, "--prompt", "box", "--max-images", "1"])
         results = json.loads((tmp_path / "eval_results.json").read_text())  # the working directory

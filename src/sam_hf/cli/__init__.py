@@ -15,6 +15,10 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..hub import ResolvedModel
 
 __all__ = [
     "DEFAULT_HUB_MODEL",
@@ -31,7 +35,6 @@ __all__ = [
 # The model a command uses without --model: SAM ViT-B when it can be had, else the model shipped in the package.
 DEFAULT_HUB_MODEL = "facebook/sam-vit-base"
 OFFLINE_FALLBACK_MODEL = "sam-hf-tiny"
-_HUB_TIMEOUT_S = 5.0
 
 COMMANDS: tuple[str, ...] = (
     "segment",
@@ -62,28 +65,27 @@ def add_model_arguments(parser: argparse.ArgumentParser, what: str = "model", de
         )
 
 
-def resolve_model(model: str | None) -> str:
-    """`--model` as given, or the default: `DEFAULT_HUB_MODEL` if it is in the local Hugging Face cache or the
-    Hub answers within a few seconds (never with HF_HUB_OFFLINE=1), else `OFFLINE_FALLBACK_MODEL`, saying so."""
-    if model is not None:
-        return model
-    from huggingface_hub import HfApi, try_to_load_from_cache
+def resolve_model(model: str | ResolvedModel | None) -> ResolvedModel:
+    """`--model` (or its default) resolved once by `sam_hf.hub.locate_model`, for the loaders to take as it is.
 
-    if isinstance(try_to_load_from_cache(DEFAULT_HUB_MODEL, "config.json"), str):
-        return DEFAULT_HUB_MODEL
-    reason = "HF_HUB_OFFLINE is set"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
-        try:
-            HfApi().model_info(DEFAULT_HUB_MODEL, timeout=_HUB_TIMEOUT_S)
-            return DEFAULT_HUB_MODEL
-        except Exception as error:  # any failure to reach the Hub means: use the shipped model
-            reason = f"the Hub is unreachable ({type(error).__name__})"
+    The default is `DEFAULT_HUB_MODEL` when the resolver can have it (the Hub answers, or it is in the local
+    Hub cache), else `OFFLINE_FALLBACK_MODEL`, saying why. A model argument that is no model in any form is
+    refused with a one-line error listing the forms.
+    """
+    from ..hub import locate_model
+
+    try:
+        return locate_model(DEFAULT_HUB_MODEL if model is None else model)
+    except ValueError as error:
+        if model is not None:  # the message lists the forms
+            raise SamHFUserError(f"--model: {error}") from error
+        reason = error
     print(
-        f"sam-hf: no --model given and {DEFAULT_HUB_MODEL} is not cached and {reason}; using the shipped "
-        f"{OFFLINE_FALLBACK_MODEL} (trained on synthetic shapes only, not a substitute for SAM weights)",
+        f"sam-hf: no --model given and {reason}; using the shipped {OFFLINE_FALLBACK_MODEL} (trained on "
+        "synthetic shapes only, not a substitute for SAM weights)",
         file=sys.stderr,
     )
-    return OFFLINE_FALLBACK_MODEL
+    return locate_model(OFFLINE_FALLBACK_MODEL)
 
 
 class SamHFUserError(ValueError):
@@ -103,12 +105,12 @@ def user_input(what: str) -> Iterator[None]:
         raise SamHFUserError(f"cannot read {what}: {reason}") from error
 
 
-def load_model(model: str | None, *, merge_adapter: bool = True):
-    """`--model` (or its default, `resolve_model`) loaded by `sam_hf.hub.load_model`, which prints one line
-    saying what it loaded; a model argument that is no model in any form exits with a one-line error.
+def load_model(model: str | ResolvedModel | None, *, merge_adapter: bool = True):
+    """`--model` (or its default), resolved by `resolve_model` unless it already was, loaded by
+    `sam_hf.hub.load_model`, which prints one line saying what it loaded.
 
     Args:
-        model: the `--model` argument.
+        model: the `--model` argument, or what `resolve_model` made of it.
         merge_adapter: fold an adapter into its base (inference); False keeps the `PeftModel`, e.g. to measure
             the base with `disable_adapter()`.
 
@@ -117,9 +119,10 @@ def load_model(model: str | None, *, merge_adapter: bool = True):
     """
     from ..hub import load_model as load_any_model
 
+    resolved = resolve_model(model)
     try:
-        return load_any_model(resolve_model(model), merge_adapter=merge_adapter)
-    except ValueError as error:  # not a model in any form: the message lists the forms
+        return load_any_model(resolved, merge_adapter=merge_adapter)
+    except ValueError as error:  # e.g. a cached repo lacking a file, or weights that do not fit
         raise SamHFUserError(f"--model: {error}") from error
 
 

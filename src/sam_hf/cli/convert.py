@@ -45,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import load_processor, locate_model, save_model
     from ..modeling import SamHFConfig, SamHFModel
 
-    locate_model(args.source)  # an unknown name or unreachable Hub fails here, before any download is tried
+    # Resolved once: an unknown name or unreachable Hub fails here, before any download is tried.
+    resolved = locate_model(args.source)
     kwargs = {"config": SamHFConfig.from_preset(args.preset)} if args.preset else {}
-    model = SamHFModel.from_pretrained(args.source, dtype="auto", **kwargs)
-    save_model(model, args.output, load_processor(args.source, model.config), format=args.to)
+    source = resolved.checkpoint or resolved.name
+    model = SamHFModel.from_pretrained(source, dtype="auto", **resolved.hub_kwargs, **kwargs)
+    save_model(model, args.output, load_processor(resolved, model.config), format=args.to)
     print(f"wrote {args.to} checkpoint {args.output} from {args.source}")
     return 0

@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from . import add_model_arguments, load_model, resolve_device, resolve_model, user_input
+from . import add_model_arguments, load_model, resolve_device, user_input
 
 __all__ = ["add_parser", "run"]
 
@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(resolve_device(args.device))
     with user_input(f"--dataset {args.dataset}"):
         dataset, stats = load_segmentation_dataset(args.dataset, args.split, image_root=args.image_root)
-    args.model = resolve_model(args.model)
     model, processor, resolved = load_model(args.model, merge_adapter=False)
     model.to(device)
     is_adapter = resolved.base is not None
@@ -90,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         path = Path(args.output)
     else:  # inside a local model folder; for Hub ids and shipped names, in the working directory
-        path = (Path(args.model) if Path(args.model).is_dir() else Path()) / EVAL_RESULTS_NAME
+        path = (
+            Path(resolved.name) if resolved.is_local and Path(resolved.name).is_dir() else Path()
+        ) / EVAL_RESULTS_NAME
     print(write_eval_results(path, protocol, args.dataset, stats.split, len(dataset), runs))
     print(f"wrote {path}")
     return 0

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.job import run_finetune
 
     config = FinetuneConfig(
-        model=resolve_model(args.model),
+        model=resolve_model(args.model).name,
         dataset=args.dataset,
         output_dir=args.output_dir,
         split=args.split,

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             )
         from ..labeling.space import export_space
 
-        model = _checked_model(args.model)
+        model = resolve_model(args.model).name  # checked before anything is written
         with user_input(f"IMAGES_OR_DATASET {args.images}"):
             folder = export_space(args.export_space, images=args.images, model=model)
         print(
@@ -139,7 +139,7 @@ def open_session(args: argparse.Namespace) -> Any:
     from ..labeling import LabelSession
     from ..labeling.store import DatasetLockedError
 
-    model = _checked_model(args.model)
+    model = resolve_model(args.model)  # resolved once, and checked before anything loads
     device = resolve_device(args.device)
     try:
         with user_input(f"IMAGES_OR_DATASET {args.images}"):
@@ -168,18 +168,6 @@ def serve(session: Any, args: argparse.Namespace) -> None:
             time.sleep(1.0)
     finally:
         demo.close()
-
-
-def _checked_model(model: str | None) -> str:
-    """`--model` (or its default) after checking it names a model in some form, without loading weights."""
-    from ..hub.loading import locate_model
-
-    name = resolve_model(model)
-    try:
-        locate_model(name)
-    except ValueError as error:
-        raise SamHFUserError(f"--model: {error}") from error
-    return name
 
 
 def _require_gradio() -> None:

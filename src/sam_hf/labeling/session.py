@@ -152,7 +152,8 @@ class LabelSession:
 
     Args:
         model: any form `sam_hf.hub.load_model` accepts (shipped name such as `"sam-hf-tiny"`, Hub id, Meta
-            `.pth`, sam_hf / transformers / adapter / `sam-hf finetune` output folder), a loaded model
+            `.pth`, sam_hf / transformers / adapter / `sam-hf finetune` output folder) or what
+            `sam_hf.hub.locate_model` made of one, a loaded model
             (`SamHFModel` or a PEFT model wrapping one; its processor from its config, as `SamPredictor`
             makes it), or a `(model, processor)` pair already loaded.
         images: a folder of images, a `load_from_disk` dataset folder (e.g. `sam-hf annotate` output; all
@@ -767,7 +768,7 @@ def _labelled_object(annotation: dict[str, Any]) -> LabelledObject:
 
 def _load(model: Any) -> tuple[torch.nn.Module, Any, str, str]:
     """`(model, processor, model_id, model_revision)` of the session's `model` argument."""
-    from ..hub.loading import load_model
+    from ..hub.loading import ResolvedModel, load_model
 
     if isinstance(model, torch.nn.Module):
         model = (model, None)
@@ -780,7 +781,7 @@ def _load(model: Any) -> tuple[torch.nn.Module, Any, str, str]:
         loaded, processor = model
         name = getattr(loaded, "name_or_path", "") or _IN_MEMORY
         return loaded, processor, name, _weights_digest(loaded)
-    if not isinstance(model, (str, os.PathLike)):
+    if not isinstance(model, (str, os.PathLike, ResolvedModel)):
         raise TypeError(
             "model must be a model name or path, a loaded model, or a (model, processor) pair, got "
             f"{type(model).__name__}"
