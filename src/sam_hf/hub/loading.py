@@ -16,7 +16,8 @@ with one request before anything is downloaded, so a typo, an unknown repo or an
 with that cause (and a near miss of a shipped name is pointed out) instead of after huggingface_hub's retries of
 every file; the answer pins the repo's commit, so every file of the load comes from that commit and transformers
 does not ask again. With `HF_HUB_OFFLINE=1`, or when the Hub is unreachable, a repo in the local Hub cache loads
-from there without any request; one that is not cached is refused with `checkpoint_io.hub_cache_miss`'s cause.
+from there without any request; one that is not cached is refused naming the cause (offline:
+`checkpoint_io.hub_cache_miss`'s, as every entry point gives it).
 
 Every model is also given a *portable name*, the form that resolves on any machine where it can: the
 shipped name, the Hub id, else the absolute local path. A loaded model carries it as `name_or_path`, which is
