@@ -114,6 +114,29 @@ def official_vit_t():
     return sam.eval()  # after the perturbation: TinyViT caches its attention biases when put in eval mode
 
 
+def official_sam_hq(name: str) -> torch.nn.Module:
+    """SAM-HQ (`segment_anything_hq`'s `name`: "vit_b", "vit_tiny" for Light HQ-SAM, ...) with seeded random
+    weights, every tensor perturbed, in eval mode."""
+    from segment_anything_hq import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry[name]()
+    perturb_all_weights(sam)
+    return sam.eval()
+
+
+@pytest.fixture(scope="session")
+def official_hq_vit_tiny():
+    """Light HQ-SAM (TinyViT + the HQ decoder) from `segment_anything_hq`, seeded and perturbed."""
+    return official_sam_hq("vit_tiny")
+
+
+@pytest.fixture(scope="session")
+def official_hq_vit_b():
+    """SAM-HQ ViT-B from `segment_anything_hq`, seeded and perturbed."""
+    return official_sam_hq("vit_b")
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real RGB photos shipped with scikit-image, HxWx3 uint8."""

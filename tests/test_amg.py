@@ -196,8 +196,8 @@ def test_explicit_point_grids_match_official(tiny_pair, photo):
     assert_same_masks(official, ours)
 
 
-def test_a_given_embedding_replaces_the_whole_image_encoding(tiny_pair, photo, monkeypatch):
-    """`generate(image, image_embedding=...)` with a predictor's embedding of the image gives the masks of
+def test_given_image_features_replace_the_whole_image_encoding(tiny_pair, photo, monkeypatch):
+    """`generate(image, image_features)` with a predictor's features of the image gives the masks of
     `generate(image)`; only the smaller crops are encoded (crop_n_layers=1: 4 of 5 crops)."""
     _, ours = tiny_pair
     generator = SamAutomaticMaskGenerator(ours, points_per_side=4, crop_n_layers=1, **OPENED)
@@ -205,12 +205,14 @@ def test_a_given_embedding_replaces_the_whole_image_encoding(tiny_pair, photo, m
     predictor = SamPredictor(ours)
     predictor.set_image(photo)
     encoded = []
-    encode = ours.get_image_embeddings
-    monkeypatch.setattr(ours, "get_image_embeddings", lambda *a, **k: encoded.append(1) or encode(*a, **k))
-    assert_same_masks(expected, generator.generate(photo, predictor.get_image_embedding()), atol=1e-6)
+    encode = ours.get_image_features
+    monkeypatch.setattr(ours, "get_image_features", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    assert_same_masks(expected, generator.generate(photo, predictor.image_features), atol=1e-6)
     assert len(encoded) == 4
-    with pytest.raises(ValueError, match=r"image_embedding must have shape \(1, "):
-        generator.generate(photo, predictor.get_image_embedding()[0])
+    with pytest.raises(ValueError, match=r"image_features\['image_embeddings'\] must have shape \(1, "):
+        generator.generate(photo, {"image_embeddings": predictor.get_image_embedding()[0]})
+    with pytest.raises(ValueError, match=r"image_features must be a dict of \['image_embeddings'\]"):
+        generator.generate(photo, predictor.get_image_embedding())
 
 
 def test_records_and_output_modes(tiny_pair, photo):

@@ -8,7 +8,12 @@ import pytest
 from transformers import AutoConfig
 
 from sam_hf import SAM_HF_PRESETS, SamHFConfig
-from sam_hf.modeling.configuration_sam_hf import SamHFTinyViTConfig, SamHFVisionConfig
+from sam_hf.modeling.configuration_sam_hf import (
+    SamHFHQMaskDecoderConfig,
+    SamHFMaskDecoderConfig,
+    SamHFTinyViTConfig,
+    SamHFVisionConfig,
+)
 
 # Published architecture of Meta's three checkpoints: (width, depth, heads, global attention blocks).
 META_VARIANTS = {
@@ -54,7 +59,43 @@ def test_tiny_preset_derived_fields():
 
 
 def test_presets_table_lists_all_variants():
-    assert set(SAM_HF_PRESETS) == {"vit_b", "vit_l", "vit_h", "vit_t", "tiny", "tiny_vit_t", "sam_hf_tiny"}
+    assert set(SAM_HF_PRESETS) == {
+        "vit_b", "vit_l", "vit_h", "vit_t",
+        "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny",
+        "tiny", "tiny_vit_t", "tiny_hq", "tiny_vit_t_hq", "sam_hf_tiny",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("preset", "decoder_class"),
+    [
+        ("vit_b", SamHFMaskDecoderConfig),
+        ("sam_hq_vit_b", SamHFHQMaskDecoderConfig),
+        ("tiny_vit_t_hq", SamHFHQMaskDecoderConfig),
+    ],
+)
+def test_decoder_section_class_is_named_by_decoder_type(preset, decoder_class):
+    config = SamHFConfig.from_preset(preset)
+    assert type(config.mask_decoder_config) is decoder_class
+    saved = config.to_dict()
+    assert saved["mask_decoder_config"]["decoder_type"] == decoder_class.decoder_type
+    assert type(SamHFConfig.from_dict(saved).mask_decoder_config) is decoder_class
+
+
+def test_config_without_decoder_type_is_sam_and_an_unknown_one_is_named():
+    saved = SamHFConfig.from_preset("tiny").to_dict()
+    del saved["mask_decoder_config"]["decoder_type"]
+    assert type(SamHFConfig.from_dict(saved).mask_decoder_config) is SamHFMaskDecoderConfig
+    saved["mask_decoder_config"]["decoder_type"] = "sam2"
+    with pytest.raises(
+        ValueError, match=r"mask_decoder_config.decoder_type must be one of \['hq', 'sam'\], got 'sam2'"
+    ):
+        SamHFConfig.from_dict(saved)
+
+
+def test_hq_early_feature_channels_come_from_the_encoder():
+    assert SamHFConfig.from_preset("sam_hq_vit_l").vision_config.intermediate_channels == 1024
+    assert SamHFConfig.from_preset("sam_hq_vit_tiny").vision_config.intermediate_channels == 160
 
 
 def test_from_preset_forwards_keyword_arguments():
@@ -96,8 +137,7 @@ def test_sections_accept_configs_and_dicts_with_model_type():
 def test_unknown_preset_is_rejected():
     with pytest.raises(
         ValueError,
-        match=r"preset must be one of \['sam_hf_tiny', 'tiny', 'tiny_vit_t', 'vit_b', 'vit_h', 'vit_l', 'vit_t'\], "
-        r"got 'vit_x'",
+        match=r"preset must be one of \['sam_hf_tiny', 'sam_hq_vit_b', .*'vit_t'\], got 'vit_x'",
     ):
         SamHFConfig.from_preset("vit_x")
 

@@ -42,7 +42,9 @@ def _plain_decoder(
 
 
 def _fast(model, embeddings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points)
+    return decode_point_prompts(
+        model.prompt_encoder, model.mask_decoder, {"image_embeddings": embeddings}, points
+    )
 
 
 def _assert_close(actual: tuple[torch.Tensor, torch.Tensor], expected: tuple[torch.Tensor, torch.Tensor]):
@@ -118,12 +120,18 @@ def test_chunks_share_the_first_layer_and_equal_one_pass():
         whole = _fast(model, embeddings, points)
         for chunk_size in (1, 3, 7):
             chunked = decode_point_prompts(
-                model.prompt_encoder, model.mask_decoder, embeddings, points, chunk_size=chunk_size
+                model.prompt_encoder,
+                model.mask_decoder,
+                {"image_embeddings": embeddings},
+                points,
+                chunk_size=chunk_size,
             )
             _assert_close(chunked, whole)
         _assert_close(whole, _plain_decoder(model, embeddings, points))
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
-        decode_point_prompts(model.prompt_encoder, model.mask_decoder, embeddings, points, chunk_size=0)
+        decode_point_prompts(
+            model.prompt_encoder, model.mask_decoder, {"image_embeddings": embeddings}, points, chunk_size=0
+        )
 
 
 def test_a_hooked_upscaling_convolution_is_called_as_a_module():

@@ -58,13 +58,13 @@ def test_predict_equals_processor_and_model(predictor, tiny_model, photos):
 
 def test_image_is_encoded_once(tiny_model, photos, monkeypatch):
     calls = []
-    encode = tiny_model.get_image_embeddings
-    monkeypatch.setattr(tiny_model, "get_image_embeddings", lambda x: calls.append(x.shape) or encode(x))
+    hook = tiny_model.image_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
     predictor = SamPredictor(tiny_model)
     predictor.set_image(photos["coffee"])
     for x in (10, 100, 300):
         predictor.predict(np.array([[x, 50]]), np.array([1]))
     predictor.predict(box=np.array([0, 0, 50, 50]))
+    hook.remove()
     assert calls == [(1, 3, 128, 128)]
 
 

@@ -28,8 +28,8 @@ def test_registering_a_name_twice_is_refused():
 
 
 def test_unregistered_encoder_type_is_named():
-    config = SamHFConfig.from_preset("tiny").vision_config
-    config.encoder_type = "hiera"
+    config = SamHFConfig.from_preset("tiny")
+    config.vision_config.encoder_type = "hiera"
     with pytest.raises(ValueError, match=r"encoder_type must be one of \['tiny_vit', 'vit'\], got 'hiera'"):
         registry.build_image_encoder(config)
 
@@ -63,7 +63,7 @@ class _PoolingEncoder(nn.Module):
 
 def test_a_new_encoder_registered_by_name_runs_through_the_predictor(monkeypatch):
     monkeypatch.setitem(configuration_sam_hf.VISION_CONFIG_CLASSES, "pooling", _PoolingConfig)
-    monkeypatch.setitem(registry._IMAGE_ENCODERS, "pooling", _PoolingEncoder)
+    monkeypatch.setitem(registry._IMAGE_ENCODERS.classes, "pooling", _PoolingEncoder)
     _, prompt, decoder = configuration_sam_hf.SAM_HF_PRESETS["tiny"]
     config = SamHFConfig(
         vision_config={"encoder_type": "pooling", "image_size": 128, "output_channels": 32},
@@ -78,7 +78,7 @@ def test_a_new_encoder_registered_by_name_runs_through_the_predictor(monkeypatch
     assert masks.shape == (3, 90, 120) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t", "tiny_hq", "tiny_vit_t_hq"])
 def test_init_weights_sets_every_tensor_of_each_encoder(preset):
     """transformers initialises what a checkpoint lacks with `_init_weights` alone: it must reach every
     parameter and buffer of each encoder (batch-norm statistics and TinyViT's attention biases included)."""

@@ -42,7 +42,11 @@ class SamPredictor:
     Attributes:
         transform: the official `predictor.transform` interface (`apply_image`, `apply_coords`,
             `apply_boxes` and their `_torch` variants) backed by the processor, for code written against it.
-        features: `(1, C, grid, grid)` embedding of the current image (None before `set_image`).
+        image_features: the current image's features the decoder needs, by name (`model.image_feature_names`:
+            `image_embeddings` `(1, C, grid, grid)`, and `intermediate_embeddings` for SAM-HQ), float32; None
+            before `set_image`.
+        features: `(1, C, grid, grid)` embedding of the current image (`image_features["image_embeddings"]`,
+            the official attribute; None before `set_image`).
         original_size: `(H, W)` of the current image; input_size: `(H, W)` after resizing.
         is_image_set: whether an image has been encoded.
     """
@@ -78,7 +82,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self.is_image_set = False
-        self.features: torch.Tensor | None = None
+        self.image_features: dict[str, torch.Tensor] | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -126,15 +130,16 @@ class SamPredictor:
     ) -> None:
         self.reset_image()
         with torch.inference_mode():
-            if self._converted_encoder is None:
-                features = self.model.get_image_embeddings(pixel_values.to(self.device))
-            else:
-                features = self._converted_encoder(pixel_values.to(self.device, self.encoder_dtype))
-        # A normal (not inference-mode) float32 copy, so cached embeddings can feed decoder training.
-        self.features = features.float().clone()
+            features = self.model.get_image_features(pixel_values.to(self.device), self._converted_encoder)
+        # Normal (not inference-mode) float32 copies, so cached embeddings can feed decoder training.
+        self.image_features = {name: feature.float().clone() for name, feature in features.items()}
         self.original_size = original_size
         self.input_size = input_size
         self.is_image_set = True
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return None if self.image_features is None else self.image_features["image_embeddings"]
 
     def predict(
         self,
@@ -144,6 +149,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts on the current image (coordinates in original-image pixels).
 
@@ -155,10 +161,13 @@ class SamPredictor:
                 `low_res_logits` of a previous call (one of its masks, e.g. `low_res_logits[[best]]`).
             multimask_output: return three masks (better for an ambiguous single click) instead of one.
             return_logits: return float logits instead of boolean masks (`logits > model.mask_threshold`).
+            hq_token_only: SAM-HQ's option (as its official predictor): the HQ token's mask alone instead of
+                it added to SAM's; ValueError for a model with SAM's decoder.
 
         Returns:
             masks `(C, H, W)` bool (float logits with `return_logits`), scores `(C,)` predicted IoU, and
-            low-resolution logits `(C, mask_size, mask_size)`; C is 3 with `multimask_output`, else 1.
+            low-resolution logits `(C, mask_size, mask_size)`; C is 3 with `multimask_output`, else 1 (SAM-HQ:
+            always 1, the best multimask output plus the HQ mask, as its official predictor).
         """
         self._require_image("mask prediction")
         coords = labels = boxes = masks = None
@@ -182,7 +191,13 @@ class SamPredictor:
         if mask_input is not None:
             masks = torch.as_tensor(self._validated_mask_input(mask_input), device=self.device)[None]
         out_masks, scores, low_res = self.predict_torch(
-            coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits
+            coords,
+            labels,
+            boxes,
+            masks,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+            hq_token_only=hq_token_only,
         )
         # numpy has no bfloat16: a reduced-precision model's scores and logits come back as float32.
         scores, low_res = scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
@@ -218,6 +233,7 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predict masks for a batch of `B` prompts already in the model frame (see `processor.transform_coords`).
 
@@ -228,6 +244,8 @@ class SamPredictor:
             mask_input: `(B, 1, mask_size, mask_size)` low-resolution logits, or None.
             multimask_output: three masks per prompt instead of one.
             return_logits: return float logits instead of boolean masks (`logits > model.mask_threshold`).
+            hq_token_only: SAM-HQ's option (as its official predictor): the HQ token's mask alone instead of
+                it added to SAM's; ValueError for a model with SAM's decoder.
 
         Returns:
             masks `(B, C, H, W)` (original image size), scores `(B, C)`, low-resolution logits
@@ -252,12 +270,13 @@ class SamPredictor:
             )
         with torch.inference_mode():
             outputs = self.model(
-                image_embeddings=self.features,
+                **self.image_features,
                 input_points=None if point_coords is None else point_coords[None],
                 input_labels=None if point_labels is None else point_labels[None],
                 input_boxes=None if boxes is None else boxes[None],
                 input_masks=None if mask_input is None else mask_input[:, 0][None],
                 multimask_output=multimask_output,
+                hq_token_only=hq_token_only,
             )
             low_res = outputs.pred_masks[0]  # (B, C, mask_size, mask_size)
             masks = self.processor.upscale_masks(low_res, self.input_size, self.original_size)
@@ -266,7 +285,8 @@ class SamPredictor:
         return masks, outputs.iou_scores[0], low_res
 
     def get_image_embedding(self) -> torch.Tensor:
-        """`(1, C, grid, grid)` embedding of the current image (C=256, grid=64 for SAM)."""
+        """`(1, C, grid, grid)` embedding of the current image (C=256, grid=64 for SAM); all the features the
+        decoder takes are `image_features`."""
         self._require_image("an embedding")
         return self.features
 

@@ -1,8 +1,8 @@
 """Lossless mapping between SAM's checkpoint conventions: parameter names and configs.
 
-Our parameter names are the official ones (Meta's SAM, MobileSAM's TinyViT), so their state dicts need no
-renaming, only their architecture read from tensor shapes (`infer_config_from_state_dict`), the image encoder
-told by its keys. transformers' `SamModel` names differ: one table of prefix
+Our parameter names are the official ones (Meta's SAM, MobileSAM's TinyViT, SAM-HQ's decoder), so their state
+dicts need no renaming, only their architecture read from tensor shapes (`infer_config_from_state_dict`), the
+image encoder and the mask decoder told by their keys. transformers' `SamModel` names differ: one table of prefix
 rules (`_transformers_rules`), read left to right or right to left, maps them both ways, so conversion is a
 bijection of keys and tensors are never touched: round trips are bit-exact. Files are handled in
 `checkpoint_io`.
@@ -11,16 +11,17 @@ bijection of keys and tensors are never touched: round trips are bit-exact. File
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import SamConfig
 
-from .configuration_sam_hf import SamHFConfig, SamHFTinyViTConfig, SamHFVisionConfig
+from .configuration_sam_hf import SamHFConfig, SamHFMaskDecoderConfig, SamHFVisionConfig
+from .registry import image_encoder_classes, mask_decoder_classes
 
 __all__ = [
     "TRANSFORMERS_TIED_KEY",
+    "count_indexed",
     "from_transformers_config",
     "from_transformers_state_dict",
     "infer_config_from_state_dict",
@@ -253,7 +254,7 @@ def from_transformers_config(config: SamConfig | dict[str, Any]) -> SamHFConfig:
     )
 
 
-def _indices(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+def count_indexed(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     """Number of submodules `prefix{n}.` present, checking they are numbered 0..n-1."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
@@ -263,11 +264,14 @@ def _indices(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFConfig:
-    """Read the architecture of an official-named state dict (Meta's SAM, MobileSAM) from its tensor shapes.
+    """Read the architecture of an official-named state dict (Meta's SAM, MobileSAM, SAM-HQ, Light HQ-SAM) from
+    its tensor shapes.
 
-    The image encoder is told by its keys (TinyViT's convolutional stem, else SAM's ViT). Every hyperparameter
-    is visible in some shape except the decoder's head count, which is SAM's 8, and TinyViT's input size,
-    which is MobileSAM's 1024 (SAM's ViT reveals its own in the position table): pass `config=` otherwise.
+    The image encoder is told by the key only its checkpoints have (each registered encoder's `stem_key`),
+    which then reads its own section (`config_from_state_dict`); the mask decoder likewise by its `state_key`
+    (SAM's when none matches). Every hyperparameter is visible in some shape except the decoder's head count,
+    which is SAM's 8, and TinyViT's input size, which is MobileSAM's 1024 (SAM's ViT reveals its own in the
+    position table): pass `config=` otherwise.
 
     Raises:
         ValueError: if tensors SAM always has are missing (the message lists a few keys that were found).
@@ -280,89 +284,33 @@ def infer_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> SamHFCo
             )
         return tuple(state_dict[name].shape)
 
-    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
-        vision = _tiny_vit_section(state_dict, shape)
-    else:
-        vision = _vit_section(state_dict, shape)
+    encoders = [cls for cls in image_encoder_classes().values() if cls.stem_key in state_dict]
+    if len(encoders) != 1:
+        stems = {name: cls.stem_key for name, cls in image_encoder_classes().items()}
+        raise ValueError(
+            f"not a SAM state dict: one image encoder's stem key must be present, of {stems}; found "
+            f"{len(state_dict)} tensors, e.g. {sorted(state_dict)[:5]}"
+        )
+    decoder_types = [
+        name for name, cls in mask_decoder_classes().items() if cls.state_key and cls.state_key in state_dict
+    ]
     mask_tokens, decoder_width = shape("mask_decoder.mask_tokens.weight")
     return SamHFConfig(
-        vision_config=vision,
+        vision_config=encoders[0].config_from_state_dict(state_dict, shape),
         prompt_encoder_config={
             "hidden_size": shape("prompt_encoder.no_mask_embed.weight")[1],
             "mask_input_channels": shape("prompt_encoder.mask_downscaling.3.weight")[0],
         },
         mask_decoder_config={
+            "decoder_type": decoder_types[0] if decoder_types else SamHFMaskDecoderConfig.decoder_type,
             "hidden_size": decoder_width,
-            "num_hidden_layers": _indices(state_dict, "mask_decoder.transformer.layers."),
+            "num_hidden_layers": count_indexed(state_dict, "mask_decoder.transformer.layers."),
             "num_attention_heads": _META_DECODER_HEADS,
             "mlp_dim": shape("mask_decoder.transformer.layers.0.mlp.lin1.weight")[0],
             "attention_downsample_rate": decoder_width
             // shape("mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")[0],
             "num_multimask_outputs": mask_tokens - 1,
-            "iou_head_depth": _indices(state_dict, "mask_decoder.iou_prediction_head.layers."),
+            "iou_head_depth": count_indexed(state_dict, "mask_decoder.iou_prediction_head.layers."),
             "iou_head_hidden_dim": shape("mask_decoder.iou_prediction_head.layers.0.weight")[0],
         },
     )
-
-
-def _vit_section(
-    state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
-) -> dict[str, Any]:
-    """SAM's ViT: width from the patch embedding, depth from the block count, heads from the relative-position
-    tables' head dimension, global blocks from tables spanning the whole grid (`2 * grid - 1` rows)."""
-    hidden, channels, patch, _ = shape("image_encoder.patch_embed.proj.weight")
-    grid = shape("image_encoder.pos_embed")[1]
-    depth = _indices(state_dict, "image_encoder.blocks.")
-    if "image_encoder.blocks.0.attn.rel_pos_h" not in state_dict:
-        raise ValueError(
-            "a state dict without relative position tables does not reveal its head count; pass config="
-        )
-    rows = [shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")[0] for i in range(depth)]
-    global_blocks = [i for i, r in enumerate(rows) if r == 2 * grid - 1]
-    windowed_rows = [r for r in rows if r != 2 * grid - 1]
-    head_dim = shape("image_encoder.blocks.0.attn.rel_pos_h")[1]
-    vision = {
-        "encoder_type": SamHFVisionConfig.encoder_type,
-        "image_size": grid * patch,
-        "patch_size": patch,
-        "num_channels": channels,
-        "hidden_size": hidden,
-        "num_hidden_layers": depth,
-        "num_attention_heads": hidden // head_dim,
-        "mlp_ratio": shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / hidden,
-        "output_channels": shape("image_encoder.neck.0.weight")[0],
-        "global_attn_indexes": global_blocks,
-        "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state_dict,
-    }
-    if windowed_rows:
-        vision["window_size"] = (windowed_rows[0] + 1) // 2
-    return vision
-
-
-def _tiny_vit_section(
-    state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
-) -> dict[str, Any]:
-    """MobileSAM's TinyViT: stage widths from the stem and the patch mergings, heads and windows from the
-    attention bias tables `(heads, window^2)`; the first (convolutional) stage has neither and keeps the
-    defaults' entries."""
-    stages = _indices(state_dict, "image_encoder.layers.")
-    if stages < 2:
-        raise ValueError(
-            f"a TinyViT state dict must have at least 2 stages (image_encoder.layers.N), got {stages}"
-        )
-    dims = [shape("image_encoder.patch_embed.seq.2.c.weight")[0]]
-    dims += [shape(f"image_encoder.layers.{i}.downsample.conv1.c.weight")[0] for i in range(stages - 1)]
-    biases = [shape(f"image_encoder.layers.{i}.blocks.0.attn.attention_biases") for i in range(1, stages)]
-    defaults = SamHFTinyViTConfig()
-    return {
-        "encoder_type": SamHFTinyViTConfig.encoder_type,
-        "num_channels": shape("image_encoder.patch_embed.seq.0.c.weight")[1],
-        "embed_dims": dims,
-        "depths": [_indices(state_dict, f"image_encoder.layers.{i}.blocks.") for i in range(stages)],
-        "num_heads": [defaults.num_heads[0]] + [heads for heads, _ in biases],
-        "window_sizes": [defaults.window_sizes[0]] + [round(offsets**0.5) for _, offsets in biases],
-        "mlp_ratio": shape("image_encoder.layers.1.blocks.0.mlp.fc1.weight")[0] / dims[1],
-        "mbconv_expand_ratio": shape("image_encoder.layers.0.blocks.0.conv1.c.weight")[0] / dims[0],
-        "local_conv_size": shape("image_encoder.layers.1.blocks.0.local_conv.c.weight")[2],
-        "output_channels": shape("image_encoder.neck.0.weight")[0],
-    }

@@ -14,7 +14,8 @@
   q . b`), so those tokens are never projected per prompt;
 - the upscaling runs on channels-last image tokens and the mask projection is one matrix product; a
   transposed convolution with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so when
-  `output_upscaling` holds the plain modules it is built from it runs as two matrix products on the tokens.
+  `output_upscaling` holds the plain modules it is built from it runs as two matrix products on the tokens
+  (`mask_decoder.upscale_and_project`, in SAM's decoder's `multimask_head`, which this path ends in).
 
 Every weight is used through a call of the module that owns it (`q_proj`, `k_proj`, `v_proj`, `out_proj`,
 norms, MLPs, `output_upscaling`): adapters such as PEFT LoRA (merged or not), `modules_to_save` copies, hooks
@@ -33,10 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .mask_decoder import MultimaskHead
 
 __all__ = ["decode_point_prompts"]
 
@@ -69,33 +69,42 @@ class _ImageCache:
 def decode_point_prompts(
     prompt_encoder: nn.Module,
     mask_decoder: nn.Module,
-    image_embeddings: torch.Tensor,
+    image_features: dict[str, torch.Tensor],
     points: torch.Tensor,
     chunk_size: int | None = None,
+    hq_token_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimask outputs of the mask decoder for `P` single foreground points on one image.
 
-    Equal to `model(image_embeddings=image_embeddings, input_points=points[None, :, None],
-    input_labels=ones, multimask_output=True)` up to float rounding. Runs in the dtype of `mask_decoder`'s
-    output tokens (a bf16 copy of the decoder runs natively in bf16).
+    Equal to `model(**image_features, input_points=points[None, :, None], input_labels=ones,
+    multimask_output=True, hq_token_only=hq_token_only)` up to float rounding. Runs in the dtype of
+    `mask_decoder`'s output tokens (a bf16 copy of the decoder runs natively in bf16). The transformer is
+    computed here; the decoder's own `multimask_head` turns its outputs into masks.
 
     Args:
         prompt_encoder: the model's prompt encoder.
         mask_decoder: the model's mask decoder, or a copy of it cast to another dtype.
-        image_embeddings: `(1, C, h, w)` embedding of the image.
+        image_features: the image's features by name (`SamHFModel.get_image_features`), each with batch size 1:
+            `image_embeddings` `(1, C, h, w)` and whatever else the decoder's `image_feature_names` list.
         points: `(P, 2)` XY in the model frame, P >= 1.
         chunk_size: prompts decoded together after the shared first-layer work (None: all `P`); each prompt
             holds `(h w, C)` image tokens and a `(16 h w, C / 8)` upscaled map while its chunk runs.
+        hq_token_only: SAM-HQ's option (ValueError for SAM's decoder).
 
     Returns:
-        mask logits `(P, 3, 4h, 4w)` and IoU predictions `(P, 3)`, in the decoder's dtype.
+        mask logits `(P, M, 4h, 4w)` and IoU predictions `(P, M)` in the decoder's dtype: M = 3 for SAM's
+        decoder, 1 for SAM-HQ's.
     """
     dtype = mask_decoder.iou_token.weight.dtype
+    head = mask_decoder.multimask_head(
+        {name: image_features[name].to(dtype) for name in mask_decoder.image_feature_names}, hq_token_only
+    )
+    image_embeddings = image_features["image_embeddings"]
     num_prompts = points.shape[0]
     labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
     # A single point gets SAM's "not a point" token, a real token: no token is masked out of attention.
     sparse, _, dense = prompt_encoder(points[:, None, :], labels, None, None, num_prompts)
-    output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight]).to(dtype)
+    output_tokens = mask_decoder.output_tokens(dtype)
     tokens = torch.cat([output_tokens.expand(num_prompts, -1, -1), sparse.to(dtype)], dim=1)  # (P, T, C)
     h, w = image_embeddings.shape[-2:]
     # Without a mask prompt the dense embedding is the same for every prompt.
@@ -106,7 +115,7 @@ def decode_point_prompts(
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     cache = _ImageCache()
     decoded = [
-        _decode_chunk(mask_decoder, tokens[start : start + step], src, key_pe, cache, h, w)
+        _decode_chunk(mask_decoder, head, tokens[start : start + step], src, key_pe, cache, h, w)
         for start in range(0, num_prompts, step)
     ]
     if len(decoded) == 1:
@@ -116,6 +125,7 @@ def decode_point_prompts(
 
 def _decode_chunk(
     mask_decoder: nn.Module,
+    head: MultimaskHead,
     tokens: torch.Tensor,
     src: torch.Tensor,
     key_pe: torch.Tensor,
@@ -152,66 +162,7 @@ def _decode_chunk(
     )
     queries = transformer.norm_final_attn(queries + attended)
 
-    mask_tokens = queries[:, 2 : 1 + mask_decoder.num_mask_tokens]  # the multimask outputs only
-    mlps = mask_decoder.output_hypernetworks_mlps[1:]
-    hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(mlps)], 1)  # (P, 3, C / 8)
-    masks = _upscale_and_project(mask_decoder.output_upscaling, keys, hyper_in, h, w)
-    iou_pred = mask_decoder.iou_prediction_head(queries[:, 0])
-    return masks, iou_pred[:, 1:]
-
-
-def _upscale_and_project(
-    upscaling: nn.Module, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
-) -> torch.Tensor:
-    """The decoder's 4x upscaling and mask projection on channels-last image tokens.
-
-    Args:
-        keys: `(P, h * w, C)` image tokens after the transformer; hyper_in: `(P, M, C / 8)` mask weights.
-
-    Returns:
-        `(P, M, 4h, 4w)` mask logits.
-    """
-    num_prompts, num_masks = hyper_in.shape[:2]
-    if _is_plain_upscaling(upscaling):
-        conv1, norm, act1, conv2, act2 = upscaling
-        c1, c2 = conv1.out_channels, conv2.out_channels
-        # Each transposed convolution as a matrix product from a pixel to its 2x2 block: weight (C_in, C_out,
-        # a, b) -> (C_in, (a, b, C_out)); the bias rides on the product.
-        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-        x = F.linear(keys, w1.T, conv1.bias.repeat(4)).view(num_prompts, -1, 4, c1)
-        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))  # LayerNorm2d, channels last
-        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        x = act2(F.linear(x, w2.T, conv2.bias.repeat(4)))  # (P, N, (a, b), (a', b', c2))
-        masks = x.view(num_prompts, -1, c2) @ hyper_in.transpose(1, 2)  # (P, N * 16, M)
-        # Output pixel (4i + 2a + a', 4j + 2b + b') of input pixel (i, j).
-        masks = masks.view(num_prompts, h, w, 2, 2, 2, 2, num_masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(num_prompts, num_masks, 4 * h, 4 * w)
-    # A channels-last view of the tokens as images: no copy, and the convolutions keep that layout.
-    images = keys.unflatten(1, (h, w)).permute(0, 3, 1, 2)  # (P, C, h, w)
-    upscaled = upscaling(images).permute(0, 2, 3, 1)  # (P, 4h, 4w, C / 8)
-    masks = upscaled.reshape(num_prompts, 16 * h * w, -1) @ hyper_in.transpose(1, 2)  # (P, 16 h w, M)
-    return masks.view(num_prompts, 4 * h, 4 * w, num_masks).permute(0, 3, 1, 2)
-
-
-def _is_plain_upscaling(upscaling: nn.Module) -> bool:
-    """`upscaling` is SAM's `Sequential(ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d, GELU)` of plain
-    modules (exact classes, no hooks), transposed convolutions with kernel = stride = 2 and no padding."""
-    expected = (nn.ConvTranspose2d, LayerNorm2d, nn.GELU, nn.ConvTranspose2d, nn.GELU)
-    modules = [upscaling, *upscaling.children()]
-    if type(upscaling) is not nn.Sequential or len(modules) != len(expected) + 1:
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
-        return False
-    if any(type(m) is not kind for m, kind in zip(modules[1:], expected, strict=True)):
-        return False
-    return all(
-        conv.kernel_size == conv.stride == (2, 2)
-        and conv.padding == conv.output_padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.bias is not None
-        for conv in (modules[1], modules[4])
-    )
+    return head(queries, keys, h, w)
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

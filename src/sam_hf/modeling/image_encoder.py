@@ -1,16 +1,22 @@
 """ViT image encoder: patch embedding, windowed/global blocks with decomposed relative positions, neck.
 
 Input `(batch_size, 3, image_size, image_size)` normalised pixels; output the image embedding
-`(batch_size, output_channels, image_size // patch_size, image_size // patch_size)`.
+`(batch_size, output_channels, image_size // patch_size, image_size // patch_size)`, and on request the first
+global block's output, SAM-HQ's early feature. Official checkpoints are told by `image_encoder.pos_embed`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .checkpoint_conversion import count_indexed
 from .common import ImageEncoderBase, MLPBlock
 from .configuration_sam_hf import SamHFVisionConfig
 from .registry import register_image_encoder
@@ -107,6 +113,11 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid_size - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size - 1, self.head_dim))
 
+    def _init_sam_hf_weights(self) -> None:
+        if self.use_rel_pos:
+            init.zeros_(self.rel_pos_h)
+            init.zeros_(self.rel_pos_w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape  # batch (or windows), grid height, grid width, dim
         N, D = H * W, self.head_dim
@@ -190,6 +201,8 @@ class PatchEmbed(nn.Module):
 
 @register_image_encoder("vit")
 class ImageEncoderViT(ImageEncoderBase):
+    stem_key = "image_encoder.pos_embed"
+
     def __init__(self, config: SamHFVisionConfig):
         super().__init__(config)
         grid = config.embedding_size
@@ -201,9 +214,58 @@ class ImageEncoderViT(ImageEncoderBase):
         )
         self.neck = self.build_neck(config.hidden_size)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, return_intermediate: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`(batch_size, 3, image_size, image_size)` -> image embedding `(batch_size, output_channels, grid,
+        grid)`; with `return_intermediate`, also the output of the first global-attention block `(batch_size,
+        grid, grid, hidden_size)` (SAM-HQ's early feature, its official `interm_embeddings[0]`)."""
         self.check_pixel_values(pixel_values)
         x = self.patch_embed(pixel_values) + self.pos_embed
+        intermediate = None
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+            if intermediate is None and block.window_size == 0:
+                intermediate = x
+        embeddings = self.neck(x.permute(0, 3, 1, 2))
+        return (embeddings, intermediate) if return_intermediate else embeddings
+
+    def _init_sam_hf_weights(self) -> None:
+        init.zeros_(self.pos_embed)
+
+    @classmethod
+    def config_from_state_dict(
+        cls, state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
+    ) -> dict[str, Any]:
+        """The vision section of an official SAM state dict: width from the patch embedding, depth from the
+        block count, heads from the relative-position tables' head dimension, global blocks from tables
+        spanning the whole grid (`2 * grid - 1` rows).
+
+        Raises:
+            ValueError: without relative-position tables (the head count is then unknown: pass `config=`).
+        """
+        hidden, channels, patch, _ = shape("image_encoder.patch_embed.proj.weight")
+        grid = shape("image_encoder.pos_embed")[1]
+        depth = count_indexed(state_dict, "image_encoder.blocks.")
+        if "image_encoder.blocks.0.attn.rel_pos_h" not in state_dict:
+            raise ValueError(
+                "a state dict without relative position tables does not reveal its head count; pass config="
+            )
+        rows = [shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")[0] for i in range(depth)]
+        windowed_rows = [r for r in rows if r != 2 * grid - 1]
+        vision = {
+            "encoder_type": SamHFVisionConfig.encoder_type,
+            "image_size": grid * patch,
+            "patch_size": patch,
+            "num_channels": channels,
+            "hidden_size": hidden,
+            "num_hidden_layers": depth,
+            "num_attention_heads": hidden // shape("image_encoder.blocks.0.attn.rel_pos_h")[1],
+            "mlp_ratio": shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / hidden,
+            "output_channels": shape("image_encoder.neck.0.weight")[0],
+            "global_attn_indexes": [i for i, r in enumerate(rows) if r == 2 * grid - 1],
+            "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state_dict,
+        }
+        if windowed_rows:
+            vision["window_size"] = (windowed_rows[0] + 1) // 2
+        return vision

@@ -21,14 +21,13 @@ from transformers.utils import ModelOutput
 from .checkpoint_io import HUB_KWARGS, ResolvedCheckpoint, load_foreign_checkpoint, resolve_checkpoint
 from .common import FanInLinear, LayerNorm2d
 from .configuration_sam_hf import SamHFConfig
-from .image_encoder import Attention as EncoderAttention
-from .image_encoder import ImageEncoderViT
+from .image_encoder import ImageEncoderViT  # noqa: F401  (importing a component's module registers it)
 from .image_frame import SAM_PIXEL_MEAN, SAM_PIXEL_STD, normalize_and_pad, upscale_masks
 from .loss import sam_loss
-from .mask_decoder import MaskDecoder
+from .mask_decoder import MaskDecoderHQ  # noqa: F401
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
-from .registry import build_image_encoder
-from .tiny_vit import TinyViTAttention
+from .registry import build_image_encoder, build_mask_decoder
+from .tiny_vit import TinyViT  # noqa: F401
 
 __all__ = ["SamHFModel", "SamHFOutput"]
 
@@ -41,16 +40,20 @@ class SamHFOutput(ModelOutput):
         loss: scalar training loss (`sam_loss`), only when `labels` are given.
         pred_masks: `(batch_size, point_batch_size, num_masks, mask_size, mask_size)` float mask logits at low
             resolution (mask_size = 256 for SAM), in the padded model frame; num_masks is 3 with
-            `multimask_output` and 1 without.
+            `multimask_output` and 1 without for SAM's decoder, always 1 for SAM-HQ's (`MaskDecoderHQ`).
         iou_scores: `(batch_size, point_batch_size, num_masks)` predicted IoU of each mask.
         image_embeddings: `(batch_size, channels, grid, grid)` image embeddings (256 x 64 x 64 for SAM),
             returned so callers can reuse them for further prompts.
+        intermediate_embeddings: `(batch_size, grid, grid, intermediate_channels)` the image encoder's early
+            feature, for a decoder that takes it (SAM-HQ); None otherwise. With `image_embeddings` these are the
+            model's `image_feature_names`.
     """
 
     loss: torch.Tensor | None = None
     pred_masks: torch.Tensor | None = None
     iou_scores: torch.Tensor | None = None
     image_embeddings: torch.Tensor | None = None
+    intermediate_embeddings: torch.Tensor | None = None
 
 
 class SamHFPreTrainedModel(PreTrainedModel):
@@ -90,15 +93,11 @@ class SamHFPreTrainedModel(PreTrainedModel):
             init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=1.0)
-        elif isinstance(module, EncoderAttention) and module.use_rel_pos:
-            init.zeros_(module.rel_pos_h)
-            init.zeros_(module.rel_pos_w)
-        elif isinstance(module, ImageEncoderViT):
-            init.zeros_(module.pos_embed)
-        elif isinstance(module, TinyViTAttention):
-            init.zeros_(module.attention_biases)
         elif isinstance(module, PositionEmbeddingRandom):
             init.normal_(module.positional_encoding_gaussian_matrix, std=1.0)
+        # A component's own parameters (position tables, attention biases) are initialised in its room.
+        if hasattr(module, "_init_sam_hf_weights"):
+            module._init_sam_hf_weights()
 
 
 def shipped_model_folder(name_or_path: str | os.PathLike) -> str | os.PathLike:
@@ -133,11 +132,11 @@ class SamHFModel(SamHFPreTrainedModel):
 
     def __init__(self, config: SamHFConfig):
         super().__init__(config)
-        self.image_encoder = build_image_encoder(config.vision_config)
+        self.image_encoder = build_image_encoder(config)
         self.prompt_encoder = PromptEncoder(
             config.prompt_encoder_config, config.image_embedding_size, config.image_size
         )
-        self.mask_decoder = MaskDecoder(config.mask_decoder_config)
+        self.mask_decoder = build_mask_decoder(config)
         self.post_init()
 
     @classmethod
@@ -194,9 +193,36 @@ class SamHFModel(SamHFPreTrainedModel):
         """`(batch_size, 3, image_size, image_size)` normalised pixels -> `(batch_size, C, grid, grid)` embeddings.
 
         Runs in the image encoder's dtype, so `model.image_encoder.to(torch.bfloat16)` gives a bf16 encoder in
-        front of a float32 decoder.
+        front of a float32 decoder. A decoder that needs more of the image (SAM-HQ): `get_image_features`.
         """
         return self.image_encoder(pixel_values.to(self.image_encoder_dtype))
+
+    @property
+    def image_feature_names(self) -> tuple[str, ...]:
+        """What the mask decoder needs of an image, as `forward` and `SamHFOutput` name it: `("image_embeddings",)`
+        for SAM, also `"intermediate_embeddings"` for SAM-HQ. What caches the image (the predictor, the
+        automatic mask generator, fine-tuning's cached embeddings) keeps these."""
+        return self.mask_decoder.image_feature_names
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_encoder: nn.Module | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`(batch_size, 3, image_size, image_size)` normalised pixels -> the image features the decoder needs,
+        by name (`image_feature_names`), each batch-first: `image_embeddings` `(batch_size, C, grid, grid)` and,
+        for SAM-HQ, `intermediate_embeddings` `(batch_size, grid, grid, intermediate_channels)`; pass them to
+        `forward` as keyword arguments.
+
+        Args:
+            pixel_values: normalised and padded images, as `SamHFProcessor` makes them.
+            image_encoder: run this copy of the model's image encoder instead (e.g. one cast to bf16); the
+                pixels are cast to its dtype, as to the model's own encoder's.
+        """
+        encoder = self.image_encoder if image_encoder is None else image_encoder
+        pixel_values = pixel_values.to(next(encoder.parameters()).dtype)
+        if "intermediate_embeddings" not in self.image_feature_names:
+            return {"image_embeddings": encoder(pixel_values)}
+        embeddings, intermediate = encoder(pixel_values, return_intermediate=True)
+        return {"image_embeddings": embeddings, "intermediate_embeddings": intermediate}
 
     @property
     def image_encoder_dtype(self) -> torch.dtype:
@@ -242,19 +268,24 @@ class SamHFModel(SamHFPreTrainedModel):
         original_sizes: torch.Tensor | None = None,
         reshaped_input_sizes: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
+        intermediate_embeddings: torch.Tensor | None = None,
+        hq_token_only: bool = False,
     ) -> SamHFOutput:
         """Segment `point_batch_size` prompts on each of `batch_size` images.
 
         Args:
             pixel_values: `(batch_size, 3, image_size, image_size)` processed images; or give
-            image_embeddings: `(batch_size, C, grid, grid)` from `get_image_embeddings` (cached).
+            image_embeddings: `(batch_size, C, grid, grid)` from `get_image_features` (cached), with
+            intermediate_embeddings: `(batch_size, grid, grid, intermediate_channels)` for SAM-HQ's decoder.
             input_points: `(batch_size, point_batch_size, num_points, 2)` XY in the model frame.
             input_labels: `(batch_size, point_batch_size, num_points)`: 1 foreground, 0 background,
                 -1 not-a-point, 2/3 box corners, -10 padding (masked out).
             input_boxes: `(batch_size, point_batch_size, 4)` XYXY in the model frame; a NaN row means no box.
             input_masks: `(batch_size, point_batch_size, mask_size, mask_size)` low-resolution mask logits,
                 e.g. `pred_masks` of an earlier call.
-            multimask_output: three masks per prompt (for ambiguous prompts) instead of one.
+            multimask_output: three masks per prompt (for ambiguous prompts) instead of one; SAM-HQ returns the
+                best of the three plus its HQ mask.
+            hq_token_only: SAM-HQ's HQ mask alone (official `hq_token_only`); ValueError for SAM's decoder.
             labels: `(batch_size, point_batch_size, mask_size, mask_size)` target masks; gives `loss`.
             original_sizes: `(batch_size, 2)`,
             reshaped_input_sizes: `(batch_size, 2)` and
@@ -276,12 +307,9 @@ class SamHFModel(SamHFPreTrainedModel):
         if isinstance(pixel_values, list):
             if isinstance(image_embeddings, bool):  # official positional call: model(batched_input, False)
                 multimask_output = image_embeddings
-            return self._forward_batched_input(pixel_values, multimask_output)
-        if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("pass exactly one of pixel_values or image_embeddings")
-        if image_embeddings is None:
-            image_embeddings = self.get_image_embeddings(pixel_values)
-        batch_size = image_embeddings.shape[0]
+            return self._forward_batched_input(pixel_values, multimask_output, hq_token_only)
+        features = self._image_features(pixel_values, image_embeddings, intermediate_embeddings)
+        batch_size = features["image_embeddings"].shape[0]
         points, point_labels, boxes, masks, point_batch = self._flatten_prompts(
             batch_size, input_points, input_labels, input_boxes, input_masks
         )
@@ -290,22 +318,47 @@ class SamHFModel(SamHFPreTrainedModel):
         )
         decoder_dtype = self.mask_decoder.iou_token.weight.dtype
         pred_masks, iou_scores = self.mask_decoder(
-            image_embeddings.to(decoder_dtype).repeat_interleave(point_batch, dim=0),
+            {name: feature.to(decoder_dtype) for name, feature in features.items()},
             self.prompt_encoder.get_dense_pe().to(decoder_dtype),
             sparse.to(decoder_dtype),
             token_mask,
             dense.to(decoder_dtype),
             multimask_output,
+            hq_token_only,
+            point_batch,
         )
         pred_masks = pred_masks.reshape(batch_size, point_batch, *pred_masks.shape[1:])
         iou_scores = iou_scores.reshape(batch_size, point_batch, -1)
         loss = sam_loss(pred_masks.float(), iou_scores.float(), labels) if labels is not None else None
-        return SamHFOutput(
-            loss=loss, pred_masks=pred_masks, iou_scores=iou_scores, image_embeddings=image_embeddings
-        )
+        return SamHFOutput(loss=loss, pred_masks=pred_masks, iou_scores=iou_scores, **features)
+
+    def _image_features(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
+        intermediate_embeddings: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The decoder's image features, computed from `pixel_values` or given (cached), checked by name."""
+        given = {"image_embeddings": image_embeddings, "intermediate_embeddings": intermediate_embeddings}
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("pass exactly one of pixel_values or image_embeddings")
+        if pixel_values is not None:
+            if intermediate_embeddings is not None:
+                raise ValueError("intermediate_embeddings come with image_embeddings, not with pixel_values")
+            return self.get_image_features(pixel_values)
+        names = self.image_feature_names
+        missing = [name for name in names if given[name] is None]
+        extra = [name for name, value in given.items() if value is not None and name not in names]
+        if missing or extra:
+            raise ValueError(
+                f"this model's mask decoder ({self.config.mask_decoder_config.decoder_type!r}) takes the image "
+                f"features {list(names)} (get_image_features gives them); "
+                + (f"missing {missing}" if missing else f"{extra} given, which it does not take")
+            )
+        return {name: given[name] for name in names}
 
     def _forward_batched_input(
-        self, batched_input: list[dict[str, Any]], multimask_output: bool
+        self, batched_input: list[dict[str, Any]], multimask_output: bool, hq_token_only: bool
     ) -> list[dict[str, torch.Tensor]]:
         """The official `Sam.forward`: see `forward`."""
         for index, record in enumerate(batched_input):
@@ -317,17 +370,18 @@ class SamHFModel(SamHFPreTrainedModel):
                 )
         with torch.inference_mode():
             pixel_values = torch.stack([self.preprocess(record["image"]) for record in batched_input])
-            embeddings = self.get_image_embeddings(pixel_values)
+            features = self.get_image_features(pixel_values)
             outputs = []
-            for record, embedding in zip(batched_input, embeddings, strict=True):
+            for index, record in enumerate(batched_input):
                 points, boxes, masks = (record.get(k) for k in ("point_coords", "boxes", "mask_inputs"))
                 prediction = self(
-                    image_embeddings=embedding[None],
+                    **{name: feature[index : index + 1] for name, feature in features.items()},
                     input_points=None if points is None else points[None],
                     input_labels=None if points is None else record["point_labels"][None],
                     input_boxes=None if boxes is None else boxes[None],
                     input_masks=None if masks is None else masks[:, 0][None],
                     multimask_output=multimask_output,
+                    hq_token_only=hq_token_only,
                 )
                 low_res = prediction.pred_masks[0]  # (B, C, mask_size, mask_size)
                 upscaled = self.postprocess_masks(

@@ -2,16 +2,23 @@
 
 Input `(batch_size, 3, image_size, image_size)` normalised pixels; output the image embedding
 `(batch_size, output_channels, image_size // 16, image_size // 16)` for four stages. Parameter names are
-MobileSAM's (`mobile_sam.modeling.TinyViT`), so its checkpoints load without renaming.
+MobileSAM's (`mobile_sam.modeling.TinyViT`), so its checkpoints load without renaming; they are told by the
+convolutional stem (`stem_key`). On request it also returns its second stage's output, Light HQ-SAM's early
+feature.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .checkpoint_conversion import count_indexed
 from .common import ImageEncoderBase
 from .configuration_sam_hf import SamHFTinyViTConfig
 from .registry import register_image_encoder
@@ -87,6 +94,9 @@ class TinyViTAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
+
+    def _init_sam_hf_weights(self) -> None:
+        init.zeros_(self.attention_biases)
 
     def _bias(self) -> torch.Tensor:
         """`(heads, window^2, window^2)`: entry `[h, n, m]` is head h's bias for the offset of tokens n and m."""
@@ -180,6 +190,8 @@ class AttentionStage(nn.Module):
 
 @register_image_encoder("tiny_vit")
 class TinyViT(ImageEncoderBase):
+    stem_key = "image_encoder.patch_embed.seq.0.c.weight"
+
     def __init__(self, config: SamHFTinyViTConfig):
         super().__init__(config)
         dims, stages = config.embed_dims, len(config.depths)
@@ -197,9 +209,48 @@ class TinyViT(ImageEncoderBase):
         self.head = nn.Linear(dims[-1], _IMAGENET_CLASSES)
         self.neck = self.build_neck(dims[-1])
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, return_intermediate: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`(batch_size, 3, image_size, image_size)` -> image embedding `(batch_size, output_channels, grid,
+        grid)`; with `return_intermediate`, also the second stage's output `(batch_size, grid, grid,
+        embed_dims[2])` (Light HQ-SAM's early feature, its official `interm_embeddings[0]`)."""
         self.check_pixel_values(pixel_values)
         x = self.layers[0](self.patch_embed(pixel_values)).permute(0, 2, 3, 1)  # (B, H, W, C)
-        for stage in self.layers[1:]:
+        intermediate = None
+        for index, stage in enumerate(self.layers[1:], start=1):
             x = stage(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+            if index == 1:
+                intermediate = x
+        embeddings = self.neck(x.permute(0, 3, 1, 2))
+        return (embeddings, intermediate) if return_intermediate else embeddings
+
+    @classmethod
+    def config_from_state_dict(
+        cls, state_dict: dict[str, torch.Tensor], shape: Callable[[str], tuple[int, ...]]
+    ) -> dict[str, Any]:
+        """The vision section of an official MobileSAM state dict: stage widths from the stem and the patch
+        mergings, heads and windows from the attention bias tables `(heads, window^2)`; the first
+        (convolutional) stage has neither and keeps the defaults' entries. The input size is not in any
+        shape: MobileSAM's 1024."""
+        stages = count_indexed(state_dict, "image_encoder.layers.")
+        if stages < 2:
+            raise ValueError(
+                f"a TinyViT state dict must have at least 2 stages (image_encoder.layers.N), got {stages}"
+            )
+        dims = [shape("image_encoder.patch_embed.seq.2.c.weight")[0]]
+        dims += [shape(f"image_encoder.layers.{i}.downsample.conv1.c.weight")[0] for i in range(stages - 1)]
+        biases = [shape(f"image_encoder.layers.{i}.blocks.0.attn.attention_biases") for i in range(1, stages)]
+        defaults = SamHFTinyViTConfig()
+        return {
+            "encoder_type": SamHFTinyViTConfig.encoder_type,
+            "num_channels": shape(cls.stem_key)[1],
+            "embed_dims": dims,
+            "depths": [count_indexed(state_dict, f"image_encoder.layers.{i}.blocks.") for i in range(stages)],
+            "num_heads": [defaults.num_heads[0]] + [heads for heads, _ in biases],
+            "window_sizes": [defaults.window_sizes[0]] + [round(offsets**0.5) for _, offsets in biases],
+            "mlp_ratio": shape("image_encoder.layers.1.blocks.0.mlp.fc1.weight")[0] / dims[1],
+            "mbconv_expand_ratio": shape("image_encoder.layers.0.blocks.0.conv1.c.weight")[0] / dims[0],
+            "local_conv_size": shape("image_encoder.layers.1.blocks.0.local_conv.c.weight")[2],
+            "output_channels": shape("image_encoder.neck.0.weight")[0],
+        }

@@ -94,6 +94,9 @@ class SamAutomaticMaskGenerator:
             16 MiB of float32 on CPU, 64 MiB on other devices.
         processor: the `SamHFProcessor` saved with the model (pixel statistics, sizes); by default the one
             matching `model.config`.
+        hq_token_only: SAM-HQ's option (`SamPredictor.predict`): each point's mask is the HQ token's alone
+            instead of it added to SAM's best; ValueError at `generate` for a model with SAM's decoder. SAM-HQ
+            gives one mask per point (the official HQ generator's), SAM three.
 
     Attributes:
         predictor: a `SamPredictor` on the same model, as in the official generator (code written for it
@@ -120,6 +123,7 @@ class SamAutomaticMaskGenerator:
         precision: str = "fp32",
         max_chunk_pixels: int | None = None,
         processor: SamHFProcessor | None = None,
+        hq_token_only: bool = False,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
@@ -159,6 +163,7 @@ class SamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.precision = precision
+        self.hq_token_only = hq_token_only
         self.max_chunk_pixels = max_chunk_pixels
 
     @property
@@ -173,18 +178,19 @@ class SamAutomaticMaskGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, image: np.ndarray, image_embedding: torch.Tensor | None = None
+        self, image: np.ndarray, image_features: dict[str, torch.Tensor] | None = None
     ) -> list[dict[str, Any]]:
         """Generate masks for `image`.
 
         Args:
             image: an image in any form `sam_hf.data.images.to_rgb` reads (e.g. `(H, W, 3)` uint8 RGB).
-            image_embedding: `(1, C, grid, grid)` embedding of the whole `image` by this model, e.g. from a
-                `SamPredictor` that holds it (`get_image_embedding()`), used instead of encoding the image
-                again; crops smaller than the image are still encoded. None: encode.
+            image_features: the features of the whole `image` by this model, by name, each with batch size 1,
+                e.g. from a `SamPredictor` that holds them (`image_features`), used instead of encoding the
+                image again; crops smaller than the image are still encoded. None: encode.
 
         Raises:
-            ValueError: `image_embedding` does not have the shape of this model's embeddings.
+            ValueError: `image_features` are not what this model's decoder takes (`model.image_feature_names`),
+                or the image embedding does not have the shape of this model's.
 
         Returns:
             One record per mask, in the official generator's format:
@@ -196,15 +202,26 @@ class SamAutomaticMaskGenerator:
             (`sam_hf.data.coco.annotation_geometry`).
         """
         image = to_rgb(image)
-        if image_embedding is not None:
+        if image_features is not None:
             config = self.model.config
+            names = sorted(self.model.image_feature_names)
+            if not isinstance(image_features, dict) or sorted(image_features) != names:
+                got = (
+                    sorted(image_features)
+                    if isinstance(image_features, dict)
+                    else type(image_features).__name__
+                )
+                raise ValueError(
+                    f"image_features must be a dict of {names} (SamPredictor.image_features), got {got}"
+                )
             grid = config.image_embedding_size
             expected = (1, config.mask_decoder_config.hidden_size, grid, grid)
-            if tuple(image_embedding.shape) != expected:
+            embedding_shape = tuple(image_features["image_embeddings"].shape)
+            if embedding_shape != expected:
                 raise ValueError(
-                    f"image_embedding must have shape {expected}, got {tuple(image_embedding.shape)}"
+                    f"image_features['image_embeddings'] must have shape {expected}, got {embedding_shape}"
                 )
-        data = self._generate_masks(image, image_embedding)
+        data = self._generate_masks(image, image_features)
         if self.min_mask_region_area > 0:
             data = self._postprocess_small_regions(
                 data,
@@ -234,7 +251,7 @@ class SamAutomaticMaskGenerator:
             )
         return records
 
-    def _generate_masks(self, image: np.ndarray, image_embedding: torch.Tensor | None) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, image_features: dict[str, torch.Tensor] | None) -> MaskData:
         """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
@@ -243,7 +260,7 @@ class SamAutomaticMaskGenerator:
             [
                 # layer 0 is the whole image, the one crop a given embedding is of
                 self._process_crop(
-                    image, box, layer, orig_size, decoder, image_embedding if layer == 0 else None
+                    image, box, layer, orig_size, decoder, image_features if layer == 0 else None
                 )
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
@@ -268,18 +285,18 @@ class SamAutomaticMaskGenerator:
         layer_idx: int,
         orig_size: tuple[int, int],
         decoder: nn.Module,
-        embeddings: torch.Tensor | None,
+        features: dict[str, torch.Tensor] | None,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
         crop_h, crop_w = crop.shape[:2]
         device = self.model.device
-        if embeddings is None:
+        if features is None:
             self.predictor.set_image(crop)
-            embeddings = self.predictor.get_image_embedding()
+            features = self.predictor.image_features
             valid_h, valid_w = self.predictor.input_size
         else:
-            embeddings = embeddings.to(device, torch.float32)
+            features = {name: feature.to(device, torch.float32) for name, feature in features.items()}
             valid_h, valid_w = self.processor.get_preprocess_shape(crop_h, crop_w)
         mask_size, image_size = self.model.config.mask_size, self.model.config.image_size
         upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
@@ -290,7 +307,7 @@ class SamAutomaticMaskGenerator:
         batches = [
             self._process_batch(
                 decoder,
-                embeddings,
+                features,
                 model_points[start : start + self.points_per_batch].to(device, torch.float32),
                 torch.as_tensor(points[start : start + self.points_per_batch]),
                 upsample_h,
@@ -316,7 +333,7 @@ class SamAutomaticMaskGenerator:
     def _process_batch(
         self,
         decoder: nn.Module,
-        embeddings: torch.Tensor,
+        features: dict[str, torch.Tensor],
         model_points: torch.Tensor,
         points: torch.Tensor,
         upsample_h: torch.Tensor,
@@ -327,22 +344,27 @@ class SamAutomaticMaskGenerator:
         """Decode one batch of point prompts and keep the masks that pass the filters.
 
         Args:
-            embeddings: `(1, C, grid, grid)` image embedding of the crop.
+            features: the crop's image features by name (`image_embeddings` `(1, C, grid, grid)`, ...).
             model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
             upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
         """
         # Decoded in sub-batches whose largest activation stays below `_MAX_TEMPORARY_BYTES` on CPU.
-        grid_h, grid_w = embeddings.shape[-2:]
+        grid_h, grid_w = features["image_embeddings"].shape[-2:]
         dim = decoder.iou_token.weight.shape[1]
         # bytes per prompt of the largest activation, the (16 h w, C / 8) upscaled map
         per_prompt = 2 * grid_h * grid_w * dim * decoder.iou_token.weight.element_size()
         step = (
             max(1, _MAX_TEMPORARY_BYTES // per_prompt)
-            if embeddings.device.type == "cpu"
+            if features["image_embeddings"].device.type == "cpu"
             else len(model_points)
         )
         low_res, iou_preds = decode_point_prompts(
-            self.model.prompt_encoder, decoder, embeddings, model_points, chunk_size=step
+            self.model.prompt_encoder,
+            decoder,
+            features,
+            model_points,
+            chunk_size=step,
+            hq_token_only=self.hq_token_only,
         )
         num_masks = low_res.shape[1]
         # Upsampled in the decoder's dtype: fp32 for parity, bf16/fp16 for speed.

@@ -1,9 +1,11 @@
 """Configuration of SamHF: a composite of the image encoder, prompt encoder and mask decoder sections.
 
 The image encoder section is chosen by its `encoder_type` (`VISION_CONFIG_CLASSES`): SAM's ViT ("vit") or
-MobileSAM's TinyViT ("tiny_vit"); a config.json without it is a ViT. The SAM variants (ViT-B/L/H), MobileSAM
-(`vit_t`) and tiny test models live in one presets table, `SAM_HF_PRESETS`; `SamHFConfig.from_preset(name)`
-builds a config from it. Fields the architecture fixes (the image embedding grid, the low-resolution mask
+MobileSAM's TinyViT ("tiny_vit"); a config.json without it is a ViT. The mask decoder section is chosen by its
+`decoder_type` (`MASK_DECODER_CONFIG_CLASSES`): SAM's ("sam", the default) or SAM-HQ's ("hq"). The SAM
+variants (ViT-B/L/H), MobileSAM (`vit_t`), SAM-HQ (`sam_hq_vit_b/l/h`, and Light HQ-SAM `sam_hq_vit_tiny`)
+and tiny test models live in one presets table, `SAM_HF_PRESETS`; `SamHFConfig.from_preset(name)` builds a
+config from it. Fields the architecture fixes (the image embedding grid, the low-resolution mask
 size) are derived in `__init__`, never stored twice.
 """
 
@@ -15,7 +17,9 @@ from transformers import PretrainedConfig
 
 __all__ = [
     "SAM_HF_PRESETS",
+    "MASK_DECODER_CONFIG_CLASSES",
     "SamHFConfig",
+    "SamHFHQMaskDecoderConfig",
     "SamHFMaskDecoderConfig",
     "SamHFPromptEncoderConfig",
     "SamHFTinyViTConfig",
@@ -91,6 +95,12 @@ class SamHFVisionConfig(PretrainedConfig):
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for SAM)."""
         return self.image_size // self.patch_size
+
+    @property
+    def intermediate_channels(self) -> int:
+        """Channels of the encoder's early feature (SAM-HQ's `interm_embeddings[0]`: the output of the first
+        global-attention block, `(batch_size, embedding_size, embedding_size, hidden_size)`)."""
+        return self.hidden_size
 
 
 class SamHFTinyViTConfig(PretrainedConfig):
@@ -169,6 +179,12 @@ class SamHFTinyViTConfig(PretrainedConfig):
         """Side of the image embedding grid (64 for MobileSAM)."""
         return self.image_size // self.stride
 
+    @property
+    def intermediate_channels(self) -> int:
+        """Channels of the encoder's early feature (Light HQ-SAM's `interm_embeddings[0]`: the output of the
+        second stage, after its patch merging, `(batch_size, embedding_size, embedding_size, embed_dims[2])`)."""
+        return self.embed_dims[2] if len(self.embed_dims) > 2 else self.embed_dims[-1]
+
 
 # encoder_type -> the class of its vision config section; the encoder itself is in `registry`.
 VISION_CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
@@ -195,7 +211,7 @@ class SamHFPromptEncoderConfig(PretrainedConfig):
 
 
 class SamHFMaskDecoderConfig(PretrainedConfig):
-    """Two-way transformer mask decoder with multimask output and an IoU head.
+    """SAM's mask decoder: a two-way transformer, multimask output and an IoU head.
 
     Args:
         hidden_size: width of tokens and of the image embedding inside the decoder.
@@ -210,6 +226,7 @@ class SamHFMaskDecoderConfig(PretrainedConfig):
 
     model_type = "sam_hf_mask_decoder"
     base_config_key = "mask_decoder_config"
+    decoder_type = "sam"
 
     def __init__(
         self,
@@ -232,82 +249,95 @@ class SamHFMaskDecoderConfig(PretrainedConfig):
         self.iou_head_depth = iou_head_depth
         self.iou_head_hidden_dim = iou_head_hidden_dim
         super().__init__(**kwargs)
+        self.decoder_type = type(self).decoder_type  # saved in config.json, which names the section's class
+
+
+class SamHFHQMaskDecoderConfig(SamHFMaskDecoderConfig):
+    """SAM-HQ's mask decoder (Ke et al., "Segment Anything in High Quality", NeurIPS 2023): SAM's decoder plus a
+    learnable HQ output token whose mask is predicted from SAM's upscaled features fused with the image
+    embedding and the image encoder's early feature. Same fields as `SamHFMaskDecoderConfig`; the early
+    feature's channels are the vision section's `intermediate_channels`.
+    """
+
+    model_type = "sam_hf_hq_mask_decoder"
+    decoder_type = "hq"
+
+    def __init__(self, **kwargs: Any):  # transformers writes a dataclass __init__ for a config without one
+        super().__init__(**kwargs)
+
+
+# decoder_type -> the class of its mask decoder config section; the decoder itself is in `registry`.
+MASK_DECODER_CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
+    "sam": SamHFMaskDecoderConfig,
+    "hq": SamHFHQMaskDecoderConfig,
+}
 
 
 _SAM_DECODER = {"hidden_size": 256, "num_attention_heads": 8, "mlp_dim": 2048}
+_HQ_DECODER = {**_SAM_DECODER, "decoder_type": "hq"}
+_VIT_B = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "global_attn_indexes": [2, 5, 8, 11],
+}
+_VIT_L = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "global_attn_indexes": [5, 11, 17, 23],
+}
+_VIT_H = {
+    "hidden_size": 1280,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "global_attn_indexes": [7, 15, 23, 31],
+}
+_TINY_VIT_5M = {
+    "encoder_type": "tiny_vit",
+    "embed_dims": [64, 128, 160, 320],
+    "depths": [2, 2, 6, 2],
+    "num_heads": [2, 4, 5, 10],
+    "window_sizes": [7, 7, 14, 7],
+}
+_TEST_VIT = {
+    "image_size": 128,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "output_channels": 32,
+    "window_size": 3,
+    "global_attn_indexes": [1],
+}
+_TEST_TINY_VIT = {
+    "encoder_type": "tiny_vit",
+    "image_size": 128,
+    "embed_dims": [16, 24, 32, 32],
+    "depths": [1, 1, 2, 1],
+    "num_heads": [1, 2, 2, 2],
+    "window_sizes": [7, 7, 3, 7],
+    "output_channels": 32,
+}
+_TEST_PROMPT = {"hidden_size": 32, "mask_input_channels": 4}
+_TEST_DECODER = {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32}
 
 # name: (vision section, prompt-encoder section, mask-decoder section)
 SAM_HF_PRESETS: dict[str, tuple[dict, dict, dict]] = {
-    "vit_b": (
-        {
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "global_attn_indexes": [2, 5, 8, 11],
-        },
-        {"hidden_size": 256},
-        _SAM_DECODER,
-    ),
-    "vit_l": (
-        {
-            "hidden_size": 1024,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "global_attn_indexes": [5, 11, 17, 23],
-        },
-        {"hidden_size": 256},
-        _SAM_DECODER,
-    ),
-    "vit_h": (
-        {
-            "hidden_size": 1280,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 16,
-            "global_attn_indexes": [7, 15, 23, 31],
-        },
-        {"hidden_size": 256},
-        _SAM_DECODER,
-    ),
+    "vit_b": (_VIT_B, {"hidden_size": 256}, _SAM_DECODER),
+    "vit_l": (_VIT_L, {"hidden_size": 256}, _SAM_DECODER),
+    "vit_h": (_VIT_H, {"hidden_size": 256}, _SAM_DECODER),
     # MobileSAM: TinyViT-5M in front of SAM's prompt encoder and mask decoder.
-    "vit_t": (
-        {
-            "encoder_type": "tiny_vit",
-            "embed_dims": [64, 128, 160, 320],
-            "depths": [2, 2, 6, 2],
-            "num_heads": [2, 4, 5, 10],
-            "window_sizes": [7, 7, 14, 7],
-        },
-        {"hidden_size": 256},
-        _SAM_DECODER,
-    ),
-    # A few-hundred-kilobyte model with SAM's exact structure, for tests.
-    "tiny": (
-        {
-            "image_size": 128,
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "output_channels": 32,
-            "window_size": 3,
-            "global_attn_indexes": [1],
-        },
-        {"hidden_size": 32, "mask_input_channels": 4},
-        {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
-    ),
-    # TinyViT's structure at test size.
-    "tiny_vit_t": (
-        {
-            "encoder_type": "tiny_vit",
-            "image_size": 128,
-            "embed_dims": [16, 24, 32, 32],
-            "depths": [1, 1, 2, 1],
-            "num_heads": [1, 2, 2, 2],
-            "window_sizes": [7, 7, 3, 7],
-            "output_channels": 32,
-        },
-        {"hidden_size": 32, "mask_input_channels": 4},
-        {"hidden_size": 32, "num_attention_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
-    ),
+    "vit_t": (_TINY_VIT_5M, {"hidden_size": 256}, _SAM_DECODER),
+    # SAM-HQ: SAM's encoders with the HQ decoder; Light HQ-SAM: MobileSAM's TinyViT with it.
+    "sam_hq_vit_b": (_VIT_B, {"hidden_size": 256}, _HQ_DECODER),
+    "sam_hq_vit_l": (_VIT_L, {"hidden_size": 256}, _HQ_DECODER),
+    "sam_hq_vit_h": (_VIT_H, {"hidden_size": 256}, _HQ_DECODER),
+    "sam_hq_vit_tiny": (_TINY_VIT_5M, {"hidden_size": 256}, _HQ_DECODER),
+    # Few-hundred-kilobyte models with each variant's exact structure, for tests.
+    "tiny": (_TEST_VIT, _TEST_PROMPT, _TEST_DECODER),
+    "tiny_vit_t": (_TEST_TINY_VIT, _TEST_PROMPT, _TEST_DECODER),
+    "tiny_hq": (_TEST_VIT, _TEST_PROMPT, {**_TEST_DECODER, "decoder_type": "hq"}),
+    "tiny_vit_t_hq": (_TEST_TINY_VIT, _TEST_PROMPT, {**_TEST_DECODER, "decoder_type": "hq"}),
     # The shipped sam-hf-tiny (trained on procedural shapes by training/pretrain_tiny.py): a 128 px input,
     # 8 px patches (a 16x16 grid, 64x64 low-resolution masks), a 6-block ViT and a 128-wide decoder.
     "sam_hf_tiny": (
@@ -334,7 +364,8 @@ class SamHFConfig(PretrainedConfig):
         vision_config: image encoder section (one of `VISION_CONFIG_CLASSES`, or its dict, whose
             `encoder_type` picks the class: "vit" when absent).
         prompt_encoder_config: prompt encoder section (`SamHFPromptEncoderConfig` or its dict).
-        mask_decoder_config: mask decoder section (`SamHFMaskDecoderConfig` or its dict).
+        mask_decoder_config: mask decoder section (one of `MASK_DECODER_CONFIG_CLASSES`, or its dict, whose
+            `decoder_type` picks the class: "sam" when absent).
         initializer_range: std of the truncated-normal init of linear layers when training from scratch.
 
     Derived (not stored): `image_size` (the encoder's input side), `image_embedding_size` (64 for SAM) and
@@ -362,9 +393,13 @@ class SamHFConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
-        self.vision_config = _vision_section(vision_config)
+        self.vision_config = _typed_section(
+            VISION_CONFIG_CLASSES, "vision_config.encoder_type", vision_config
+        )
         self.prompt_encoder_config = _as_section(SamHFPromptEncoderConfig, prompt_encoder_config)
-        self.mask_decoder_config = _as_section(SamHFMaskDecoderConfig, mask_decoder_config)
+        self.mask_decoder_config = _typed_section(
+            MASK_DECODER_CONFIG_CLASSES, "mask_decoder_config.decoder_type", mask_decoder_config
+        )
         self.initializer_range = initializer_range
         if self.pipelines_registered:
             kwargs.pop("custom_pipelines", None)
@@ -391,8 +426,9 @@ class SamHFConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> SamHFConfig:
-        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `vit_t`, `tiny`,
-        `tiny_vit_t`, `sam_hf_tiny`)."""
+        """Build the config of a named variant: one of `SAM_HF_PRESETS` (`vit_b`, `vit_l`, `vit_h`, `vit_t`,
+        `sam_hq_vit_b`, `sam_hq_vit_l`, `sam_hq_vit_h`, `sam_hq_vit_tiny`, `sam_hf_tiny` and the test models
+        `tiny`, `tiny_vit_t`, `tiny_hq`, `tiny_vit_t_hq`)."""
         if name not in SAM_HF_PRESETS:
             raise ValueError(f"preset must be one of {sorted(SAM_HF_PRESETS)}, got {name!r}")
         vision, prompt, decoder = SAM_HF_PRESETS[name]
@@ -404,16 +440,17 @@ class SamHFConfig(PretrainedConfig):
         )
 
 
-def _vision_section(value: PretrainedConfig | dict | None) -> PretrainedConfig:
-    """The vision section of the class its `encoder_type` names."""
-    encoder_type = value.get("encoder_type", "vit") if isinstance(value, dict) else "vit"
-    if encoder_type not in VISION_CONFIG_CLASSES:
-        raise ValueError(
-            f"vision_config.encoder_type must be one of {sorted(VISION_CONFIG_CLASSES)}, got {encoder_type!r}"
-        )
-    if isinstance(value, tuple(VISION_CONFIG_CLASSES.values())):
+def _typed_section(
+    classes: dict[str, type[PretrainedConfig]], field: str, value: PretrainedConfig | dict | None
+) -> PretrainedConfig:
+    """The section of the class its type field (`encoder_type`, `decoder_type`) names; absent: the first."""
+    key = field.rsplit(".", 1)[1]
+    if isinstance(value, tuple(classes.values())):
         return value
-    return _as_section(VISION_CONFIG_CLASSES[encoder_type], value)
+    kind = value.get(key, next(iter(classes))) if isinstance(value, dict) else next(iter(classes))
+    if kind not in classes:
+        raise ValueError(f"{field} must be one of {sorted(classes)}, got {kind!r}")
+    return _as_section(classes[kind], value)
 
 
 def _as_section(
@@ -422,7 +459,8 @@ def _as_section(
     if value is None:
         return section_class()
     if isinstance(value, dict):
-        return section_class(**{k: v for k, v in value.items() if k not in ("model_type", "encoder_type")})
+        skipped = ("model_type", "encoder_type", "decoder_type")
+        return section_class(**{k: v for k, v in value.items() if k not in skipped})
     if isinstance(value, section_class):
         return value
     raise TypeError(f"expected {section_class.__name__}, a dict or None, got {type(value).__name__}")
