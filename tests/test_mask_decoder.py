@@ -4,6 +4,8 @@ refuses the HQ option."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -57,7 +59,8 @@ def test_hq_presets_have_segment_anything_hq_parameter_names(preset):
     official = sam_model_registry[preset.removeprefix("sam_hq_")]
     model = SamHFModel(SamHFConfig.from_preset(preset))
     assert type(model.mask_decoder) is MaskDecoderHQ
-    with torch.device("meta"):
+    # The ViTs are built without memory; TinyViT's builder reads values (its drop-path rates), and is small.
+    with torch.device("meta") if "tiny" not in preset else contextlib.nullcontext():
         expected = {k: tuple(v.shape) for k, v in official().state_dict().items()}
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
 
