@@ -437,3 +437,25 @@ def test_matches_mobile_sam_generator_on_a_photo(official_vit_t, photos):
     ours = SamAutomaticMaskGenerator(model, **kwargs).generate(image)
     assert len(ours) == 3 * 64
     assert_same_masks(official, ours, min_iou=0.999)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_matches_segment_anything_hq_generator_on_a_photo(official_hq_vit_tiny, photos, hq_token_only):
+    """Light HQ-SAM with seeded perturbed weights, as the MobileSAM case: one mask per point (SAM's best plus
+    the HQ mask), each of segment_anything_hq's generator's masks matched one-to-one with ours at IoU >= 0.999.
+    The official generator has no `hq_token_only`: with it, ours is compared with the official generator over
+    a predictor whose decoder call gets it."""
+    from segment_anything_hq import SamAutomaticMaskGenerator as HQGenerator
+
+    model = SamHFModel(SamHFConfig.from_preset("sam_hq_vit_tiny")).eval()
+    model.load_state_dict(official_hq_vit_tiny.state_dict(), strict=True)
+    image = np.asarray(Image.fromarray(photos["coffee"]).resize((256, 171)))
+    kwargs = {"points_per_side": 8, **OPENED, "box_nms_thresh": 1.0}
+    official_generator = HQGenerator(official_hq_vit_tiny, **kwargs)
+    predict_torch = official_generator.predictor.predict_torch
+    official_generator.predictor.predict_torch = partial(predict_torch, hq_token_only=hq_token_only)
+    official = official_generator.generate(image)
+    ours = SamAutomaticMaskGenerator(model, hq_token_only=hq_token_only, **kwargs).generate(image)
+    assert len(ours) == 64
+    assert_same_masks(official, ours, min_iou=0.999)

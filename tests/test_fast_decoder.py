@@ -147,3 +147,59 @@ def test_a_hooked_upscaling_convolution_is_called_as_a_module():
         handle.remove()
     assert calls, "the hooked convolution was not called"
     _assert_close(hooked, expected)
+
+
+def _hq_case(name: str, num_prompts: int = 6):
+    """An HQ model with seeded weights, its features of a random image and `num_prompts` points."""
+    model = _model(name)
+    generator = torch.Generator().manual_seed(3)
+    size = model.config.image_size
+    with torch.inference_mode():
+        features = model.get_image_features(torch.randn(1, 3, size, size, generator=generator))
+    return model, features, torch.rand(num_prompts, 2, generator=generator) * size
+
+
+def _plain_hq(model, features, points, hq_token_only: bool):
+    labels = torch.ones(1, len(points), 1, dtype=torch.long)
+    outputs = model(
+        **features, input_points=points[None, :, None], input_labels=labels, hq_token_only=hq_token_only
+    )
+    return outputs.pred_masks[0], outputs.iou_scores[0]
+
+
+@pytest.mark.parametrize("name", ["tiny_hq", "tiny_vit_t_hq"])
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_hq_decoder_head_equals_model_forward(name, hq_token_only):
+    """SAM-HQ's multimask head (best multimask output plus the HQ mask, or the HQ mask alone) on the
+    re-associated transformer gives the model's own outputs, one mask per prompt, in chunks too."""
+    model, features, points = _hq_case(name)
+    with torch.inference_mode():
+        expected = _plain_hq(model, features, points, hq_token_only)
+        for chunk_size in (None, 4):
+            fast = decode_point_prompts(
+                model.prompt_encoder, model.mask_decoder, features, points, chunk_size, hq_token_only
+            )
+            _assert_close(fast, expected)
+    grid = model.config.image_embedding_size
+    assert expected[0].shape == (6, 1, 4 * grid, 4 * grid) and expected[1].shape == (6, 1)
+
+
+def test_hq_decoder_head_follows_an_unmerged_lora_adapter():
+    model, features, points = _hq_case("tiny_hq")
+    with torch.inference_mode():
+        base = _plain_hq(model, features, points, False)
+    peft_model = _lora(model)
+    with torch.inference_mode():
+        adapted = _plain_hq(peft_model, features, points, False)
+        fast = decode_point_prompts(peft_model.prompt_encoder, peft_model.mask_decoder, features, points)
+    assert (adapted[0] - base[0]).abs().max() > 0.1
+    _assert_close(fast, adapted)
+
+
+def test_sam_decoder_head_refuses_hq_token_only():
+    model = _model("tiny")
+    embeddings, points = _inputs(model)
+    with pytest.raises(ValueError, match="hq_token_only=True needs SAM-HQ's mask decoder"):
+        decode_point_prompts(
+            model.prompt_encoder, model.mask_decoder, {"image_embeddings": embeddings}, points, None, True
+        )
