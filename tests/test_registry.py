@@ -3,6 +3,7 @@ needs to know which."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from transformers import PretrainedConfig
 from sam_hf import SamHFConfig, SamHFModel, SamPredictor
 from sam_hf.modeling import configuration_sam_hf, registry
 from sam_hf.modeling.image_encoder import ImageEncoderViT
+from sam_hf.modeling.mask_decoder import MaskDecoder
 from sam_hf.modeling.tiny_vit import TinyViT
 
 
@@ -93,3 +95,72 @@ def test_init_weights_sets_every_tensor_of_each_encoder(preset):
         if (tensor.isnan() if tensor.is_floating_point() else tensor == -1).any()
     ]
     assert unset == []
+
+
+class _GatedDecoderConfig(configuration_sam_hf.SamHFMaskDecoderConfig):
+    model_type = "sam_hf_gated_mask_decoder"
+    decoder_type = "gated"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+
+class _GatedDecoder(MaskDecoder):
+    """A new decoder variant: SAM's, its mask logits gated by a learned per-pixel map of the image embedding,
+    which it asks of the image under its own feature name."""
+
+    image_feature_names = ("image_embeddings",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = nn.Conv2d(config.mask_decoder_config.hidden_size, 1, 1)
+
+    def predict_masks(self, image_features, image_pe, sparse, token_mask, dense, point_batch_size=1):
+        masks, iou = super().predict_masks(
+            image_features, image_pe, sparse, token_mask, dense, point_batch_size
+        )
+        gate = nn.functional.interpolate(self.gate(image_features["image_embeddings"]), size=masks.shape[-2:])
+        return masks * torch.sigmoid(gate).repeat_interleave(point_batch_size, dim=0), iou
+
+    def multimask_head(self, image_features, hq_token_only=False):
+        head = super().multimask_head(image_features, hq_token_only)
+        gate = nn.functional.interpolate(self.gate(image_features["image_embeddings"]), scale_factor=4)
+
+        def gated(queries, keys, h, w):
+            masks, iou = head(queries, keys, h, w)
+            return masks * torch.sigmoid(gate), iou
+
+        return gated
+
+
+def test_a_new_decoder_registered_by_name_runs_through_the_predictor_and_the_generator(monkeypatch):
+    """Adding a decoder variant touches modeling/ only: registered by name, it is built from its config, and
+    the predictor, the generator's fast path and the model's forward run it unchanged."""
+    from sam_hf import SamAutomaticMaskGenerator
+
+    monkeypatch.setitem(configuration_sam_hf.MASK_DECODER_CONFIG_CLASSES, "gated", _GatedDecoderConfig)
+    monkeypatch.setitem(registry._MASK_DECODERS.classes, "gated", _GatedDecoder)
+    vision, prompt, decoder = configuration_sam_hf.SAM_HF_PRESETS["tiny"]
+    config = SamHFConfig(
+        vision_config=vision,
+        prompt_encoder_config=prompt,
+        mask_decoder_config={**decoder, "decoder_type": "gated"},
+    )
+    torch.manual_seed(0)
+    model = SamHFModel(config).eval()
+    assert type(model.mask_decoder) is _GatedDecoder
+    assert type(SamHFConfig.from_dict(config.to_dict()).mask_decoder_config) is _GatedDecoderConfig
+    image = torch.randint(0, 255, (90, 120, 3), dtype=torch.uint8).numpy()
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    masks, scores, low_res = predictor.predict(point_coords=[[60, 45]], point_labels=[1])
+    assert masks.shape == (3, 90, 120) and scores.shape == (3,) and low_res.shape == (3, 32, 32)
+    opened = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    records = SamAutomaticMaskGenerator(model, points_per_side=2, **opened).generate(image)
+    assert len(records) == 3 * 4
+    # the generator's fast path computes what the predictor's forward computes, gate included
+    record = records[0]
+    point_masks, point_scores, _ = predictor.predict(point_coords=record["point_coords"], point_labels=[1])
+    index = int(np.argmin(np.abs(point_scores - record["predicted_iou"])))
+    assert abs(point_scores[index] - record["predicted_iou"]) < 1e-4
+    assert (point_masks[index] != record["segmentation"]).mean() < 1e-3
