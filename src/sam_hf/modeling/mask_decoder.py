@@ -50,6 +50,9 @@ class MaskDecoder(nn.Module):
     image_feature_names: ClassVar[tuple[str, ...]] = ("image_embeddings",)
     # A state-dict key only this decoder's official checkpoints have (None: the default decoder).
     state_key: ClassVar[str | None] = None
+    # Submodules (names under the decoder) that adapter fine-tuning trains in full and saves beside its LoRA
+    # adapters (`training.lora.apply_lora`): what a variant's own recipe trains; none for SAM's decoder.
+    trained_in_full: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         super().__init__()
@@ -196,6 +199,14 @@ class MaskDecoderHQ(MaskDecoder):
 
     image_feature_names: ClassVar[tuple[str, ...]] = ("image_embeddings", "intermediate_embeddings")
     state_key: ClassVar[str | None] = "mask_decoder.hf_token.weight"
+    # What SAM-HQ's paper trains (SAM frozen): the HQ token, its MLP and the three feature-fusion stacks.
+    trained_in_full: ClassVar[tuple[str, ...]] = (
+        "hf_token",
+        "hf_mlp",
+        "compress_vit_feat",
+        "embedding_encoder",
+        "embedding_maskfeature",
+    )
 
     def __init__(self, config: Any):
         super().__init__(config)

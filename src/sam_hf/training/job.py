@@ -106,8 +106,8 @@ def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> 
     from ..hub import TRAINING_SUMMARY_NAME, load_pretrained, portable_model_name
 
     model = load_pretrained(summary["output_dir"], verbose=False)
-    trainable = (
-        sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    trainable = (  # with LoRA: the adapters and the modules trained in full beside them (`modules_to_save`)
+        sum(p.numel() for n, p in model.named_parameters() if "lora_" in n or ".modules_to_save." in n)
         if config.lora_r > 0
         else sum(p.numel() for p in model.mask_decoder.parameters())
     )
