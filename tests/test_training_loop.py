@@ -112,8 +112,8 @@ def test_embedding_cache_reused_and_invalidated(tiny_model, tmp_path, monkeypatc
     dataset = add_example_index(datasets.load_from_disk(_write_dataset(tmp_path / "data", num_rows=3)))
     processor = SamHFProcessor.from_model_config(tiny_model.config)
     calls = []
-    original = tiny_model.get_image_embeddings
-    monkeypatch.setattr(tiny_model, "get_image_embeddings", lambda x: calls.append(len(x)) or original(x))
+    original = tiny_model.get_image_features
+    monkeypatch.setattr(tiny_model, "get_image_features", lambda x: calls.append(len(x)) or original(x))
     first = cache_image_embeddings(dataset, tiny_model, processor, str(tmp_path / "cache"))
     assert sum(calls) == 3
     assert first[0]["image_embeddings"].shape == (tiny_model.config.mask_decoder_config.hidden_size, 8, 8)
@@ -142,6 +142,35 @@ def test_embedding_cache_key_covers_a_tiny_vit_encoder_and_its_buffers():
     norm = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     norm.running_mean.add_(1.0)
     assert embedding_cache_key(model, processor) != key
+
+
+def test_embedding_cache_holds_every_image_feature_of_an_hq_model(tiny_model, tmp_path):
+    """SAM-HQ's decoder also takes the encoder's early feature: the cache holds it, the key covers the feature
+    set (the same encoder weights behind SAM's decoder give another key), and the collator passes it on."""
+    from sam_hf import SamHFConfig
+    from sam_hf.training.collator import SamTrainingCollator
+    from sam_hf.training.embeddings import embedding_cache_key
+
+    torch.manual_seed(0)
+    hq = SamHFModel(SamHFConfig.from_preset("tiny_hq")).eval()
+    hq.image_encoder.load_state_dict(tiny_model.image_encoder.state_dict())
+    processor = SamHFProcessor.from_model_config(hq.config)
+    assert embedding_cache_key(hq, processor) != embedding_cache_key(tiny_model, processor)
+    dataset = add_example_index(datasets.load_from_disk(_write_dataset(tmp_path / "data", num_rows=2)))
+    cached = cache_image_embeddings(dataset, hq, processor, str(tmp_path / "cache"))
+    pixel_values = processor.preprocess_images([np.asarray(dataset[1]["image"])])[0]
+    with torch.inference_mode():
+        expected = hq.get_image_features(pixel_values)
+    assert set(expected) == {"image_embeddings", "intermediate_embeddings"}
+    for name, feature in expected.items():  # cached from a batch of two: float32 summation order, 1e-5
+        torch.testing.assert_close(cached[1][name], feature[0], rtol=0, atol=1e-5)
+    collator = SamTrainingCollator(
+        processor, max_prompts=2, use_cached_embeddings=True, image_feature_names=hq.image_feature_names
+    )
+    batch = collator([cached[0], cached[1]])
+    assert "pixel_values" not in batch
+    assert batch["intermediate_embeddings"].shape == (2, *expected["intermediate_embeddings"].shape[1:])
+    assert hq(**batch).loss.isfinite()
 
 
 def test_train_log_records_every_step(job, tmp_path):
@@ -249,8 +278,9 @@ def test_correction_clicks_feed_the_previous_mask_and_a_click_back(tiny_model, t
     collator = SamTrainingCollator(processor, prompt_types=["box"], max_prompts=3)
     batch = collator([{"image": image, "label": label, "example_index": 0}])
     output = tiny_model(**batch)
+    features = {"image_embeddings": output.image_embeddings}
     following = add_correction_click(
-        batch, output.pred_masks, output.iou_scores, output.image_embeddings, np.random.default_rng(0), 128
+        batch, output.pred_masks, output.iou_scores, features, np.random.default_rng(0), 128
     )
     assert "pixel_values" not in following and following["image_embeddings"].shape == (1, 32, 8, 8)
     assert following["input_masks"].shape == (1, 2, 32, 32)  # two instances, so two prompts
@@ -267,3 +297,30 @@ def test_loop_with_correction_clicks_trains(job, tmp_path):
     summary = finetune(_config(job, tmp_path / "clicks", correction_clicks=1, max_steps=8))
     assert summary["steps"] == 8
     assert np.mean(summary["losses"][-3:]) < np.mean(summary["losses"][:3])
+
+
+def test_loop_trains_an_hq_model_from_cached_features_with_correction_clicks(tmp_path):
+    """SAM-HQ through the loop: its two image features cached and reused by the correction passes, the HQ
+    modules trained in full beside the LoRA adapters and saved with them, the merged model an HQ model."""
+    from sam_hf import SamHFConfig
+    from sam_hf.hub import load_model
+
+    torch.manual_seed(0)
+    SamHFModel(SamHFConfig.from_preset("tiny_hq")).save_pretrained(tmp_path / "base")
+    job = {"model": str(tmp_path / "base"), "dataset": _write_dataset(tmp_path / "data")}
+    summary = finetune(_config(job, tmp_path / "hq", correction_clicks=1, max_steps=4, modules_to_save=None))
+    assert summary["steps"] == 4 and all(np.isfinite(summary["losses"]))
+    cached = datasets.Dataset.from_file(
+        next(str(path) for path in (tmp_path / "hq-cache").glob("embeddings-*.arrow"))
+    )
+    assert {"image_embeddings", "intermediate_embeddings"} <= set(cached.column_names)
+    adapter = json.loads((tmp_path / "hq" / "adapter_config.json").read_text())
+    hq_modules = ["hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature"]
+    assert sorted(adapter["modules_to_save"]) == sorted(f"mask_decoder.{name}" for name in hq_modules)
+    saved = load_file(tmp_path / "hq" / "adapter_model.safetensors")
+    for name in hq_modules:
+        assert any(f"mask_decoder.{name}." in key for key in saved), name
+    base = SamHFModel.from_pretrained(tmp_path / "base")
+    merged, _, _ = load_model(tmp_path / "hq", merge_adapter=True, verbose=False)
+    assert merged.config.mask_decoder_config.decoder_type == "hq"
+    assert not torch.equal(merged.mask_decoder.hf_token.weight, base.mask_decoder.hf_token.weight)

@@ -54,7 +54,11 @@ class SamTrainingCollator:
         box_jitter: noise of the box coordinates as a fraction of the box side.
         image_column, mask_column, mask_format: as in `training.data.to_instances`.
         seed: base seed of the prompt simulation.
-        use_cached_embeddings: read `image_embeddings` from the rows instead of producing `pixel_values`.
+        use_cached_embeddings: read the image features from the rows (`training.embeddings` caches them)
+            instead of producing `pixel_values`.
+        image_feature_names: the model's `image_feature_names`, the columns read with `use_cached_embeddings`
+            (`image_embeddings`; SAM-HQ's decoder also `intermediate_embeddings`), each passed to the model
+            under its name.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class SamTrainingCollator:
         mask_format: str = "auto",
         seed: int = 0,
         use_cached_embeddings: bool = False,
+        image_feature_names: Sequence[str] = (EMBEDDINGS_COLUMN,),
     ):
         unknown = sorted(set(prompt_types) - set(PROMPT_TYPES))
         if not prompt_types or unknown:
@@ -87,6 +92,7 @@ class SamTrainingCollator:
         self.mask_format = mask_format
         self.seed = seed
         self.use_cached_embeddings = use_cached_embeddings
+        self.image_feature_names = tuple(image_feature_names)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,12 +153,10 @@ class SamTrainingCollator:
         if not input_boxes.isnan().all():
             batch["input_boxes"] = input_boxes
         if self.use_cached_embeddings:
-            batch[EMBEDDINGS_COLUMN] = torch.stack(
-                [
-                    torch.as_tensor(np.asarray(example[EMBEDDINGS_COLUMN]), dtype=torch.float32)
-                    for example in examples
-                ]
-            )
+            for name in self.image_feature_names:
+                batch[name] = torch.stack(
+                    [torch.as_tensor(np.asarray(example[name]), dtype=torch.float32) for example in examples]
+                )
         else:
             batch["pixel_values"] = self.processor.preprocess_images([p["image"] for p in prepared])[0]
         return batch
@@ -162,7 +166,7 @@ def add_correction_click(
     batch: dict[str, torch.Tensor],
     pred_masks: torch.Tensor,
     iou_scores: torch.Tensor,
-    image_embeddings: torch.Tensor,
+    image_features: dict[str, torch.Tensor],
     rng: np.random.Generator,
     image_size: int,
 ) -> dict[str, torch.Tensor]:
@@ -176,7 +180,8 @@ def add_correction_click(
     Args:
         batch: model inputs of the previous pass (`labels` `(B, P, ms, ms)` and the prompts).
         pred_masks: `(B, P, M, ms, ms)` and iou_scores: `(B, P, M)` of the previous pass.
-        image_embeddings: `(B, C, g, g)` of the previous pass (used instead of `pixel_values`).
+        image_features: the image features of the previous pass by name (the model's `image_feature_names`,
+            e.g. `image_embeddings` `(B, C, g, g)`), used instead of `pixel_values`.
         rng: source of the clicks.
         image_size: model input size (clicks are scaled from mask to model coordinates).
 
@@ -195,7 +200,7 @@ def add_correction_click(
     points = batch.get("input_points", torch.zeros(B, P, 0, 2, device=device))
     point_labels = batch.get("input_labels", torch.zeros(B, P, 0, dtype=torch.long, device=device))
     following = {key: value for key, value in batch.items() if key != "pixel_values"}
-    following["image_embeddings"] = image_embeddings.detach()
+    following.update({name: feature.detach() for name, feature in image_features.items()})
     following["input_points"], following["input_labels"] = append_points(
         points, point_labels, clicks * (image_size / ms), click_labels
     )

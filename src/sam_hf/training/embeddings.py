@@ -1,7 +1,9 @@
-"""Image embeddings computed once per dataset and cached on disk, for training with a frozen encoder.
+"""Image features computed once per dataset and cached on disk, for training with a frozen encoder.
 
-The cache is an Arrow file per (dataset, encoder weights, preprocessing) in `cache_dir`; a change in any
-of them gives a new key, so stale embeddings are never reused.
+The features are what the model's mask decoder needs of an image (`SamHFModel.image_feature_names`: the image
+embedding, and for SAM-HQ the encoder's early feature too), one column each. The cache is an Arrow file per
+(dataset, encoder weights, feature names, preprocessing) in `cache_dir`; a change in any of them gives a new
+key, so stale features are never reused.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..hub.loading import update_digest
-from .collator import EMBEDDINGS_COLUMN
 
 __all__ = ["cache_image_embeddings", "embedding_cache_key"]
 
 
 def embedding_cache_key(model: torch.nn.Module, processor: Any) -> str:
-    """Hex digest of the image encoder's weights and the processor's configuration."""
-    digest = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True).encode())
+    """Hex digest of the image encoder's weights, the features cached (`model.image_feature_names`) and the
+    processor's configuration."""
+    described = {"processor": processor.to_dict(), "image_feature_names": list(model.image_feature_names)}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     update_digest(digest, model.image_encoder.state_dict())
     return digest.hexdigest()[:32]
 
@@ -35,7 +37,9 @@ def cache_image_embeddings(
     image_column: str = "image",
     batch_size: int = 4,
 ):
-    """`dataset` with an `image_embeddings` column `(C, grid, grid)` float32, read from the cache if present.
+    """`dataset` with a column per image feature the model's decoder needs, read from the cache if present:
+    `image_embeddings` `(C, grid, grid)` and, for SAM-HQ, `intermediate_embeddings` `(grid, grid, D)`, float32
+    (`model.image_feature_names`; `training.collator.SamTrainingCollator` reads them back).
 
     Args:
         dataset: a `datasets.Dataset` of usable rows (see `sam_hf.data.reader.load_segmentation_dataset`).
@@ -54,8 +58,8 @@ def cache_image_embeddings(
         # Only the image column is read: decoding mask columns to Python lists would dominate the time.
         pixel_values = processor.preprocess_images(list(images))[0].to(device)
         with torch.inference_mode():
-            embeddings = base.get_image_embeddings(pixel_values)
-        return {EMBEDDINGS_COLUMN: list(embeddings.float().cpu().numpy().astype(np.float32))}
+            features = base.get_image_features(pixel_values)
+        return {name: list(feature.float().cpu().numpy()) for name, feature in features.items()}
 
     cached = dataset.map(
         encode,
@@ -65,7 +69,7 @@ def cache_image_embeddings(
         cache_file_name=os.path.join(cache_dir, f"embeddings-{key}.arrow"),
         new_fingerprint=key,
         load_from_cache_file=True,
-        desc="Caching image embeddings",
+        desc="Caching image features",
     )
-    # embeddings come back as tensors (fast), the other columns as they were
-    return cached.with_format("torch", columns=[EMBEDDINGS_COLUMN], output_all_columns=True)
+    # features come back as tensors (fast), the other columns as they were
+    return cached.with_format("torch", columns=list(base.image_feature_names), output_all_columns=True)

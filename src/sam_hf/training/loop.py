@@ -221,6 +221,7 @@ def finetune(
     # Any model form; the model is named portably, which is what the saved adapter records as its base.
     model, processor, _ = load_model(config.model, merge_adapter=True, verbose=accelerator.is_main_process)
     image_size = processor.image_size
+    feature_names = model.image_feature_names  # what the decoder needs of an image: cached, reused per click
     with accelerator.main_process_first():
         if config.cache_embeddings:
             cache_dir = config.cache_dir or os.path.join(config.output_dir, "embedding_cache")
@@ -254,6 +255,7 @@ def finetune(
         mask_format=stats.mask_format,
         seed=config.seed,
         use_cached_embeddings=config.cache_embeddings,
+        image_feature_names=feature_names,
     )
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collator)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -297,8 +299,9 @@ def finetune(
                 loss = output.loss
                 for click in range(config.correction_clicks):
                     rng = np.random.default_rng((config.seed, step, accelerator.process_index, click))
+                    features = {name: output[name] for name in feature_names}
                     batch = add_correction_click(
-                        batch, output.pred_masks, output.iou_scores, output.image_embeddings, rng, image_size
+                        batch, output.pred_masks, output.iou_scores, features, rng, image_size
                     )
                     output = model(**batch, multimask_output=False)
                     loss = loss + output.loss

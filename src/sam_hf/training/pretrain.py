@@ -206,17 +206,17 @@ def _training_loss(
 ) -> torch.Tensor:
     """Sum over the first pass and the trained correction passes of the mean `sam_loss` of both prompt halves."""
     with torch.set_grad_enabled(not recipe.get("freeze_image_encoder", False)):
-        embeddings = model.get_image_embeddings(batch["pixel_values"])  # (B, C, g, g)
+        features = model.get_image_features(batch["pixel_values"])  # image_embeddings (B, C, g, g), ...
     labels = batch["labels"]  # (B, P, L, L)
     half = labels.shape[1] // 2
     out_a = model(
-        image_embeddings=embeddings,
+        **features,
         input_points=batch["point_coords"][:, :half, :1],
         input_labels=batch["point_labels"][:, :half, :1],
         multimask_output=True,
     )
     out_b = model(
-        image_embeddings=embeddings,
+        **features,
         input_points=batch["point_coords"][:, half:],
         input_labels=batch["point_labels"][:, half:],
         input_boxes=batch["boxes"][:, half:],
@@ -247,7 +247,7 @@ def _training_loss(
         )
         with torch.set_grad_enabled(iteration >= untrained):
             out = model(
-                image_embeddings=embeddings,
+                **features,
                 input_points=points,
                 input_labels=point_labels,
                 input_boxes=boxes,
