@@ -114,8 +114,8 @@ class ScriptedModel(torch.nn.Module):
         self.previous = None
         self.calls = []
 
-    def get_image_embeddings(self, pixel_values):
-        return torch.zeros(pixel_values.shape[0], 1, 2, 2)
+    def get_image_features(self, pixel_values):
+        return {"image_embeddings": torch.zeros(pixel_values.shape[0], 1, 2, 2)}
 
     def forward(self, image_embeddings, input_points, input_labels, input_masks=None, multimask_output=True):
         clicks = int((input_labels[0, 0] != -10).sum())
@@ -166,8 +166,8 @@ class OracleModel(torch.nn.Module):
         self.gt = gt  # (P, 32, 32) bool
         self.previous = None
 
-    def get_image_embeddings(self, pixel_values):
-        return torch.zeros(pixel_values.shape[0], 1, 2, 2)
+    def get_image_features(self, pixel_values):
+        return {"image_embeddings": torch.zeros(pixel_values.shape[0], 1, 2, 2)}
 
     def forward(self, image_embeddings, input_points, input_labels, input_masks=None, multimask_output=True):
         from scipy import ndimage
@@ -279,6 +279,36 @@ def test_peft_wrapped_model_evaluates_like_its_base(tiny_model, tiny_config):
     peft_model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     wrapped = evaluate_model(peft_model, processor, _shapes_dataset(1), protocol, progress=False)
     assert wrapped == base  # adding exact zeros changes no bit
+
+
+def test_an_hq_model_is_measured_on_its_own_image_features(tiny_config):
+    """SAM-HQ's decoder needs the encoder's early feature too: the protocol passes every feature the model
+    names, and scores its one mask per prompt as the model gives it."""
+    from sam_hf import SamHFConfig, SamHFModel
+
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny_hq")).eval()
+    processor = SamHFProcessor.from_model_config(model.config)
+    protocol = EvaluationProtocol(prompts=("point", "box", "clicks"), max_clicks=2)
+    calls = []
+    original = model.forward
+    model.forward = lambda **kwargs: calls.append(sorted(kwargs)) or original(**kwargs)
+    result = evaluate_model(model, processor, _shapes_dataset(1), protocol, progress=False)
+    assert calls and all({"image_embeddings", "intermediate_embeddings"} <= set(names) for names in calls)
+    assert all(
+        result[p]["num_objects"] == 2 and 0.0 <= result[p]["mean_iou"] <= 1.0 for p in protocol.prompts
+    )
+    image, masks = _shapes_dataset(1)[0]
+    pixel_values, original_sizes, reshaped_sizes = processor.preprocess_images([image])
+    box = processor.transform_boxes(torch.tensor([[10.0, 10.0, 49.0, 39.0]]), image.shape[:2])
+    with torch.inference_mode():
+        output = original(
+            **model.get_image_features(pixel_values), input_boxes=box[None], multimask_output=False
+        )
+    predicted = processor.post_process_masks(output.pred_masks, original_sizes, reshaped_sizes)[0][0, 0]
+    expected_iou = (predicted.numpy() & masks[0]).sum() / (predicted.numpy() | masks[0]).sum()
+    single = evaluate_model(model, processor, [(image, masks[:1])], EvaluationProtocol(prompts=("box",)))
+    assert single["box"]["mean_iou"] == pytest.approx(expected_iou, abs=1e-6)
 
 
 def test_timed_run_is_written_with_its_protocol_and_reported(tiny_model, tiny_config, tmp_path):

@@ -121,10 +121,9 @@ def evaluate_model(
             if len(masks) == 0:
                 continue
             pixel_values, original_sizes, reshaped_sizes = processor.preprocess_images([image])
-            embeddings = model.get_image_embeddings(
-                pixel_values.to(first_parameter)
-            )  # model's device and dtype
-            frame = _ImageFrame(model, processor, embeddings, original_sizes, reshaped_sizes)
+            # what the decoder needs of the image (model.image_feature_names), on the model's device and dtype
+            features = model.get_image_features(pixel_values.to(first_parameter))
+            frame = _ImageFrame(model, processor, features, original_sizes, reshaped_sizes)
             object_ids = list(range(next_object, next_object + len(masks)))
             next_object += len(masks)
             for prompt in protocol.prompts:
@@ -143,10 +142,11 @@ def evaluate_model(
 
 
 class _ImageFrame:
-    """One image's cached embeddings and sizes; decodes a batch of prompts into original-size masks."""
+    """One image's cached features (`SamHFModel.get_image_features`) and sizes; decodes a batch of prompts into
+    original-size masks."""
 
-    def __init__(self, model, processor, embeddings, original_sizes, reshaped_sizes):
-        self.model, self.processor, self.embeddings = model, processor, embeddings
+    def __init__(self, model, processor, features, original_sizes, reshaped_sizes):
+        self.model, self.processor, self.features = model, processor, features
         self.original_sizes, self.reshaped_sizes = original_sizes, reshaped_sizes
         self.original_size = tuple(int(v) for v in original_sizes[0])
 
@@ -163,7 +163,7 @@ class _ImageFrame:
         points `(P, N, 2)` XY with labels `(P, N)`; boxes `(P, 4)` XYXY; mask_logits `(P, ms, ms)`.
         With `multimask_output` the mask with the highest predicted IoU is kept.
         """
-        device = self.embeddings.device
+        device = self.features["image_embeddings"].device
         inputs = {}
         if points is not None:
             coords = self.processor.transform_coords(
@@ -178,7 +178,7 @@ class _ImageFrame:
             inputs["input_boxes"] = boxes[None].to(device)
         if mask_logits is not None:
             inputs["input_masks"] = mask_logits[None]
-        output = self.model(image_embeddings=self.embeddings, multimask_output=multimask_output, **inputs)
+        output = self.model(**self.features, multimask_output=multimask_output, **inputs)
         best = output.iou_scores[0].argmax(dim=-1)  # (P,)
         logits = output.pred_masks[0, torch.arange(len(best), device=best.device), best]  # (P, ms, ms)
         # Upsampling to the original size costs P x H x W floats: a few objects at a time.
