@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import SamConfig, SamModel
+from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
 
 from sam_hf import SamHFConfig, SamHFModel
 from sam_hf.modeling.checkpoint_conversion import (
@@ -41,6 +41,59 @@ def test_renaming_gives_exactly_transformers_names_and_inverts(config):
     back = from_transformers_state_dict(renamed, config)
     assert list(back) == list(ours)
     assert all(back[k] is ours[k] for k in ours)
+
+
+@pytest.mark.parametrize("name", ["tiny_hq", "sam_hq_vit_b", "sam_hq_vit_h"])
+def test_sam_hq_renaming_gives_exactly_sam_hq_model_names_and_inverts(name):
+    config = SamHFConfig.from_preset(name)
+    with torch.device("meta"):
+        ours = SamHFModel(config).state_dict()
+        transformers_config = to_transformers_config(config)
+        theirs = SamHQModel(transformers_config).state_dict()
+    assert isinstance(transformers_config, SamHQConfig)
+    assert transformers_config.architectures == ["SamHQModel"]
+    renamed = to_transformers_state_dict(ours, config)
+    assert set(renamed) == set(theirs) - {TRANSFORMERS_TIED_KEY}
+    assert all(tuple(renamed[k].shape) == tuple(theirs[k].shape) for k in renamed)
+    for expected in [
+        "mask_decoder.hq_token.weight",
+        "mask_decoder.hq_mask_mlp.proj_in.weight",
+        "mask_decoder.hq_mask_mlp.layers.0.bias",
+        "mask_decoder.compress_vit_norm.bias",
+        "mask_decoder.encoder_conv2.weight",
+        "mask_decoder.mask_conv1.weight",
+    ]:
+        assert expected in renamed
+    back = from_transformers_state_dict(renamed, config)
+    assert list(back) == list(ours)
+    assert all(back[k] is ours[k] for k in ours)
+
+
+@pytest.mark.parametrize("name", ["tiny_hq", "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h"])
+def test_sam_hq_config_round_trip_through_transformers(name):
+    config = SamHFConfig.from_preset(name)
+    transformers_config = to_transformers_config(config)
+    assert transformers_config.mask_decoder_config.vit_dim == config.vision_config.hidden_size
+    assert from_transformers_config(transformers_config).to_dict() == config.to_dict()
+    # config.json's dict: its model_type "sam_hq" says which config class reads it
+    assert transformers_config.to_dict()["model_type"] == "sam_hq"
+    assert from_transformers_config(transformers_config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_transformers_sam_hq_default_config_is_sam_hq_vit_b():
+    assert from_transformers_config(SamHQConfig()).to_dict() == SamHFConfig.from_preset("sam_hq_vit_b").to_dict()
+
+
+@pytest.mark.parametrize("name", ["vit_t", "sam_hq_vit_tiny"])
+def test_tiny_vit_models_have_no_transformers_config(name):
+    with pytest.raises(ValueError, match="holds SAM's ViT image encoder only"):
+        to_transformers_config(SamHFConfig.from_preset(name))
+
+
+def test_transformers_sam_hq_config_with_another_early_width_is_rejected():
+    config = SamHQConfig(mask_decoder_config={"vit_dim": 1024})
+    with pytest.raises(ValueError, match=r"mask_decoder_config.vit_dim=1024 \(expected 768\)"):
+        from_transformers_config(config)
 
 
 def test_renaming_spot_checks():

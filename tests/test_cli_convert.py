@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 from transformers import SamModel
 
 from conftest import assert_bit_exact
-from sam_hf import SamHFModel
+from sam_hf import SamHFConfig, SamHFModel
 from sam_hf.cli import main
+from sam_hf.modeling.checkpoint_conversion import to_transformers_state_dict
 from sam_hf.modeling.checkpoint_io import save_meta_checkpoint
 
 
@@ -118,3 +119,64 @@ def test_mobile_sam_round_trip_through_sam_hf_is_bit_exact(official_vit_t, tmp_p
     back = torch.load(tmp_path / "back.pt", map_location="cpu", weights_only=True)
     assert_bit_exact(back, official_vit_t.state_dict())
     mobile_sam_registry["vit_t"](checkpoint=str(tmp_path / "back.pt"))  # loads strictly
+
+
+def test_sam_hq_converts_between_every_format_bit_exact(tmp_path):
+    """SAM-HQ: sam_hf -> transformers (SamHQModel's folder, loaded by transformers strictly) -> the official
+    layout -> sam_hf, every tensor equal at each step."""
+    from transformers import SamHQModel, SamHQProcessor
+
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny_hq")).eval()
+    model.save_pretrained(tmp_path / "ours")
+    _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers")
+    theirs = SamHQModel.from_pretrained(tmp_path / "hf")
+    assert theirs.config.model_type == "sam_hq"
+    assert isinstance(SamHQProcessor.from_pretrained(tmp_path / "hf"), SamHQProcessor)
+    assert_bit_exact(
+        load_file(tmp_path / "hf" / "model.safetensors"),
+        to_transformers_state_dict(model.state_dict(), model.config),
+    )
+    _convert(tmp_path / "hf", tmp_path / "sam_hq.pth", "--to", "meta")
+    assert_bit_exact(
+        torch.load(tmp_path / "sam_hq.pth", map_location="cpu", weights_only=True), model.state_dict()
+    )
+    _convert(tmp_path / "sam_hq.pth", tmp_path / "back", "--preset", "tiny_hq")
+    back = SamHFModel.from_pretrained(tmp_path / "back")
+    assert back.config.mask_decoder_config.decoder_type == "hq"
+    assert_bit_exact(back.state_dict(), model.state_dict())
+
+
+@pytest.mark.slow
+def test_official_sam_hq_file_round_trips_through_sam_hf_and_transformers(official_hq_vit_b, tmp_path):
+    """sam_hq_vit_b.pth -> sam_hf -> transformers -> the official layout, bit for bit, which
+    segment_anything_hq's builder loads."""
+    from segment_anything_hq import sam_model_registry as hq_registry
+
+    original = official_hq_vit_b.state_dict()
+    save_meta_checkpoint(original, tmp_path / "sam_hq_vit_b.pth")
+    _convert(tmp_path / "sam_hq_vit_b.pth", tmp_path / "ours")  # variant read from the keys and shapes
+    assert SamHFModel.from_pretrained(tmp_path / "ours").config.mask_decoder_config.decoder_type == "hq"
+    _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers")
+    _convert(tmp_path / "hf", tmp_path / "exported.pth", "--to", "meta")
+    reloaded = hq_registry["vit_b"](checkpoint=str(tmp_path / "exported.pth"))
+    assert_bit_exact(reloaded.state_dict(), original)
+
+
+def test_light_hq_sam_round_trip_through_sam_hf_is_bit_exact(official_hq_vit_tiny, tmp_path):
+    """sam_hq_vit_tiny.pth (Light HQ-SAM) -> sam_hf -> the official layout, bit for bit; transformers has no
+    TinyViT, which the transformers format says."""
+    from segment_anything_hq import sam_model_registry as hq_registry
+
+    torch.save(official_hq_vit_tiny.state_dict(), tmp_path / "sam_hq_vit_tiny.pth")
+    _convert(tmp_path / "sam_hq_vit_tiny.pth", tmp_path / "ours")
+    config = SamHFModel.from_pretrained(tmp_path / "ours").config
+    assert (config.vision_config.encoder_type, config.mask_decoder_config.decoder_type) == ("tiny_vit", "hq")
+    _convert(tmp_path / "ours", tmp_path / "back.pth", "--to", "meta")
+    assert_bit_exact(
+        torch.load(tmp_path / "back.pth", map_location="cpu", weights_only=True),
+        official_hq_vit_tiny.state_dict(),
+    )
+    hq_registry["vit_tiny"](checkpoint=str(tmp_path / "back.pth"))  # loads strictly
+    with pytest.raises(ValueError, match="holds SAM's ViT image encoder only"):
+        _convert(tmp_path / "ours", tmp_path / "hf", "--to", "transformers", "--debug")

@@ -1,10 +1,13 @@
 """`sam-hf convert IN OUT [--to sam_hf|transformers|meta]`: rewrite a SAM checkpoint in another format.
 
-IN is anything `SamHFModel.from_pretrained` reads (a sam_hf or transformers folder or Hub repo, a Meta `.pth`).
-OUT is a folder for `sam_hf` and `transformers`, a file for `meta`. Tensors are copied bit for bit, so a
-model fine-tuned here runs in transformers (`SamModel.from_pretrained(OUT)`, `SamProcessor.from_pretrained(OUT)`)
-and in Meta's code (`sam_model_registry[variant](checkpoint=OUT)`). The folders hold the processor config too,
-at the model's input size (`sam_hf.hub.save_model`).
+IN is anything `SamHFModel.from_pretrained` reads (a sam_hf folder or Hub repo, a transformers `SamModel` or
+`SamHQModel` folder or Hub repo, an official `.pth`: Meta's SAM, MobileSAM, SAM-HQ). OUT is a folder for `sam_hf`
+and `transformers`, a file for `meta` (the official layout of the model's own family). Tensors are copied bit for
+bit, so a model fine-tuned here runs in transformers (`SamModel.from_pretrained(OUT)`,
+`SamProcessor.from_pretrained(OUT)`; `SamHQModel` and `SamHQProcessor` for SAM-HQ) and in the official code
+(`sam_model_registry[variant](checkpoint=OUT)` of `segment_anything`, `mobile_sam` or `segment_anything_hq`).
+transformers has no TinyViT: MobileSAM and Light HQ-SAM convert to sam_hf and meta only. The folders hold the
+processor config too, at the model's input size (`sam_hf.hub.save_model`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a SAM checkpoint between sam_hf, transformers and Meta formats",
+        help="convert a SAM checkpoint between sam_hf, transformers and official formats",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "source", metavar="IN", help="sam_hf / transformers folder or Hub id, or Meta .pth file"
+        "source", metavar="IN", help="sam_hf / transformers folder or Hub id, or official .pth file"
     )
     parser.add_argument(
         "output", metavar="OUT", help="output folder (sam_hf, transformers) or .pth file (meta)"

@@ -11,8 +11,9 @@ The formats (`SAVE_FORMATS`):
       (`adapter_config.json`, `adapter_model.safetensors`), with the processor beside it; its pipeline is its
       base model's.
     - `"transformers"`: a folder `transformers.SamModel.from_pretrained` and `SamProcessor.from_pretrained`
-      load: `config.json`, `model.safetensors` and transformers' `processor_config.json` at the model's frame
-      (e.g. 128 px for sam-hf-tiny, not transformers' 1024-px default).
+      load (`SamHQModel` and `SamHQProcessor` for SAM-HQ): `config.json`, `model.safetensors` and transformers'
+      `processor_config.json` at the model's frame (e.g. 128 px for sam-hf-tiny, not transformers' 1024-px
+      default).
     - `"meta"`: one state-dict file `segment_anything.sam_model_registry[variant](checkpoint=...)` loads. The
       official code has no processor file; the frame size is read back from the tensor shapes.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.checkpoint_conversion import transformers_model
 from ..modeling.checkpoint_io import save_meta_checkpoint, save_transformers_checkpoint
 from ..pipelines.mask_generation import CUSTOM_PIPELINES, SamHFMaskGenerationPipeline
 from ..pretrained import shipped_model_name
@@ -87,7 +89,10 @@ def save_model(
     processor = processor if processor is not None else SamHFProcessor.from_model_config(model.config)
     if format == "transformers":
         save_transformers_checkpoint(model.config, model.state_dict(), output)
-        processor.to_transformers().save_pretrained(output)
+        import transformers
+
+        processor_class = getattr(transformers, transformers_model(model.config).processor_class)
+        processor_class(image_processor=processor.to_transformers().image_processor).save_pretrained(output)
         return output
     if is_adapter:
         # SAM has no vocabulary: skip PEFT's check of the base's embeddings, which looks the base up online.

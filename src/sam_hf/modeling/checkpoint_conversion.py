@@ -2,31 +2,39 @@
 
 Our parameter names are the official ones (Meta's SAM, MobileSAM's TinyViT, SAM-HQ's decoder), so their state
 dicts need no renaming, only their architecture read from tensor shapes (`infer_config_from_state_dict`), the
-image encoder and the mask decoder told by their keys. transformers' `SamModel` names differ: one table of prefix
-rules (`_transformers_rules`), read left to right or right to left, maps them both ways, so conversion is a
-bijection of keys and tensors are never touched: round trips are bit-exact. Files are handled in
-`checkpoint_io`.
+image encoder and the mask decoder told by their keys. transformers' `SamModel` and `SamHQModel` names differ:
+one table of prefix rules (`_transformers_rules`, SAM-HQ's decoder rules included), read left to right or right
+to left, maps them both ways, so conversion is a bijection of keys and tensors are never touched: round trips are
+bit-exact. Which transformers model a config is (`SamConfig` or `SamHQConfig`) follows the mask decoder's
+`decoder_type` (`_TRANSFORMERS_MODELS`). Files are handled in `checkpoint_io`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from transformers import SamConfig
+from transformers import PretrainedConfig, SamConfig, SamHQConfig
 
-from .configuration_sam_hf import SamHFConfig, SamHFMaskDecoderConfig, SamHFVisionConfig
+from .configuration_sam_hf import (
+    SamHFConfig,
+    SamHFMaskDecoderConfig,
+    SamHFVisionConfig,
+)
 from .registry import image_encoder_classes, mask_decoder_classes
 
 __all__ = [
+    "TRANSFORMERS_MODEL_TYPES",
     "TRANSFORMERS_TIED_KEY",
+    "TransformersModel",
     "count_indexed",
     "from_transformers_config",
     "from_transformers_state_dict",
     "infer_config_from_state_dict",
     "to_transformers_config",
     "to_transformers_state_dict",
+    "transformers_model",
 ]
 
 # transformers ties this copy of the random-Fourier matrix to `shared_image_embedding.positional_embedding`;
@@ -38,6 +46,23 @@ _TRANSFORMERS_FIXED = {
     "prompt_encoder_config": {"hidden_act": "gelu", "num_point_embeddings": 4},
     "mask_decoder_config": {"hidden_act": "relu"},
 }
+
+
+class TransformersModel(NamedTuple):
+    """What transformers calls one of our decoder variants."""
+
+    config_class: type[PretrainedConfig]
+    architecture: str  # the model class, as config.json's `architectures` names it
+    processor_class: str
+    decoder_type: str  # our mask decoder's
+
+
+# transformers' model type -> its classes, for each decoder variant transformers has.
+_TRANSFORMERS_MODELS = {
+    "sam": TransformersModel(SamConfig, "SamModel", "SamProcessor", "sam"),
+    "sam_hq": TransformersModel(SamHQConfig, "SamHQModel", "SamHQProcessor", "hq"),
+}
+TRANSFORMERS_MODEL_TYPES = tuple(_TRANSFORMERS_MODELS)
 # SAM's decoder head count: the only hyperparameter tensor shapes do not reveal.
 _META_DECODER_HEADS = 8
 
@@ -47,13 +72,15 @@ _META_DECODER_HEADS = 8
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _mlp_rules(prefix: str, depth: int) -> list[tuple[str, str]]:
-    """Our `MLP.layers.0..depth-1` <-> transformers' `proj_in`, `layers.0..depth-3`, `proj_out`."""
+def _mlp_rules(prefix: str, depth: int, theirs: str | None = None) -> list[tuple[str, str]]:
+    """Our `MLP.layers.0..depth-1` at `prefix` <-> transformers' `proj_in`, `layers.0..depth-3`, `proj_out` at
+    `theirs` (default: the same prefix)."""
+    theirs = prefix if theirs is None else theirs
     rules = [
-        (f"{prefix}layers.0.", f"{prefix}proj_in."),
-        (f"{prefix}layers.{depth - 1}.", f"{prefix}proj_out."),
+        (f"{prefix}layers.0.", f"{theirs}proj_in."),
+        (f"{prefix}layers.{depth - 1}.", f"{theirs}proj_out."),
     ]
-    rules += [(f"{prefix}layers.{k}.", f"{prefix}layers.{k - 1}.") for k in range(1, depth - 1)]
+    rules += [(f"{prefix}layers.{k}.", f"{theirs}layers.{k - 1}.") for k in range(1, depth - 1)]
     return rules
 
 
@@ -88,6 +115,18 @@ def _transformers_rules(iou_head_depth: int) -> list[tuple[str, str]]:
         ("mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
         *_mlp_rules("mask_decoder.output_hypernetworks_mlps.{i}.", 3),
         *_mlp_rules("mask_decoder.iou_prediction_head.", iou_head_depth),
+        # SAM-HQ's decoder (`SamHQModel`); no SAM checkpoint has these keys.
+        ("mask_decoder.hf_token.", "mask_decoder.hq_token."),
+        *_mlp_rules("mask_decoder.hf_mlp.", 3, "mask_decoder.hq_mask_mlp."),
+        ("mask_decoder.compress_vit_feat.0.", "mask_decoder.compress_vit_conv1."),
+        ("mask_decoder.compress_vit_feat.1.", "mask_decoder.compress_vit_norm."),
+        ("mask_decoder.compress_vit_feat.3.", "mask_decoder.compress_vit_conv2."),
+        ("mask_decoder.embedding_encoder.0.", "mask_decoder.encoder_conv1."),
+        ("mask_decoder.embedding_encoder.1.", "mask_decoder.encoder_norm."),
+        ("mask_decoder.embedding_encoder.3.", "mask_decoder.encoder_conv2."),
+        ("mask_decoder.embedding_maskfeature.0.", "mask_decoder.mask_conv1."),
+        ("mask_decoder.embedding_maskfeature.1.", "mask_decoder.mask_norm."),
+        ("mask_decoder.embedding_maskfeature.3.", "mask_decoder.mask_conv2."),
     ]
 
 
@@ -116,14 +155,16 @@ def _rename(state_dict: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -
 def to_transformers_state_dict(
     state_dict: dict[str, torch.Tensor], config: SamHFConfig
 ) -> dict[str, torch.Tensor]:
-    """Our (= Meta's) parameter names -> transformers' `SamModel` names; tensors are shared, not copied."""
+    """Our (= Meta's) parameter names -> transformers' `SamModel` (`SamHQModel`) names; tensors are shared, not
+    copied."""
     return _rename(state_dict, _transformers_rules(config.mask_decoder_config.iou_head_depth))
 
 
 def from_transformers_state_dict(
     state_dict: dict[str, torch.Tensor], config: SamHFConfig
 ) -> dict[str, torch.Tensor]:
-    """transformers' `SamModel` parameter names -> ours; the inverse of `to_transformers_state_dict`."""
+    """transformers' `SamModel` (`SamHQModel`) parameter names -> ours; the inverse of
+    `to_transformers_state_dict`."""
     state_dict = dict(state_dict)
     tied = state_dict.pop(TRANSFORMERS_TIED_KEY, None)
     if tied is not None:
@@ -141,11 +182,29 @@ def from_transformers_state_dict(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def to_transformers_config(config: SamHFConfig) -> SamConfig:
-    """The transformers `SamConfig` describing the same network as `config`.
+def transformers_model(config: SamHFConfig) -> TransformersModel:
+    """transformers' classes for `config`'s decoder variant.
 
     Raises:
-        ValueError: if the image encoder is not SAM's ViT (transformers' `SamModel` has no other).
+        ValueError: if transformers has no model with this mask decoder.
+    """
+    decoder_type = config.mask_decoder_config.decoder_type
+    for model in _TRANSFORMERS_MODELS.values():
+        if model.decoder_type == decoder_type:
+            return model
+    raise ValueError(
+        f"transformers has no SAM model with mask_decoder_config.decoder_type {decoder_type!r}; save in the sam_hf "
+        "or meta format"
+    )
+
+
+def to_transformers_config(config: SamHFConfig) -> SamConfig | SamHQConfig:
+    """The transformers config describing the same network as `config`: a `SamConfig`, or a `SamHQConfig` for
+    SAM-HQ's decoder.
+
+    Raises:
+        ValueError: if the image encoder is not SAM's ViT (transformers' `SamModel` and `SamHQModel` have no
+            other).
     """
     vision, prompt, decoder = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
     if not isinstance(vision, SamHFVisionConfig):
@@ -153,7 +212,10 @@ def to_transformers_config(config: SamHFConfig) -> SamConfig:
             f"the transformers format holds SAM's ViT image encoder only (vision_config.encoder_type 'vit'), "
             f"got {vision.encoder_type!r}; save in the sam_hf or meta format"
         )
-    return SamConfig(
+    config_class, architecture = transformers_model(config)[:2]
+    # SamHQ's decoder names the early feature's channels; SamConfig's decoder takes no such field.
+    early = {"vit_dim": vision.intermediate_channels} if config_class is SamHQConfig else {}
+    return config_class(
         vision_config={
             "hidden_size": vision.hidden_size,
             "output_channels": vision.output_channels,
@@ -186,21 +248,33 @@ def to_transformers_config(config: SamHFConfig) -> SamConfig:
             "num_multimask_outputs": decoder.num_multimask_outputs,
             "iou_head_depth": decoder.iou_head_depth,
             "iou_head_hidden_dim": decoder.iou_head_hidden_dim,
+            **early,
         },
         initializer_range=config.initializer_range,
-        architectures=["SamModel"],
+        architectures=[architecture],
     )
 
 
-def from_transformers_config(config: SamConfig | dict[str, Any]) -> SamHFConfig:
-    """Our config for a transformers `SamConfig` (or its dict, as in config.json).
+def from_transformers_config(config: SamConfig | SamHQConfig | dict[str, Any]) -> SamHFConfig:
+    """Our config for a transformers `SamConfig` or `SamHQConfig` (or its dict, as in config.json; its
+    `model_type` tells which, "sam" when absent).
 
     Raises:
         ValueError: if the transformers config describes something SAM's architecture cannot represent
-            (another activation, no absolute positions, mismatched sizes).
+            (another activation, no absolute positions, mismatched sizes), or its model type is neither.
     """
     if isinstance(config, dict):
-        config = SamConfig.from_dict({k: v for k, v in config.items() if k != "model_type"})
+        model_type = config.get("model_type") or "sam"
+        if model_type not in _TRANSFORMERS_MODELS:
+            raise ValueError(f"model_type must be one of {TRANSFORMERS_MODEL_TYPES}, got {model_type!r}")
+        config_class = _TRANSFORMERS_MODELS[model_type].config_class
+        config = config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
+    decoder_types = [m.decoder_type for m in _TRANSFORMERS_MODELS.values() if type(config) is m.config_class]
+    if not decoder_types:
+        raise TypeError(
+            f"config must be one of {[m.config_class.__name__ for m in _TRANSFORMERS_MODELS.values()]} or a "
+            f"dict, got {type(config).__name__}"
+        )
     vision, prompt, decoder = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
     problems = [
         f"{section}.{field}={getattr(getattr(config, section), field)!r} (expected {value!r})"
@@ -212,13 +286,15 @@ def from_transformers_config(config: SamConfig | dict[str, Any]) -> SamHFConfig:
         "vision_config.num_pos_feats": (vision.num_pos_feats, prompt.hidden_size // 2),
         "prompt_encoder_config.image_size": (prompt.image_size, vision.image_size),
         "prompt_encoder_config.patch_size": (prompt.patch_size, vision.patch_size),
+        # SAM-HQ's early feature is the ViT's own width.
+        "mask_decoder_config.vit_dim": (getattr(decoder, "vit_dim", vision.hidden_size), vision.hidden_size),
     }
     problems += [
         f"{name}={got!r} (expected {want!r})" for name, (got, want) in consistency.items() if got != want
     ]
     if problems:
         raise ValueError(
-            f"this transformers SamConfig is not a SAM network sam_hf can load: {', '.join(problems)}"
+            f"this transformers {type(config).__name__} is not a SAM network sam_hf can load: {', '.join(problems)}"
         )
     return SamHFConfig(
         vision_config={
@@ -241,6 +317,7 @@ def from_transformers_config(config: SamConfig | dict[str, Any]) -> SamHFConfig:
             "mask_input_channels": prompt.mask_input_channels,
         },
         mask_decoder_config={
+            "decoder_type": decoder_types[0],
             "hidden_size": decoder.hidden_size,
             "num_hidden_layers": decoder.num_hidden_layers,
             "num_attention_heads": decoder.num_attention_heads,

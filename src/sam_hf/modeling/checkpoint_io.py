@@ -4,10 +4,12 @@ The same weights come in three formats:
 
 - `"sam_hf"`: this package's folders or Hub repos: `config.json` (`model_type` "sam_hf") and `model.safetensors`
   with Meta's parameter names (transformers' own `from_pretrained` reads them).
-- `"transformers"`: folders or Hub repos of transformers' `SamModel` (e.g. facebook/sam-vit-base): `config.json`
-  (`model_type` "sam") and `model.safetensors` or `pytorch_model.bin` with transformers' parameter names.
-- `"meta"`: the official state dicts (Meta's `sam_vit_b_01ec64.pth`, ..., MobileSAM's `mobile_sam.pt`), whose
-  names are ours; the image encoder is told by the keys, the variant read from tensor shapes.
+- `"transformers"`: folders or Hub repos of transformers' `SamModel` (e.g. facebook/sam-vit-base) or `SamHQModel`
+  (e.g. syscv-community/sam-hq-vit-base): `config.json` (`model_type` "sam" or "sam_hq") and `model.safetensors`
+  or `pytorch_model.bin` with transformers' parameter names.
+- `"meta"`: the official state dicts (Meta's `sam_vit_b_01ec64.pth`, ..., MobileSAM's `mobile_sam.pt`, SAM-HQ's
+  `sam_hq_vit_b.pth`, ...), whose names are ours; the image encoder and the mask decoder are told by the keys,
+  the variant read from tensor shapes.
 
 Pickles are only ever read with `torch.load(weights_only=True)`; anything else is refused. Loading is strict:
 missing, unexpected or mis-shaped tensors are reported before any model is returned.
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from transformers.utils.hub import cached_file
 
 from .checkpoint_conversion import (
+    TRANSFORMERS_MODEL_TYPES,
     from_transformers_config,
     from_transformers_state_dict,
     infer_config_from_state_dict,
@@ -58,8 +61,9 @@ HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revis
 
 _EXPECTED = (
     "expected one of: a sam_hf folder or Hub repo (config.json with model_type 'sam_hf' + model.safetensors), "
-    "a transformers SAM folder or Hub repo (config.json with model_type 'sam' + model.safetensors or "
-    "pytorch_model.bin), or a Meta state dict file (.pth/.pt/.bin/.safetensors, e.g. sam_vit_b_01ec64.pth)"
+    "a transformers SAM or SAM-HQ folder or Hub repo (config.json with model_type 'sam' or 'sam_hq' + "
+    "model.safetensors or pytorch_model.bin), or an official state dict file (.pth/.pt/.bin/.safetensors, e.g. "
+    "sam_vit_b_01ec64.pth, sam_hq_vit_b.pth)"
 )
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -172,7 +176,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Re
     model_type = config_dict.get("model_type")
     if model_type == "sam_hf":
         return ResolvedCheckpoint("sam_hf", source, config_dict, [])
-    if model_type != "sam":
+    if model_type not in TRANSFORMERS_MODEL_TYPES:
         raise ValueError(f"{source!r} has a config.json with model_type {model_type!r}; {_EXPECTED}")
     for name in _TRANSFORMERS_WEIGHTS:
         weights = cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
@@ -275,7 +279,8 @@ def check_state_dict(
 def save_transformers_checkpoint(
     config: SamHFConfig, state_dict: dict[str, torch.Tensor], folder: str | os.PathLike
 ) -> None:
-    """Write a folder `transformers.SamModel.from_pretrained` loads: config.json + model.safetensors."""
+    """Write a folder `transformers.SamModel.from_pretrained` (`SamHQModel` for SAM-HQ) loads: config.json +
+    model.safetensors."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     to_transformers_config(config).save_pretrained(folder)
@@ -284,6 +289,7 @@ def save_transformers_checkpoint(
 
 
 def save_meta_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a state dict `segment_anything.sam_model_registry[variant](checkpoint=path)` loads."""
+    """Write a state dict `segment_anything.sam_model_registry[variant](checkpoint=path)` loads (for SAM-HQ,
+    `segment_anything_hq`'s; for MobileSAM, `mobile_sam`'s)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.contiguous() for k, v in state_dict.items()}, path)
