@@ -101,10 +101,16 @@ class MaskDecoder(nn.Module):
         Returns:
             mask logits `(B, M, 4h, 4w)` and IoU predictions `(B, M)`, M = 3 or 1.
         """
-        _refuse_hq_token_only(hq_token_only)
         masks, iou_pred = self.predict_masks(
             image_features, image_pe, sparse, token_mask, dense, point_batch_size
         )
+        return self.select_outputs(masks, iou_pred, multimask_output, hq_token_only)
+
+    def select_outputs(
+        self, masks: torch.Tensor, iou_pred: torch.Tensor, multimask_output: bool, hq_token_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict_masks`' outputs -> `forward`'s: the multimask outputs, or the single-mask one."""
+        _refuse_hq_token_only(hq_token_only)
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
@@ -223,22 +229,11 @@ class MaskDecoderHQ(MaskDecoder):
             nn.Conv2d(dim // 4, dim // 8, 3, 1, 1),
         )
 
-    def forward(
-        self,
-        image_features: dict[str, torch.Tensor],
-        image_pe: torch.Tensor,
-        sparse: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        dense: torch.Tensor,
-        multimask_output: bool,
-        hq_token_only: bool = False,
-        point_batch_size: int = 1,
+    def select_outputs(
+        self, masks: torch.Tensor, iou_pred: torch.Tensor, multimask_output: bool, hq_token_only: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `MaskDecoder.forward`, with SAM-HQ's selection (class docstring): mask logits `(B, 1, 4h, 4w)` and
-        IoU predictions `(B, 1)`."""
-        masks, iou_pred = self.predict_masks(
-            image_features, image_pe, sparse, token_mask, dense, point_batch_size
-        )
+        """`predict_masks`' outputs -> SAM-HQ's one mask `(B, 1, 4h, 4w)` and its IoU `(B, 1)` (class
+        docstring)."""
         candidates = slice(1, self.num_mask_tokens) if multimask_output else slice(0, 1)
         hq_mask = masks[:, self.num_mask_tokens :]
         return _add_hq_mask(masks[:, candidates], iou_pred[:, candidates], hq_mask, hq_token_only)
