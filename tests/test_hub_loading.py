@@ -97,27 +97,32 @@ def test_every_local_form_loads_and_says_which(model_forms, tiny_model, capsys):
 
 
 def test_the_loaded_line_names_the_image_encoder_in_every_form(model_forms, tmp_path, capsys):
-    """ViT (SAM) and TinyViT (MobileSAM) models, plain, as an adapter and merged: the one line says which."""
+    """ViT (SAM), TinyViT (MobileSAM) and SAM-HQ models, plain, as an adapter and merged: the one line says
+    which image encoder and which mask decoder."""
     from sam_hf import SamHFConfig
 
     SamHFModel(SamHFConfig.from_preset("tiny_vit_t")).save_pretrained(tmp_path / "tiny_vit")
+    SamHFModel(SamHFConfig.from_preset("tiny_vit_t_hq")).save_pretrained(tmp_path / "light_hq")
     _lora_adapter(str(tmp_path / "tiny_vit"), tmp_path / "tiny_vit_adapter")
     _lora_adapter(str(model_forms["meta"]), tmp_path / "vit_adapter")
-    cases = [(path, "vit", {}) for path in model_forms.values()] + [
-        ("sam-hf-tiny", "vit", {}),
-        (tmp_path / "vit_adapter", "vit", {}),
-        (tmp_path / "vit_adapter", "vit", {"merge_adapter": True}),
-        (tmp_path / "tiny_vit", "tiny_vit", {}),
-        (tmp_path / "tiny_vit_adapter", "tiny_vit", {}),
-        (tmp_path / "tiny_vit_adapter", "tiny_vit", {"merge_adapter": True}),
+    _lora_adapter(str(tmp_path / "light_hq"), tmp_path / "light_hq_adapter")
+    cases = [(path, "vit", "sam", {}) for path in model_forms.values()] + [
+        ("sam-hf-tiny", "vit", "sam", {}),
+        (tmp_path / "vit_adapter", "vit", "sam", {}),
+        (tmp_path / "vit_adapter", "vit", "sam", {"merge_adapter": True}),
+        (tmp_path / "tiny_vit", "tiny_vit", "sam", {}),
+        (tmp_path / "tiny_vit_adapter", "tiny_vit", "sam", {}),
+        (tmp_path / "tiny_vit_adapter", "tiny_vit", "sam", {"merge_adapter": True}),
+        (tmp_path / "light_hq", "tiny_vit", "hq", {}),
+        (tmp_path / "light_hq_adapter", "tiny_vit", "hq", {"merge_adapter": True}),
     ]
     capsys.readouterr()
-    for path, encoder_type, kwargs in cases:
+    for path, encoder_type, decoder_type, kwargs in cases:
         _, _, resolved = load_model(path, **kwargs)
-        assert resolved.encoder_type == encoder_type, path
+        assert (resolved.encoder_type, resolved.decoder_type) == (encoder_type, decoder_type), path
         said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sam_hf:")]
         assert said == [f"sam_hf: loaded {resolved.describe()}"], path
-        assert said[0].endswith(f", image encoder {encoder_type}"), path
+        assert said[0].endswith(f", image encoder {encoder_type}, mask decoder {decoder_type}"), path
 
 
 def test_shipped_model_is_named_by_its_name_however_given(tmp_path, monkeypatch):
@@ -555,7 +560,10 @@ def test_one_command_resolves_a_hub_name_once_with_one_request(tiny_model, monke
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
     argv = ["segment", str(tmp_path / "image.png"), "--model", "acme/sam-tiny", "--point", "1,1"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert "sam_hf: loaded Hub repo acme/sam-tiny, image encoder vit" in capsys.readouterr().err
+    assert (
+        "sam_hf: loaded Hub repo acme/sam-tiny, image encoder vit, mask decoder sam"
+        in capsys.readouterr().err
+    )
     assert hub.requests == 1 and calls == {"resolve": 1, "shipped": 1, "format": 1}
     # Only what the cache cannot answer is asked for, by commit: whether the repo holds an adapter.
     assert files_asked == [f"{_COMMIT}/adapter_config.json"]

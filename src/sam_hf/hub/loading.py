@@ -94,6 +94,8 @@ class ResolvedModel:
         merged: `load_model` folded the adapter into its base (a plain `SamHFModel`).
         encoder_type: the loaded model's image encoder (`vision_config.encoder_type`: "vit" for SAM,
             "tiny_vit" for MobileSAM); None before loading, since only the weights or config tell it.
+        decoder_type: the loaded model's mask decoder (`mask_decoder_config.decoder_type`: "sam", or "hq" for
+            SAM-HQ); None before loading.
         hub_kwargs: the Hub arguments its files are fetched with: the caller's, with `revision` pinned to the
             commit the Hub named, or `local_files_only` when only the local cache can serve them.
         checkpoint: where a full model's config and weights are (`checkpoint_io.resolve_checkpoint`), which the
@@ -107,6 +109,7 @@ class ResolvedModel:
     base: str | None = None
     merged: bool = False
     encoder_type: str | None = None
+    decoder_type: str | None = None
     hub_kwargs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     checkpoint: ResolvedCheckpoint | None = field(default=None, repr=False, compare=False)
 
@@ -116,12 +119,14 @@ class ResolvedModel:
         return self.kind not in ("shipped", "hub")
 
     def describe(self) -> str:
-        """One line: what was loaded, from where, on which base, with which image encoder."""
+        """One line: what was loaded, from where, on which base, with which image encoder and mask decoder."""
         text = f"{_KIND_TEXT[self.kind]} {self.name}"
         if self.base is not None:
             text += f" (LoRA adapter on base {self.base}{', merged' if self.merged else ''})"
         if self.encoder_type is not None:
             text += f", image encoder {self.encoder_type}"
+        if self.decoder_type is not None:
+            text += f", mask decoder {self.decoder_type}"
         return text
 
 
@@ -242,7 +247,11 @@ def load_model(
         resolved = replace(resolved, checkpoint=checkpoint)
     if not hasattr(model, "peft_config"):  # an unmerged PeftModel keeps its base's name
         model.name_or_path = model.config.name_or_path = resolved.name
-    resolved = replace(resolved, encoder_type=model.config.vision_config.encoder_type)
+    resolved = replace(
+        resolved,
+        encoder_type=model.config.vision_config.encoder_type,
+        decoder_type=model.config.mask_decoder_config.decoder_type,
+    )
     if verbose:
         print(f"sam_hf: loaded {resolved.describe()}", file=sys.stderr)
     return model.eval(), processor, resolved
