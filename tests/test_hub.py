@@ -188,6 +188,26 @@ def test_card_uses_training_summary(adapter_folder):
     assert "| learning_rate | 0.0001 |" in card.text
 
 
+def test_card_names_the_sam_variant_and_its_licence(adapter_folder, tmp_path):
+    """The variant comes from the run's summary or the model's config (a merged Light HQ-SAM here); the
+    licence is stated in the metadata and in words, with the caveat for a base trained by others."""
+    from sam_hf import SamHFConfig
+
+    assert "| SAM variant | not recorded |" in build_model_card(adapter_folder).text
+    summary = {"image_encoder": "vit", "mask_decoder": "sam"}
+    (adapter_folder / TRAINING_SUMMARY_NAME).write_text(json.dumps(summary))
+    assert (
+        "| SAM variant | image encoder `vit`, mask decoder `sam` |" in build_model_card(adapter_folder).text
+    )
+    folder = tmp_path / "light_hq"
+    SamHFConfig.from_preset("tiny_vit_t_hq").save_pretrained(folder)
+    card = build_model_card(folder, repo_id="user/light-hq")
+    assert "| SAM variant | image encoder `tiny_vit`, mask decoder `hq` |" in card.text
+    assert card.data.license == "apache-2.0"
+    assert "Apache-2.0, the licence of `sam_hf` and of the official SAM, SAM-HQ and MobileSAM" in card.text
+    assert "may carry its own licence" in card.text
+
+
 def test_commit_operations_stage_publishable_files_only(adapter_folder, tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()

@@ -5,8 +5,13 @@ not measured (missing ones read "not measured"):
     - `eval_results.json` (`sam_hf.evaluation.EVAL_RESULTS_NAME`, written by `sam-hf evaluate`);
     - `training_summary.json` (`TRAINING_SUMMARY_NAME`, written by `sam-hf finetune`), optional keys read here:
       `base_model`, `dataset`, `dataset_split`, `train_runtime_s`, `trainable_parameters`,
-      `total_parameters`, `hyperparameters` (a flat dict);
-    - `adapter_config.json` / `adapter_model.safetensors` (PEFT adapter) or `config.json` (full model).
+      `total_parameters`, `hyperparameters` (a flat dict), `image_encoder` and `mask_decoder` (the config's
+      `encoder_type` and `decoder_type`);
+    - `adapter_config.json` / `adapter_model.safetensors` (PEFT adapter) or `config.json` (full model), whose
+      `encoder_type` and `decoder_type` name the SAM variant when the summary does not.
+
+The card names the variant by those registered names and states the licence: Apache-2.0, sam_hf's and that of
+the official SAM, SAM-HQ and MobileSAM weights, with the caveat that a base trained by others carries its own.
 
 The base model is named as the adapter records it (`sam_hf.hub.loading`): a shipped name or Hub id goes into
 the `base_model` metadata and the loading snippet; a local path never does: the card names it by its last
@@ -23,11 +28,13 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation import EVAL_RESULTS_NAME, NOT_MEASURED, flat_metrics, metric_label, results_table
+from ..modeling.configuration_sam_hf import SamHFConfig
 from ..pretrained import shipped_model_name
 from .loading import ADAPTER_CONFIG_NAME, MERGED_FOLDER, adapter_base_model, portable_model_name
 
 __all__ = [
     "CARD_MARKER",
+    "LICENSE",
     "TRAINING_SUMMARY_NAME",
     "build_model_card",
     "card_template_path",
@@ -40,6 +47,7 @@ CARD_MARKER = "<!-- sam_hf: generated model card; edit freely after removing thi
 TRAINING_SUMMARY_NAME = "training_summary.json"
 _NOT_RECORDED = "not recorded"  # a name (base model, dataset) the run's files do not give
 _RUN_LABELS = {"base": "base model", "finetuned": "fine-tuned", "model": "this model"}
+LICENSE = "apache-2.0"  # sam_hf's, and the official SAM, SAM-HQ and MobileSAM weights'
 
 
 def card_template_path(name: str = "sam_hf_finetuned") -> Path:
@@ -80,6 +88,7 @@ def build_model_card(
         base_model=base_model if _is_hub_id(base_model) else None,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         library_name="sam_hf",
+        license=LICENSE,
         pipeline_tag="mask-generation",
         tags=["segment-anything", "sam_hf", "image-segmentation"] + (["lora", "peft"] if adapter else []),
         eval_results=_eval_results_metadata(eval_results) or None,
@@ -92,6 +101,7 @@ def build_model_card(
         model_name=name,
         repo_id=repo_id or f"path/to/{folder.resolve().name}",
         base_model_text=_model_text(base_model),
+        architecture_text=_architecture_text(folder, summary),
         base_model_load=base_model if _is_hub_id(base_model) else "path/to/base_model",
         local_base_note=local_base_note(base_model) if adapter and not merged else "",
         merged_folder=MERGED_FOLDER if in_output_folder and (folder / MERGED_FOLDER).is_dir() else "",
@@ -122,6 +132,20 @@ def is_generated_card(text: str) -> bool:
     ]
     blank = ModelCard.from_template(ModelCardData()).text.splitlines()
     return [line for line in body if line.strip()] == [line for line in blank if line.strip()]
+
+
+def _architecture_text(folder: Path, summary: dict[str, Any]) -> str:
+    """The SAM variant by its registered names: the training summary's record, else the model's config (this
+    folder's, or `merged/`'s for an adapter)."""
+    encoder, decoder = summary.get("image_encoder"), summary.get("mask_decoder")
+    config = _read_json(folder / "config.json") or _read_json(folder / MERGED_FOLDER / "config.json")
+    if encoder is None and config.get("model_type") == "sam_hf":
+        model_config = SamHFConfig.from_dict(config)  # its defaults fill what an older file lacks
+        encoder = model_config.vision_config.encoder_type
+        decoder = model_config.mask_decoder_config.decoder_type
+    if encoder is None:
+        return _NOT_RECORDED
+    return f"image encoder `{encoder}`, mask decoder `{decoder}`"
 
 
 def _weights_text(has_adapter: bool, merged: bool) -> str:

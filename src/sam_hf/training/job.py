@@ -113,6 +113,8 @@ def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> 
     )
     record = {
         "base_model": portable_model_name(config.model),
+        "image_encoder": model.config.vision_config.encoder_type,
+        "mask_decoder": model.config.mask_decoder_config.decoder_type,
         "dataset": config.dataset,
         "dataset_split": config.split,
         "train_runtime_s": summary["runtime_s"],
