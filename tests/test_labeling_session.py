@@ -289,6 +289,35 @@ def test_export_pushes_the_dataset_and_a_card_of_its_provenance(session, monkeyp
     assert "`sam-hf-tiny, " in card.text and "2 masks on 1 images" in card.text
 
 
+def test_an_hq_model_labels_with_clicks_box_prefill_and_a_retraining_swap(photo_folder, tmp_path):
+    """SAM-HQ (one mask per prompt, the encoder's early feature cached with the embedding): clicks and a box
+    give its mask, the generator pre-fills from the session's features, a LoRA round swaps in an HQ model."""
+    from sam_hf import SamHFConfig, SamHFModel
+
+    SamHFModel(SamHFConfig.from_preset("tiny_hq")).save_pretrained(tmp_path / "hq")
+    with LabelSession(str(tmp_path / "hq"), photo_folder, tmp_path / "out") as session:
+        assert set(session.predictor.image_features) == {"image_embeddings", "intermediate_embeddings"}
+        first = session.add_click(250, 120)
+        assert first.masks.shape == (1, *session.image.shape[:2])
+        second = session.add_click(100, 100, positive=False)
+        assert not np.array_equal(first.low_res_logits, second.low_res_logits)
+        session.accept()
+        assert session.set_box(50, 60, 300, 400).masks.shape == (1, *session.image.shape[:2])
+        session.clear_prompts()
+        assert session.prefill(
+            pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=2, max_overlap=1.0
+        )
+        session.accept_prefilled(0)
+        before = session.add_click(400, 300).low_res_logits
+        job = session.start_retrain(max_steps=1, batch_size=1, lora_r=2, learning_rate=0.05)
+        assert job.wait(timeout=300) and job.error is None, job.message
+        assert session.poll_retrain()
+        assert session.model.config.mask_decoder_config.decoder_type == "hq"
+        assert not np.allclose(before, session.proposal.low_res_logits)  # replayed with the new model
+        session.accept()
+        assert [s["round"] for s in session.round_stats()] == [0, 1]
+
+
 def test_retrain_swaps_in_a_model_trained_on_the_labels(tmp_path):
     folder = tmp_path / "cells"
     folder.mkdir()
