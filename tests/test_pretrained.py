@@ -152,6 +152,17 @@ def test_pretraining_runs_and_resumes_on_cpu(tmp_path):
     assert recipe["recipe"]["steps"] == 2 and recipe["device"]
 
 
+def test_pretraining_feeds_an_hq_decoder_every_image_feature(tmp_path):
+    """SAM-HQ's decoder takes the encoder's early feature beside the embedding (and refuses a call without
+    it): pretraining passes both, to the first pass and to the correction passes."""
+    recipe = _tiny_recipe(preset="tiny_hq", steps=1, correction_every=1)
+    assert pretrain.pretrain(recipe, tmp_path, "cpu") == tmp_path / "model"
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and np.isfinite(log[0]["loss"])
+    model = SamHFModel.from_pretrained(tmp_path / "model")
+    assert model.config.mask_decoder_config.decoder_type == "hq"
+
+
 def test_script_is_the_command_line_of_the_library(tmp_path, monkeypatch):
     """`training/pretrain_tiny.py` parses `--config/--out/--set/--max-steps` into one `pretrain` call."""
     monkeypatch.syspath_prepend(str(_ROOT / "training"))
