@@ -266,7 +266,9 @@ def assert_same_records(official: dict, ours: dict, atol: float) -> None:
 def test_registry_keys_and_random_init_match_the_official_builders():
     import segment_anything
 
-    assert sorted(sam_hf.sam_model_registry) == sorted([*segment_anything.sam_model_registry, "vit_t"])
+    assert sorted(sam_hf.sam_model_registry) == sorted(
+        [*segment_anything.sam_model_registry, "vit_t", "vit_tiny"]
+    )
     assert sam_hf.sam_model_registry["default"] is build_sam is build_sam_vit_h
     builders = {"vit_b": build_sam_vit_b, "vit_l": build_sam_vit_l, "vit_h": build_sam_vit_h}
     for name, builder in builders.items():
@@ -330,7 +332,7 @@ def test_a_checkpoint_of_another_size_or_type_raises(shipped_pth):
     with pytest.raises(
         ValueError,
         match=r"does not hold a vit_b model: vision_config.image_size=128 \(expected 1024\).*"
-        r"It holds no SAM ViT-B/L/H or MobileSAM model",
+        r"It holds no SAM ViT-B/L/H, MobileSAM, SAM-HQ or Light HQ-SAM model",
     ):
         sam_hf.sam_model_registry["vit_b"](checkpoint=shipped_pth)
     with pytest.raises(
@@ -488,3 +490,88 @@ def test_predictor_binarises_at_the_models_mask_threshold(tiny_model, photos):
     masks = predictor.predict(box=box)[0]
     np.testing.assert_array_equal(masks, logits > tiny_model.mask_threshold)
     assert 0.3 < masks.mean() < 0.7
+
+
+# ---------------------------------------------------------------------------------------------------- SAM-HQ
+
+# Written as segment_anything_hq's README and demo scripts use it: a checkpoint file, the predictor with and
+# without `hq_token_only`, the automatic mask generator. Reads MODEL_TYPE, CHECKPOINT and IMAGE. `sam.eval()`
+# after loading: segment_anything_hq's TinyViT caches its attention biases when put in eval mode, which its
+# builder does before loading the checkpoint.
+HQ_SCRIPT = """
+import numpy as np
+from segment_anything_hq import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+
+sam = sam_model_registry[MODEL_TYPE](checkpoint=CHECKPOINT)
+sam.to(device="cpu")
+sam.eval()
+predictor = SamPredictor(sam)
+predictor.set_image(IMAGE)
+h, w = IMAGE.shape[:2]
+input_point, input_label = np.array([[0.45 * w, 0.4 * h]]), np.array([1])
+results["point"] = predictor.predict(
+    point_coords=input_point, point_labels=input_label, multimask_output=False, hq_token_only=False
+)
+results["point_multimask_hq_only"] = predictor.predict(
+    point_coords=input_point, point_labels=input_label, multimask_output=True, hq_token_only=True
+)
+input_box = np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.9 * h])
+results["box_hq_only"] = predictor.predict(box=input_box[None, :], multimask_output=False, hq_token_only=True)
+mask_generator = SamAutomaticMaskGenerator(model=sam, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+results["anns"] = mask_generator.generate(IMAGE)
+"""
+
+
+def test_vit_tiny_is_light_hq_sam_and_vit_b_builds_sam_hq_from_its_file(official_hq_vit_b, tmp_path):
+    """`sam_model_registry["vit_tiny"]` builds Light HQ-SAM as segment_anything_hq spells it (MobileSAM's
+    `vit_t` stays MobileSAM); `["vit_b"]` given a `sam_hq_vit_b.pth` builds SAM-HQ with its weights, bit for bit;
+    `["vit_t"]` given a Light HQ-SAM file names the builder that takes it."""
+    from segment_anything_hq import sam_model_registry as hq_registry
+
+    with torch.device("meta"):
+        light = sam_hf.sam_model_registry["vit_tiny"]()
+        mobile = sam_hf.sam_model_registry["vit_t"]()
+    official_light = hq_registry["vit_tiny"]()  # on the CPU: its TinyViT builder reads drop-path values
+    assert {k: tuple(v.shape) for k, v in light.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in official_light.state_dict().items()
+    }
+    assert mobile.config.mask_decoder_config.decoder_type == "sam"
+    path = tmp_path / "sam_hq_vit_b.pth"
+    torch.save(official_hq_vit_b.state_dict(), path)
+    loaded = sam_hf.sam_model_registry["vit_b"](checkpoint=str(path))
+    assert loaded.config.mask_decoder_config.decoder_type == "hq" and not loaded.training
+    assert_bit_exact(loaded.state_dict(), official_hq_vit_b.state_dict())
+    with pytest.raises(ValueError, match=r"It holds a vit_b model: use sam_model_registry\['vit_b'\]"):
+        sam_hf.sam_model_registry["vit_l"](checkpoint=str(path))
+
+
+@pytest.mark.slow
+def test_official_sam_hq_script_runs_with_one_import_changed(official_hq_vit_tiny, small_photo, tmp_path):
+    """A segment_anything_hq script on a seeded random Light HQ-SAM written as `sam_hq_vit_tiny.pth`: predictor
+    logits and scores within 1e-4 absolute, masks equal on >= 99.99% of pixels; the generator's masks
+    identical, its scores within 1e-4 (thresholds open: random weights predict low IoU)."""
+    checkpoint = tmp_path / "sam_hq_vit_tiny.pth"
+    torch.save(official_hq_vit_tiny.state_dict(), checkpoint)
+    inputs = {"MODEL_TYPE": "vit_tiny", "CHECKPOINT": str(checkpoint), "IMAGE": small_photo}
+    script = HQ_SCRIPT
+    official = run_script(script, "segment_anything", **inputs)  # the script's own import
+    assert script.count("from segment_anything_hq") == script.count("segment_anything")
+    ours = run_script(script.replace("from segment_anything_hq", "from segment_anything"), "sam_hf", **inputs)
+    for case in ("point", "point_multimask_hq_only", "box_hq_only"):
+        (masks, scores, low), (o_masks, o_scores, o_low) = ours[case], official[case]
+        assert masks.shape == o_masks.shape == (1, *small_photo.shape[:2]), case
+        assert (masks == o_masks).mean() >= 0.9999, case
+        np.testing.assert_allclose(low, o_low, atol=1e-4, rtol=0, err_msg=case)
+        np.testing.assert_allclose(scores, o_scores, atol=1e-4, rtol=0, err_msg=case)
+
+    def by_mask(anns):
+        return sorted(anns, key=lambda a: (a["area"], a["bbox"], a["point_coords"]))
+
+    anns, o_anns = by_mask(ours["anns"]), by_mask(official["anns"])
+    assert len(anns) == len(o_anns) > 0
+    for ann, o_ann in zip(anns, o_anns, strict=True):
+        for key in ("area", "bbox", "point_coords", "crop_box"):
+            assert ann[key] == o_ann[key], key
+        np.testing.assert_array_equal(ann["segmentation"], o_ann["segmentation"])
+        for key in ("predicted_iou", "stability_score"):
+            assert abs(ann[key] - o_ann[key]) <= 1e-4, key

@@ -8,6 +8,7 @@ from .build_sam import (
     build_sam_vit_h,
     build_sam_vit_l,
     build_sam_vit_t,
+    build_sam_vit_tiny,
     sam_model_registry,
 )
 from .inference import SamAutomaticMaskGenerator, SamPredictor
@@ -44,6 +45,7 @@ __all__ = [
     "build_sam_vit_h",
     "build_sam_vit_l",
     "build_sam_vit_t",
+    "build_sam_vit_tiny",
     "sam_model_registry",
 ]
 __version__ = "0.1.0"
