@@ -488,3 +488,68 @@ def test_tiny_vit_model_exports_and_matches_pytorch(tmp_path, photos):
         np.testing.assert_allclose(low_res, torch_low_res, rtol=0, atol=FP32_ATOL, err_msg=case)
         np.testing.assert_allclose(iou, torch_iou, rtol=0, atol=FP32_ATOL, err_msg=case)
         np.testing.assert_allclose(masks, torch_masks, rtol=0, atol=FP32_ATOL, err_msg=case)
+
+
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_sam_hq_model_exports_its_early_feature_and_matches_pytorch(tmp_path, photos, hq_token_only):
+    """SAM-HQ: the encoder graph outputs the early feature beside the image embedding, the decoder graph takes
+    both and answers as the model's forward does (with `hq_token_only` fixed at export, as segment_anything_hq's
+    SamOnnxModel); multimask output where the official rule takes it (at most two points). fp32 within 1e-4."""
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny_hq")).eval()
+    perturb_all_weights(model)
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "onnx"
+    if hq_token_only:  # through the command line
+        assert main(["export", str(tmp_path / "model"), str(out), "--hq-token-only"]) == 0
+    else:
+        export_onnx(tmp_path / "model", out)
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert list(config["image_encoder"]["outputs"]) == ["image_embeddings", "intermediate_embeddings"]
+    assert list(config["mask_decoder"]["inputs"])[:2] == ["image_embeddings", "intermediate_embeddings"]
+    assert config["mask_decoder"]["hq_token_only"] is hq_token_only
+    processor = SamHFProcessor.from_model_config(model.config)
+    encoder, decoder = _session(out / ENCODER_FILE), _session(out / DECODER_FILE)
+    assert [i.name for i in decoder.get_inputs()] == [
+        "image_embeddings",
+        "intermediate_embeddings",
+        *DECODER_INPUTS[1:],
+    ]
+    image = photos["coffee"]
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    onnx_features = encoder.run(None, {"pixel_values": pixel_values.numpy()})
+    with torch.inference_mode():
+        features = model.get_image_features(pixel_values)
+    for onnx_feature, name in zip(onnx_features, model.image_feature_names, strict=True):
+        np.testing.assert_allclose(onnx_feature, features[name].numpy(), rtol=0, atol=FP32_ATOL, err_msg=name)
+    shape = image.shape[:2]
+    for case, prompt in _prompt_cases(*shape).items():
+        inputs = _official_inputs(processor, shape, prompt)
+        masks, iou, low_res = decoder.run(
+            None,
+            {"image_embeddings": onnx_features[0], "intermediate_embeddings": onnx_features[1], **inputs},
+        )
+        kwargs = {}
+        if "points" in prompt:
+            coords = processor.transform_coords(np.array(prompt["points"]), shape)
+            kwargs["input_points"] = torch.as_tensor(coords, dtype=torch.float32)[None, None]
+            kwargs["input_labels"] = torch.tensor(prompt["labels"])[None, None]
+        if "box" in prompt:
+            boxes = processor.transform_boxes(np.array(prompt["box"]), shape)
+            kwargs["input_boxes"] = torch.as_tensor(boxes, dtype=torch.float32)[None, None]
+        multimask = inputs["point_labels"].shape[1] <= 2
+        with torch.inference_mode():
+            expected = model(**features, **kwargs, multimask_output=multimask, hq_token_only=hq_token_only)
+        assert low_res.shape == (1, 1, *expected.pred_masks.shape[-2:]), case
+        np.testing.assert_allclose(
+            low_res, expected.pred_masks[0].numpy(), rtol=0, atol=FP32_ATOL, err_msg=case
+        )
+        np.testing.assert_allclose(iou, expected.iou_scores[0].numpy(), rtol=0, atol=FP32_ATOL, err_msg=case)
+        resized = processor.get_preprocess_shape(*shape)
+        torch_masks = processor.post_process_masks(expected.pred_masks, [shape], [resized], binarize=False)[0]
+        np.testing.assert_allclose(masks, torch_masks.numpy(), rtol=0, atol=FP32_ATOL, err_msg=case)
+
+
+def test_hq_token_only_needs_sam_hqs_decoder(tmp_path, tiny):
+    with pytest.raises(ValueError, match="hq_token_only=True needs SAM-HQ's mask decoder"):
+        export_onnx(tiny[0], tmp_path / "onnx", hq_token_only=True)

@@ -5,11 +5,14 @@ The output folder holds:
 
 - `image_encoder.onnx`: input `pixel_values` `(1, 3, image_size, image_size)` float32, the image as
   `SamHFProcessor` prepares it (RGB, longest side resized to `image_size`, normalised with `pixel_mean` /
-  `pixel_std` on the 0-255 scale, zero-padded at the bottom and right); output `image_embeddings`
-  `(1, C, h, w)` (256 x 64 x 64 for SAM).
+  `pixel_std` on the 0-255 scale, zero-padded at the bottom and right); outputs the image features the model's
+  decoder needs, named by `model.image_feature_names`: `image_embeddings` `(1, C, h, w)` (256 x 64 x 64 for
+  SAM), and for SAM-HQ also its early feature `intermediate_embeddings` `(1, h, w, D)` (segment_anything_hq's
+  `interm_embeddings[0]`).
 - `mask_decoder.onnx`: the interface of official `segment_anything.utils.onnx.SamOnnxModel` as exported by its
   `scripts/export_onnx_model.py`, all inputs float32:
-    - `image_embeddings` `(1, C, h, w)`: the encoder's output;
+    - `image_embeddings` `(1, C, h, w)`: the encoder's output (SAM-HQ: then `intermediate_embeddings`, where
+      segment_anything_hq's `SamOnnxModel` takes `interm_embeddings` and reads its first entry);
     - `point_coords` `(1, num_points, 2)`: XY in the resized-input frame (original pixels scaled by
       `image_size / max(H, W)`, as official `ResizeLongestSide.apply_coords`); `num_points` is dynamic;
     - `point_labels` `(1, num_points)`: 1 foreground, 0 background, 2 / 3 box top-left / bottom-right corner,
@@ -25,7 +28,9 @@ The output folder holds:
   alone therefore gives `SamPredictor.predict(box=box)`'s best-scored mask, not
   `predict(box=box, multimask_output=False)`; for that answer export with `return_single_mask=False` and take
   `masks[:, 0]`. Without `return_single_mask` M = 4, the single-mask output then the three multimask ones, as
-  the official script's default.
+  the official script's default. SAM-HQ's decoder adds its HQ mask to the chosen one (to each of the four),
+  or with `hq_token_only`, fixed at export as in segment_anything_hq's `SamOnnxModel`, returns it alone (one
+  mask only); the choice is the decoder's own (`select_single_mask`, `all_outputs`).
 - `image_encoder.onnx.data` / `mask_decoder.onnx.data`: a graph's weights when they are stored beside it (ONNX
   external data, all in one file), which protobuf's 2 GB limit on one file requires for ViT-H in float32.
 - `onnx_config.json`: every file of the export, the inputs and outputs, the preprocessing and the mask
@@ -36,7 +41,8 @@ An export into a folder that holds an earlier one removes the earlier export's f
 again: those its `onnx_config.json` lists and the external data its graphs reference.
 
 Both ONNX graphs run the package's own modules (`SamHFModel.image_encoder`, `prompt_encoder.embed_points`,
-`prompt_encoder.mask_downscaling`, `mask_decoder.predict_masks`, `SamHFProcessor.upscale_masks`), traced by
+`prompt_encoder.mask_downscaling`, `mask_decoder.predict_masks` and its choice of outputs,
+`SamHFProcessor.upscale_masks`), traced by
 torch's TorchScript-based exporter (`dynamo=False`): the size of `masks` depends on the *values* of
 `orig_im_size`, which tracing records as a data-dependent resize, while `torch.export` would need the sizes
 as unbacked symbols. With `quantize="int8"`, both graphs get onnxruntime's dynamic quantization (int8
@@ -129,68 +135,60 @@ class ExportResult:
 
 
 class _ImageEncoderGraph(nn.Module):
-    """`pixel_values` -> `image_embeddings` through the model's encoder."""
+    """`pixel_values` -> the image features the model's decoder needs (`model.image_feature_names`, in that
+    order) through the model's encoder."""
 
     def __init__(self, model: SamHFModel):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_embeddings(pixel_values)
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.model.get_image_features(pixel_values)
+        return tuple(features[name] for name in self.model.image_feature_names)
 
 
 class _PromptDecoderGraph(nn.Module):
     """The official ONNX decoder interface (see module docstring) over the model's own prompt encoder,
-    mask decoder and the processor's mask upscaling."""
+    mask decoder and the processor's mask upscaling. Its first inputs are the image features, named by
+    `feature_names`, then `DECODER_INPUTS[1:]`."""
 
-    def __init__(self, model: SamHFModel, processor: SamHFProcessor, return_single_mask: bool):
+    def __init__(
+        self, model: SamHFModel, processor: SamHFProcessor, return_single_mask: bool, hq_token_only: bool
+    ):
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
+        self.feature_names = model.image_feature_names
         self.processor = processor
         self.return_single_mask = return_single_mask
+        self.hq_token_only = hq_token_only
 
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-        orig_im_size: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_features = len(self.feature_names)
+        image_features = dict(zip(self.feature_names, inputs[:num_features], strict=True))
+        point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs[num_features:]
         prompt_encoder = self.prompt_encoder
         sparse = prompt_encoder.embed_points(point_coords, point_labels)  # (1, num_points, C)
         # A blend instead of a branch, so one graph serves both cases.
         no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
         low_res_masks, iou_predictions = self.mask_decoder.predict_masks(
-            image_embeddings, prompt_encoder.get_dense_pe(), sparse, None, dense
+            image_features, prompt_encoder.get_dense_pe(), sparse, None, dense
         )
         if self.return_single_mask:
-            low_res_masks, iou_predictions = _select_single_mask(
-                low_res_masks, iou_predictions, point_coords.shape[1]
+            # The official `SamOnnxModel.select_masks` rule: the multimask outputs for at most two points.
+            # Counted from the labels so that the graph counts its input's points.
+            multimask = (torch.ones_like(point_labels).sum(dim=1) <= 2).to(iou_predictions.dtype)  # (1,)
+            low_res_masks, iou_predictions = self.mask_decoder.select_single_mask(
+                low_res_masks, iou_predictions, multimask, self.hq_token_only
+            )
+        else:
+            low_res_masks, iou_predictions = self.mask_decoder.all_outputs(
+                low_res_masks, iou_predictions, self.hq_token_only
             )
         resized = _resized_size(orig_im_size, self.processor.image_size)
         masks = self.processor.upscale_masks(low_res_masks, resized, orig_im_size.to(torch.int64))
         return masks, iou_predictions, low_res_masks
-
-
-def _select_single_mask(
-    masks: torch.Tensor, iou_predictions: torch.Tensor, num_points: int | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official `SamOnnxModel.select_masks` rule without control flow: with at most two prompt points (a
-    click and its padding point) the best-scored multimask output, else the single-mask output (index 0).
-
-    Args:
-        masks: `(1, num_mask_tokens, h, w)` and iou_predictions `(1, num_mask_tokens)`, single-mask head first.
-        num_points: number of prompt points, padding and box corners included.
-    """
-    # Shift the single-mask head's score by -1000 (<= 2 points) or +1000 (>= 3) so argmax picks as above.
-    shift = iou_predictions.new_tensor([1000.0] + [0.0] * (iou_predictions.shape[1] - 1))
-    best = torch.argmax(iou_predictions + (num_points - 2.5) * shift, dim=1)
-    rows = torch.arange(masks.shape[0])
-    return masks[rows, best][:, None], iou_predictions[rows, best][:, None]
 
 
 def _resized_size(orig_im_size: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -207,6 +205,7 @@ def export_onnx(
     quantize: str | None = None,
     opset: int = DEFAULT_OPSET,
     return_single_mask: bool = True,
+    hq_token_only: bool = False,
     external_data: bool | None = None,
     processor: SamHFProcessor | None = None,
 ) -> ExportResult:
@@ -224,6 +223,9 @@ def export_onnx(
         opset: ONNX opset version, at least 14 (the exporter's attention needs it).
         return_single_mask: the decoder returns one mask per call (the official notebook's export) instead of
             all four mask heads (the official script's default).
+        hq_token_only: SAM-HQ's choice, fixed in the graph as in `segment_anything_hq`'s `SamOnnxModel`: the HQ
+            mask alone instead of SAM's mask plus the HQ mask (one mask: with `return_single_mask` only). A
+            model whose decoder has no HQ token raises ValueError when it is set.
         external_data: store each graph's weights in one `<graph>.onnx.data` file beside it (True) or inside
             the `.onnx` file (False); None (default): beside it only where the graph exceeds protobuf's 2 GB
             limit on one file.
@@ -248,9 +250,12 @@ def export_onnx(
     model, processor = _exportable_model(model, processor)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size, grid = model.config.image_size, model.config.image_embedding_size
-    channels = model.mask_decoder.iou_token.weight.shape[1]
-    mask_size = model.config.mask_size
+    size, mask_size = model.config.image_size, model.config.mask_size
+    feature_names = model.image_feature_names
+    with torch.inference_mode(False), torch.no_grad():
+        # The features' shapes as the encoder gives them: the decoder graph's example inputs.
+        features = _ImageEncoderGraph(model)(torch.zeros(1, 3, size, size))
+    feature_shapes = {name: list(f.shape) for name, f in zip(feature_names, features, strict=True)}
     # Everything is written to a scratch folder first and moved into `out` once complete, so a failed export
     # leaves an earlier one whole and no file is written over in place (ONNX appends to an existing data file).
     with tempfile.TemporaryDirectory(dir=out) as scratch:
@@ -263,12 +268,12 @@ def export_onnx(
                 (torch.zeros(1, 3, size, size),),
                 traced / ENCODER_FILE,
                 ["pixel_values"],
-                ["image_embeddings"],
+                list(feature_names),
                 None,
                 opset,
             )
             decoder_inputs = (
-                torch.zeros(1, channels, grid, grid),
+                *(torch.zeros(shape) for shape in feature_shapes.values()),
                 torch.tensor([[[size / 2, size / 3], [0.0, 0.0], [size / 4, size / 5]]]),
                 torch.tensor([[1.0, 0.0, -1.0]]),
                 torch.zeros(1, 1, mask_size, mask_size),
@@ -276,10 +281,10 @@ def export_onnx(
                 torch.tensor([size * 1.5, size * 2.0]),
             )
             _export(
-                _PromptDecoderGraph(model, processor, return_single_mask),
+                _PromptDecoderGraph(model, processor, return_single_mask, hq_token_only),
                 decoder_inputs,
                 traced / DECODER_FILE,
-                list(DECODER_INPUTS),
+                [*feature_names, *DECODER_INPUTS[1:]],
                 list(DECODER_OUTPUTS),
                 {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
                 opset,
@@ -293,7 +298,15 @@ def export_onnx(
         processor_file = Path(processor.save_pretrained(written)).name
         files = sorted([*os.listdir(written), CONFIG_FILE])
         config = _describe_export(
-            model, processor, channels, grid, quantize, opset, return_single_mask, data_files, files
+            model,
+            processor,
+            feature_shapes,
+            quantize,
+            opset,
+            return_single_mask,
+            hq_token_only,
+            data_files,
+            files,
         )
         (written / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         _replace_export(written, out, files)
@@ -460,11 +473,11 @@ def _export(
 def _describe_export(
     model: SamHFModel,
     processor: SamHFProcessor,
-    channels: int,
-    grid: int,
+    feature_shapes: dict[str, list[int]],
     quantize: str | None,
     opset: int,
     return_single_mask: bool,
+    hq_token_only: bool,
     data_files: dict[str, str | None],
     files: list[str],
 ) -> dict[str, Any]:
@@ -479,16 +492,17 @@ def _describe_export(
             "file": ENCODER_FILE,
             "external_data": data_files[ENCODER_FILE],
             "inputs": {"pixel_values": [1, 3, size, size]},
-            "outputs": {"image_embeddings": [1, channels, grid, grid]},
+            "outputs": feature_shapes,
         },
         "mask_decoder": {
             "file": DECODER_FILE,
             "external_data": data_files[DECODER_FILE],
             "interface": "segment_anything.utils.onnx.SamOnnxModel",
             "return_single_mask": return_single_mask,
+            "hq_token_only": hq_token_only,
             "masks_returned": _SINGLE_MASK_RULE if return_single_mask else _ALL_MASKS_RULE,
             "inputs": {
-                "image_embeddings": [1, channels, grid, grid],
+                **feature_shapes,
                 "point_coords": [1, "num_points", 2],
                 "point_labels": [1, "num_points"],
                 "mask_input": [1, 1, mask_size, mask_size],

@@ -114,6 +114,29 @@ class MaskDecoder(nn.Module):
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
+    def select_single_mask(
+        self,
+        masks: torch.Tensor,
+        iou_pred: torch.Tensor,
+        multimask: torch.Tensor,
+        hq_token_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict_masks`' outputs -> one mask per prompt group, the choice of multimask output a tensor so
+        that a traced graph (the ONNX decoder) makes it from its inputs: with `multimask` (1 or 0, scalar or
+        `(B,)`) the best-scored multimask output, else the single-mask one (SAM-HQ: plus its HQ mask, as
+        `select_outputs`). Returns mask logits `(B, 1, 4h, 4w)` and IoU predictions `(B, 1)`."""
+        _refuse_hq_token_only(hq_token_only)
+        return _best_mask(masks, iou_pred, multimask)
+
+    def all_outputs(
+        self, masks: torch.Tensor, iou_pred: torch.Tensor, hq_token_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict_masks`' outputs -> every head's answer, `(B, num_mask_tokens, 4h, 4w)` and
+        `(B, num_mask_tokens)`: the single-mask output, then the multimask ones (SAM-HQ: each plus its HQ
+        mask)."""
+        _refuse_hq_token_only(hq_token_only)
+        return masks, iou_pred
+
     def output_tokens(self, dtype: torch.dtype) -> torch.Tensor:
         """`(num_output_tokens, C)`: the IoU token, then the mask tokens (SAM-HQ: then its HQ token)."""
         return torch.cat([self.iou_token.weight, self.mask_tokens.weight]).to(dtype)
@@ -238,6 +261,24 @@ class MaskDecoderHQ(MaskDecoder):
         hq_mask = masks[:, self.num_mask_tokens :]
         return _add_hq_mask(masks[:, candidates], iou_pred[:, candidates], hq_mask, hq_token_only)
 
+    def select_single_mask(
+        self,
+        masks: torch.Tensor,
+        iou_pred: torch.Tensor,
+        multimask: torch.Tensor,
+        hq_token_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hq_mask = masks[:, self.num_mask_tokens :]
+        chosen, best_iou = _best_mask(masks[:, : self.num_mask_tokens], iou_pred, multimask)
+        return (hq_mask if hq_token_only else chosen + hq_mask), best_iou
+
+    def all_outputs(
+        self, masks: torch.Tensor, iou_pred: torch.Tensor, hq_token_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if hq_token_only:
+            raise ValueError("hq_token_only gives one mask per prompt group, not every head's answer")
+        return masks[:, : self.num_mask_tokens] + masks[:, self.num_mask_tokens :], iou_pred
+
     def output_tokens(self, dtype: torch.dtype) -> torch.Tensor:
         return torch.cat([self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight]).to(dtype)
 
@@ -307,6 +348,20 @@ def _refuse_hq_token_only(hq_token_only: bool) -> None:
             "hq_token_only=True needs SAM-HQ's mask decoder (mask_decoder_config.decoder_type 'hq'); this "
             "model's decoder is SAM's ('sam')"
         )
+
+
+def _best_mask(
+    masks: torch.Tensor, iou_pred: torch.Tensor, multimask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of SAM's heads `(B, num_mask_tokens, H, W)` (single-mask head first), the best-scored multimask output
+    where `multimask` is 1, the single-mask output where it is 0, without control flow: the single-mask head's
+    score is shifted by -1000 or +1000 before the argmax (official `SamOnnxModel.select_masks`). Returns
+    `(B, 1, H, W)` and its unshifted IoU `(B, 1)`."""
+    shift = iou_pred.new_tensor([1000.0] + [0.0] * (iou_pred.shape[1] - 1))
+    multimask = torch.as_tensor(multimask, dtype=iou_pred.dtype, device=iou_pred.device).reshape(-1, 1)
+    best = torch.argmax(iou_pred + (1 - 2 * multimask) * shift, dim=1, keepdim=True)  # (B, 1)
+    chosen = masks.gather(1, best[:, :, None, None].expand(-1, -1, *masks.shape[-2:]))
+    return chosen, iou_pred.gather(1, best)
 
 
 def _add_hq_mask(
