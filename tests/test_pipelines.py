@@ -15,8 +15,14 @@ from pycocotools import mask as mask_utils
 from transformers import SamImageProcessorPil, SamModel, pipeline
 from transformers.pipelines.mask_generation import MaskGenerationPipeline
 
-from conftest import run_without_sam_hf
-from sam_hf import SamAutomaticMaskGenerator, SamHFMaskGenerationPipeline, SamHFModel, SamHFProcessor
+from conftest import perturb_all_weights, run_without_sam_hf
+from sam_hf import (
+    SamAutomaticMaskGenerator,
+    SamHFConfig,
+    SamHFMaskGenerationPipeline,
+    SamHFModel,
+    SamHFProcessor,
+)
 from sam_hf.cli import main
 from sam_hf.hub import save_model
 from sam_hf.modeling.checkpoint_io import save_transformers_checkpoint
@@ -294,3 +300,64 @@ def test_saved_and_shipped_folders_run_as_remote_code_where_sam_hf_is_absent(shi
         assert torch.equal(torch.stack(remote["masks"]), torch.stack(expected["masks"])), name
         for key in ("scores", "bounding_boxes"):
             assert torch.equal(remote[key], expected[key]), (name, key)
+
+
+@pytest.fixture(scope="module")
+def hq_model():
+    """A tiny SAM-HQ model with every tensor perturbed (masks worth comparing)."""
+    torch.manual_seed(0)
+    model = SamHFModel(SamHFConfig.from_preset("tiny_hq")).eval()
+    perturb_all_weights(model)
+    return model
+
+
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_sam_hq_folder_gives_the_generators_masks(hq_model, photo, tmp_path, hq_token_only):
+    """A SAM-HQ folder `save_model` wrote runs in the installed pipeline, `hq_token_only` included, with the
+    generator's masks."""
+    save_model(hq_model, tmp_path / "hq")
+    options = {**GRID, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "hq_token_only": hq_token_only}
+    pipe = pipeline("mask-generation", model=str(tmp_path / "hq"), device="cpu", **options)
+    assert type(pipe) is SamHFMaskGenerationPipeline
+    assert pipe.model.config.mask_decoder_config.decoder_type == "hq"
+    result = pipe(photo)
+    records = SamAutomaticMaskGenerator(hq_model, **options).generate(photo)
+    assert len(result["masks"]) == len(records) > 0
+    np.testing.assert_array_equal(
+        torch.stack(result["masks"]).numpy(), np.stack([r["segmentation"] for r in records])
+    )
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: 20-40 s here
+def test_sam_hq_folder_runs_as_remote_code_where_sam_hf_is_absent(hq_model, photo, tmp_path):
+    """A SAM-HQ folder `save_model` wrote, copied, in a process where sam_hf cannot be imported: `AutoModel` with
+    `trust_remote_code=True` gives the SAM-HQ model (its early feature included), and the pipeline the masks the
+    installed pipeline gives."""
+    save_model(hq_model, tmp_path / "written")
+    shutil.copytree(tmp_path / "written", tmp_path / "hq")
+    photo_path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(photo_path)
+    options = {**GRID, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "hq_token_only": True}
+    folder = str(tmp_path / "hq")
+    stdout = run_without_sam_hf(
+        f"""
+        import sys, torch
+        from transformers import AutoModel, pipeline
+
+        model = AutoModel.from_pretrained({folder!r}, trust_remote_code=True)
+        features = model.get_image_features(torch.zeros(1, 3, 128, 128))
+        print(type(model).__module__, model.config.mask_decoder_config.decoder_type, sorted(features))
+        pipe = pipeline("mask-generation", model={folder!r}, trust_remote_code=True, device="cpu", **{options!r})
+        torch.save(pipe({str(photo_path)!r}), {folder!r} + "/remote.pt")
+        assert not [m for m in sys.modules if m.split(".")[0] == "sam_hf"]
+        """,
+        tmp_path / "modules",
+    )
+    module, decoder_type, features = stdout.split(maxsplit=2)
+    assert module.startswith("transformers_modules.hq.") and decoder_type == "hq"
+    assert features.strip() == "['image_embeddings', 'intermediate_embeddings']"
+    expected = pipeline("mask-generation", model=folder, device="cpu", **options)(str(photo_path))
+    remote = torch.load(tmp_path / "hq" / "remote.pt", weights_only=True)
+    assert len(expected["masks"]) > 0
+    assert torch.equal(torch.stack(remote["masks"]), torch.stack(expected["masks"]))
+    assert torch.equal(remote["scores"], expected["scores"])

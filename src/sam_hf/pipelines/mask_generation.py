@@ -4,8 +4,8 @@ transformers' `MaskGenerationPipeline` is a second automatic mask generator buil
 (crop boxes, filters, NMS); it has no small-region clean-up, applies one NMS to all masks, and returns no COCO
 RLE. `SamHFMaskGenerationPipeline` keeps its call and its output (`{"masks": [...], "scores": ...}`, with
 `bounding_boxes` and `rle_mask` on request) and runs sam_hf's own generator, so every generator option
-(`min_mask_region_area`, `crop_n_layers`, a separate `crop_nms_thresh`, `output_mode`, `precision`) is a
-pipeline option.
+(`min_mask_region_area`, `crop_n_layers`, a separate `crop_nms_thresh`, `output_mode`, `precision`, SAM-HQ's
+`hq_token_only`) is a pipeline option, for every model variant (SAM, MobileSAM, SAM-HQ).
 
 Two routes reach it:
     - installed: `import sam_hf` makes it the `"mask-generation"` task (`sam_hf.pipelines.registration`): a
@@ -60,6 +60,7 @@ _GENERATOR_ARGS = (
     "min_mask_region_area",
     "precision",
     "max_chunk_pixels",
+    "hq_token_only",
 )
 _POSTPROCESS_ARGS = ("output_mode", "output_rle_mask", "output_bboxes_mask")
 # transformers options the generator has no counterpart for, and what to use instead.
@@ -86,7 +87,8 @@ class SamHFMaskGenerationPipeline(Pipeline):
     Options, given to `pipeline(...)` or to each call: every `SamAutomaticMaskGenerator` argument under its
     name (`points_per_side`, `points_per_batch`, `pred_iou_thresh`, `stability_score_thresh`,
     `stability_score_offset`, `box_nms_thresh`, `crop_n_layers`, `crop_nms_thresh`, `crop_overlap_ratio`,
-    `crop_n_points_downscale_factor`, `point_grids`, `min_mask_region_area`, `precision`, `max_chunk_pixels`),
+    `crop_n_points_downscale_factor`, `point_grids`, `min_mask_region_area`, `precision`, `max_chunk_pixels`,
+    and for a SAM-HQ model `hq_token_only`),
     also under transformers' names (`points_per_crop`, `crops_n_layers`, `crops_nms_thresh`); then
     `output_mode` (`"binary_mask"`, `"uncompressed_rle"`, `"coco_rle"`), `output_rle_mask`,
     `output_bboxes_mask` and `timeout` (seconds, for an image URL). Defaults are the generator's, which are
