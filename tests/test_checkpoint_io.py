@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, SamConfig, SamHQModel, SamModel
 
 from conftest import assert_bit_exact, randomize_positional_terms
-from sam_hf import SamHFConfig, SamHFModel
+from sam_hf import SamHFConfig, SamHFModel, SamPredictor
+from sam_hf.cli import main
 from sam_hf.modeling.checkpoint_conversion import (
     TRANSFORMERS_TIED_KEY,
     to_transformers_config,
@@ -132,9 +135,10 @@ save_file({"pred_masks": out.pred_masks.contiguous(), "iou_scores": out.iou_scor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_vit_t", "tiny_hq", "tiny_vit_t_hq"])
 def test_saved_folder_loads_as_remote_code_without_sam_hf(tmp_path, preset):
-    """Each image encoder travels with the model's source and is built through the copied registry."""
+    """Each image encoder and mask decoder travels with the model's source and is built through the copied
+    registry."""
     model = _lively_tiny_model(preset=preset)
     model.save_pretrained(tmp_path / "model")
     copied = sorted(p.name for p in (tmp_path / "model").glob("*.py"))
@@ -266,6 +270,21 @@ def test_load_model_takes_a_transformers_sam_hq_folder(tmp_path, capsys):
     assert model.config.mask_decoder_config.decoder_type == "hq"
     assert processor.image_size == 128
     assert_bit_exact(model.state_dict(), lively.state_dict())
+
+
+def test_model_option_takes_a_transformers_sam_hq_folder(tmp_path, photos):
+    """`sam-hf segment --model <SamHQModel folder>`: the variant is told from config.json, and the scores are
+    those of the same weights through our predictor."""
+    lively, _ = _sam_hq_model_folder(tmp_path / "hq")
+    image = photos["chelsea"]
+    Image.fromarray(image).save(tmp_path / "chelsea.png")
+    argv = ["segment", str(tmp_path / "chelsea.png"), "--model", str(tmp_path / "hq"), "--point", "120,80"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    predictor = SamPredictor(lively)
+    predictor.set_image(image)
+    _, scores, _ = predictor.predict(point_coords=np.array([[120, 80]]), point_labels=np.array([1]))
+    report = json.loads((tmp_path / "out" / "scores.json").read_text())
+    np.testing.assert_allclose(report["scores"], scores, rtol=0, atol=1e-5)
 
 
 def _write_transformers_bin(folder: Path, model: SamHFModel, tied: torch.Tensor | None = None) -> None:
