@@ -130,3 +130,35 @@ def test_sam_decoder_refuses_hq_token_only_and_the_early_feature(tiny_model, pho
             input_points=torch.zeros(1, 1, 1, 2),
             input_labels=torch.ones(1, 1, 1),
         )
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_hq"])
+def test_single_mask_choice_as_a_tensor_gives_select_outputs_answer(preset):
+    """`select_single_mask` (the traced graphs' choice, `multimask` a tensor) gives what `select_outputs` gives:
+    for SAM-HQ its one mask either way, for SAM the single-mask output or the best-scored multimask output;
+    `all_outputs` gives every SAM head (SAM-HQ: each plus its HQ mask)."""
+    torch.manual_seed(0)
+    decoder = SamHFModel(SamHFConfig.from_preset(preset)).mask_decoder
+    generator = torch.Generator().manual_seed(0)
+    heads = decoder.num_mask_tokens + (preset == "tiny_hq")
+    masks = torch.randn(3, heads, 8, 8, generator=generator)
+    iou_pred = torch.randn(3, decoder.num_mask_tokens, generator=generator)
+    hq_options = [False, True] if preset == "tiny_hq" else [False]
+    for multimask in (False, True):
+        for hq_token_only in hq_options:
+            chosen, iou = decoder.select_single_mask(
+                masks, iou_pred, torch.tensor(float(multimask)), hq_token_only
+            )
+            expected, expected_iou = decoder.select_outputs(masks, iou_pred, multimask, hq_token_only)
+            if preset == "tiny" and multimask:
+                best = expected_iou.argmax(dim=1)
+                expected, expected_iou = (
+                    expected[torch.arange(3), best][:, None],
+                    expected_iou.max(1, keepdim=True)[0],
+                )
+            assert chosen.shape == (3, 1, 8, 8) and iou.shape == (3, 1)
+            assert torch.equal(chosen, expected) and torch.equal(iou, expected_iou)
+    all_masks, all_iou = decoder.all_outputs(masks, iou_pred)
+    assert all_masks.shape == (3, decoder.num_mask_tokens, 8, 8) and torch.equal(all_iou, iou_pred)
+    sam_heads = masks[:, : decoder.num_mask_tokens]
+    assert torch.equal(all_masks, sam_heads + masks[:, -1:] if preset == "tiny_hq" else sam_heads)
