@@ -169,6 +169,9 @@ def test_embedding_cache_holds_every_image_feature_of_an_hq_model(tiny_model, tm
     )
     batch = collator([cached[0], cached[1]])
     assert "pixel_values" not in batch
+    without = cached.remove_columns("intermediate_embeddings")
+    with pytest.raises(ValueError, match="cached 'intermediate_embeddings' column"):
+        collator([without[0]])
     assert batch["intermediate_embeddings"].shape == (2, *expected["intermediate_embeddings"].shape[1:])
     assert hq(**batch).loss.isfinite()
 

@@ -154,6 +154,12 @@ class SamTrainingCollator:
             batch["input_boxes"] = input_boxes
         if self.use_cached_embeddings:
             for name in self.image_feature_names:
+                if name not in examples[0]:
+                    raise ValueError(
+                        f"examples need a cached {name!r} column (the model's image_feature_names are "
+                        f"{list(self.image_feature_names)}; training.embeddings.cache_image_embeddings adds them), "
+                        f"got columns {sorted(examples[0])}"
+                    )
                 batch[name] = torch.stack(
                     [torch.as_tensor(np.asarray(example[name]), dtype=torch.float32) for example in examples]
                 )
