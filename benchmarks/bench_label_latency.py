@@ -1,18 +1,22 @@
-"""Latency of a click in the labelling app: `LabelSession.add_click` vs the official `SamPredictor.predict`.
+"""Latency of a click in the labelling app: `LabelSession.add_click` vs the reference `SamPredictor.predict`,
+and of an image switch: `LabelSession.go_to` vs the reference `SamPredictor.set_image`.
 
 What the annotator waits for after each click once the image embedding is cached: the prompt encoder, the
 mask decoder, upscaling the logits to the image and thresholding (the session also computes the stability
-score of each candidate). Same seeded random ViT-B weights (segment_anything's registry, loaded strictly into
-`SamHFModel`), same 1024x1024 photo (scikit-image's astronaut, resized), same click sequence: click 1 alone
+score of each candidate). `--variant` picks SAM ViT-B (`vit_b`, reference `segment_anything`) or MobileSAM
+(`vit_t`, reference `mobile_sam`); same seeded random weights in both (the reference's registry, loaded
+strictly into `SamHFModel`; see `_variants.py`), same 1024x1024 photo (scikit-image's astronaut, resized;
+the image switch alternates with its coffee photo, encoding each), same click sequence: click 1 alone
 (three candidates), then correction clicks with all earlier clicks and the previous low-resolution logits as
 the mask prompt (one mask), as SAM's interactive setting and the session do. Both run in this process, one
 after the other, on the same threads; the image is encoded once for each before timing.
 
-Printed: median and 90th percentile milliseconds per click over `--clicks` clicks (after `--warmup` untimed
-sequences), for each, and the ratio official / session.
+Printed: the machine, median and 90th percentile milliseconds per click over `--clicks` clicks (after
+`--warmup` untimed sequences), for each, the median of `--switches` image switches, and the ratios
+official / session.
 
     python benchmarks/bench_label_latency.py                 # ViT-B, 1024 px, 25 clicks
-    python benchmarks/bench_label_latency.py --clicks 40
+    python benchmarks/bench_label_latency.py --variant vit_t --clicks 40
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from _variants import VARIANTS, machine, reference_and_ours
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--variant", default="vit_b", choices=list(VARIANTS))
     parser.add_argument("--clicks", type=int, default=25, help="timed clicks (one sequence)")
+    parser.add_argument("--switches", type=int, default=4, help="timed image switches")
     parser.add_argument("--warmup", type=int, default=1, help="untimed sequences of 3 clicks first")
     parser.add_argument("--size", type=int, default=1024, help="side of the square image in pixels")
     parser.add_argument(
@@ -48,32 +56,31 @@ def main() -> None:
     import numpy as np
     import torch
     from PIL import Image
-    from segment_anything import SamPredictor as OfficialPredictor
-    from segment_anything import sam_model_registry
     from skimage import data
 
-    from sam_hf import SamHFConfig, SamHFModel, SamHFProcessor
+    from sam_hf import SamHFProcessor
     from sam_hf.labeling import LabelSession
 
     image = np.asarray(Image.fromarray(data.astronaut()).resize((args.size, args.size)))
+    other = np.asarray(Image.fromarray(data.coffee()).resize((args.size, args.size)))
     rng = np.random.default_rng(args.seed)
     points = rng.uniform(0, args.size - 1, size=(args.clicks, 2)).astype(np.float32)
     labels = (rng.random(args.clicks) < 0.7).astype(np.int64)
     labels[0] = 1
-    torch.manual_seed(args.seed)
-    official = sam_model_registry["vit_b"]().eval()
-    model = SamHFModel(SamHFConfig.from_preset("vit_b")).eval()
-    model.load_state_dict(official.state_dict(), strict=True)
+    package, official, model = reference_and_ours(args.variant, args.seed)
+    print(machine(), flush=True)
     print(
-        f"ViT-B (seeded random weights), {args.size}x{args.size} astronaut, {args.clicks} clicks "
-        f"(click 1 multimask, then mask prompt + all clicks), torch threads {torch.get_num_threads()}",
+        f"{VARIANTS[args.variant][1]} (seeded random weights), {args.size}x{args.size} astronaut, "
+        f"{args.clicks} clicks (click 1 multimask, then mask prompt + all clicks); official: "
+        f"{package.__name__}",
         flush=True,
     )
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
         folder.mkdir()
-        Image.fromarray(image).save(folder / "astronaut.png")
+        Image.fromarray(image).save(folder / "a_astronaut.png")
+        Image.fromarray(other).save(folder / "b_coffee.png")
         processor = SamHFProcessor.from_model_config(model.config)
         with LabelSession((model, processor), folder, Path(scratch) / "out", device="cpu") as session:
 
@@ -86,12 +93,26 @@ def main() -> None:
                     times.append(time.perf_counter() - start)
                 return times
 
+            def session_switches() -> list[float]:
+                times = []
+                for index in [1, 0] * args.switches:
+                    start = time.perf_counter()
+                    session.go_to(index)
+                    times.append(time.perf_counter() - start)
+                return times[-args.switches :]  # ends on the astronaut, where the clicks go
+
+            our_switches = session_switches()
             for _ in range(args.warmup):
                 session_sequence(3)
             ours = session_sequence(args.clicks)
 
-    predictor = OfficialPredictor(official)
-    predictor.set_image(image)
+    predictor = package.SamPredictor(official)
+    their_switches = []
+    for picture in [other, image] * args.switches:
+        start = time.perf_counter()
+        predictor.set_image(picture)
+        their_switches.append(time.perf_counter() - start)
+    their_switches = their_switches[-args.switches :]
 
     def official_sequence(count: int) -> list[float]:
         times, logits = [], None
@@ -121,7 +142,12 @@ def main() -> None:
 
     median_ours = line("sam_hf LabelSession.add_click", ours)
     median_theirs = line("official SamPredictor.predict", theirs)
-    print(f"official / sam_hf (median): {median_theirs / median_ours:.2f}x")
+    print(f"official / sam_hf click (median): {median_theirs / median_ours:.2f}x")
+    switch_ours, switch_theirs = 1000 * np.median(our_switches), 1000 * np.median(their_switches)
+    print(f"  {'sam_hf LabelSession.go_to':<34} median {switch_ours:7.1f} ms")
+    print(f"  {'official SamPredictor.set_image':<34} median {switch_theirs:7.1f} ms")
+    print(f"official / sam_hf image switch (median): {switch_theirs / switch_ours:.2f}x")
+    print(f"after: {machine()}")
 
 
 if __name__ == "__main__":
