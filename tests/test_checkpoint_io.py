@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, SamConfig, SamHQModel, SamModel
 
 from conftest import assert_bit_exact, randomize_positional_terms
-from sam_hf import SamHFConfig, SamHFModel, SamPredictor
+from sam_hf import SamHFConfig, SamHFModel, SamHFProcessor, SamPredictor
 from sam_hf.cli import main
 from sam_hf.modeling.checkpoint_conversion import (
     TRANSFORMERS_TIED_KEY,
@@ -378,6 +378,33 @@ def test_meta_vit_b_matches_official(official_vit_b, tmp_path):
     assert out.pred_masks.shape == (1, 1, 3, 256, 256)
     torch.testing.assert_close(out.pred_masks[:, 0], masks, rtol=0, atol=1e-4)
     torch.testing.assert_close(out.iou_scores[:, 0], iou, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sam_hq_vit_b_through_transformers_matches_sam_hq_model_on_a_photo(
+    official_hq_vit_b, photos, tmp_path
+):
+    """The official SAM-HQ ViT-B (seeded, perturbed) -> sam_hf -> a transformers folder, which `SamHQModel` loads
+    strictly; on a real photo its image embedding, early feature and IoU predictions agree with ours to 1e-4
+    (its masks: `test_transformers_sam_hq_masks_match`)."""
+    save_meta_checkpoint(official_hq_vit_b.state_dict(), tmp_path / "sam_hq_vit_b.pth")
+    ours = SamHFModel.from_pretrained(tmp_path / "sam_hq_vit_b.pth")
+    save_transformers_checkpoint(ours.config, ours.state_dict(), tmp_path / "hf")
+    theirs = SamHQModel.from_pretrained(tmp_path / "hf").eval()
+    processor = SamHFProcessor.from_model_config(ours.config)
+    pixel_values = processor(photos["coffee"], return_tensors="pt")["pixel_values"]
+    points = torch.tensor([[[[500.0, 375.0], [200.0, 500.0]]]])  # (1, 1, 2, 2) XY in the model frame
+    labels = torch.tensor([[[1, 0]]])
+    with torch.inference_mode():
+        features = ours.get_image_features(pixel_values)
+        embeddings, intermediate = theirs.get_image_embeddings(pixel_values)
+        torch.testing.assert_close(features["image_embeddings"], embeddings, rtol=0, atol=1e-4)
+        torch.testing.assert_close(features["intermediate_embeddings"], intermediate[0], rtol=0, atol=1e-4)
+        for multimask in (True, False):
+            options = {"multimask_output": multimask, "input_points": points, "input_labels": labels}
+            actual = ours(**features, **options)
+            expected = theirs(image_embeddings=embeddings, intermediate_embeddings=intermediate, **options)
+            torch.testing.assert_close(actual.iou_scores, expected.iou_scores[..., :1], rtol=0, atol=1e-4)
 
 
 # --- strict loading and clear errors ----------------------------------------------------------------------------
