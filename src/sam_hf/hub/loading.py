@@ -5,7 +5,7 @@ The forms (`MODEL_KINDS`), all accepted by `load_model` and so by every command'
     - `"hub"`: a Hub repo id holding a sam_hf model, a transformers SAM model or a PEFT adapter;
     - `"meta"`: a Meta state dict file (`sam_vit_b_01ec64.pth`, ...);
     - `"sam_hf"`: a `SamHFModel.save_pretrained` folder;
-    - `"transformers"`: a transformers `SamModel` folder;
+    - `"transformers"`: a transformers `SamModel` or `SamHQModel` folder;
     - `"adapter"`: a PEFT adapter folder (`adapter_config.json` naming its base model);
     - `"finetune_output"`: the folder `sam-hf finetune` writes: the adapter at top level (or the full model
       with `--lora-r 0`), the adapter merged into its base in `merged/`, run records beside them.

@@ -147,13 +147,14 @@ class SamHFModel(SamHFPreTrainedModel):
 
         - sam_hf folders/repos (config.json with model_type "sam_hf"): the usual transformers loading, every
           `PreTrainedModel.from_pretrained` argument applies.
-        - transformers SAM folders/repos (facebook/sam-vit-base, ...; model_type "sam"): the config is translated,
-          parameters renamed (`checkpoint_conversion.from_transformers_state_dict`).
+        - transformers SAM and SAM-HQ folders/repos (facebook/sam-vit-base, syscv-community/sam-hq-vit-base, ...;
+          model_type "sam" or "sam_hq"): the config is translated, parameters renamed
+          (`checkpoint_conversion.from_transformers_state_dict`).
         - the name of a model shipped inside the `sam_hf` package (`"sam-hf-tiny"`), unless a local path of
           that name exists.
-        - official state dict files (Meta's sam_vit_b_01ec64.pth, ..., MobileSAM's mobile_sam.pt): the image
-          encoder is told by the keys, the architecture read from tensor shapes; pass `config=` for a model whose
-          decoder does not have SAM's 8 heads.
+        - official state dict files (Meta's sam_vit_b_01ec64.pth, ..., MobileSAM's mobile_sam.pt, SAM-HQ's
+          sam_hq_vit_b.pth, ...): the image encoder and the mask decoder are told by the keys, the architecture
+          read from tensor shapes; pass `config=` for a model whose decoder does not have SAM's 8 heads.
         - a `checkpoint_io.ResolvedCheckpoint`, what `resolve_checkpoint` found for one of these (as
           `sam_hf.hub.load_model` passes it): it is not resolved again.
 
