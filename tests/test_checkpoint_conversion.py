@@ -81,7 +81,9 @@ def test_sam_hq_config_round_trip_through_transformers(name):
 
 
 def test_transformers_sam_hq_default_config_is_sam_hq_vit_b():
-    assert from_transformers_config(SamHQConfig()).to_dict() == SamHFConfig.from_preset("sam_hq_vit_b").to_dict()
+    assert (
+        from_transformers_config(SamHQConfig()).to_dict() == SamHFConfig.from_preset("sam_hq_vit_b").to_dict()
+    )
 
 
 @pytest.mark.parametrize("name", ["vit_t", "sam_hq_vit_tiny"])
