@@ -7,8 +7,8 @@ records) that does the expensive work once and only on what survives:
   per call through `sam_hf.modeling.fast_decoder.decode_point_prompts`, natively in bf16 when
   `precision="bf16"`;
 - the predicted-IoU filter runs on the low-resolution logits (it does not depend on resolution);
-- only the survivors are brought to full resolution, in bounded chunks, with one matrix product per axis
-  equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
+- only the survivors are brought to full resolution, in bounded chunks, with one banded matrix product per
+  axis equal to SAM's upsample-crop-resize post-processing; stability, binarisation, boxes and run-length
   encoding are vectorised over the chunk;
 - masks are kept as compact run-length counts in the crop's frame (in a `MaskData`) and moved to the image
   frame only if they survive box NMS.
@@ -24,6 +24,7 @@ pure pieces live in `amg_utils` and the decoder path in `modeling.fast_decoder`.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -299,8 +300,8 @@ class SamAutomaticMaskGenerator:
             features = {name: feature.to(device, torch.float32) for name, feature in features.items()}
             valid_h, valid_w = self.processor.get_preprocess_shape(crop_h, crop_w)
         mask_size, image_size = self.model.config.mask_size, self.model.config.image_size
-        upsample_h = _trimmed(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
-        upsample_w = _trimmed(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
+        upsample_h = _BandedMap.of(upsampling_matrix(mask_size, image_size, valid_h, crop_h).to(device))
+        upsample_w = _BandedMap.of(upsampling_matrix(mask_size, image_size, valid_w, crop_w).to(device))
 
         points = self.point_grids[layer_idx] * np.array([crop_w, crop_h])  # (N, 2) XY crop pixels
         model_points = self.processor.transform_coords(torch.as_tensor(points), (crop_h, crop_w))
@@ -336,8 +337,8 @@ class SamAutomaticMaskGenerator:
         features: dict[str, torch.Tensor],
         model_points: torch.Tensor,
         points: torch.Tensor,
-        upsample_h: torch.Tensor,
-        upsample_w: torch.Tensor,
+        upsample_h: _BandedMap,
+        upsample_w: _BandedMap,
         crop_box: list[int],
         orig_size: tuple[int, int],
     ) -> MaskData:
@@ -346,7 +347,7 @@ class SamAutomaticMaskGenerator:
         Args:
             features: the crop's image features by name (`image_embeddings` `(1, C, grid, grid)`, ...).
             model_points: `(P, 2)` XY prompts in the model frame; points: `(P, 2)` the same in crop pixels.
-            upsample_h: `(crop_h, k_h)`, upsample_w: `(crop_w, k_w)` low-res -> crop-pixel maps.
+            upsample_h, upsample_w: the low-res -> crop-pixel maps of each axis.
         """
         # Decoded in sub-batches whose largest activation stays below `_MAX_TEMPORARY_BYTES` on CPU.
         grid_h, grid_w = features["image_embeddings"].shape[-2:]
@@ -376,18 +377,15 @@ class SamAutomaticMaskGenerator:
             keep = iou_preds > self.pred_iou_thresh
             low_res, iou_preds, points = low_res[keep], iou_preds[keep], points[keep.cpu()]
 
-        k_h, k_w = upsample_h.shape[1], upsample_w.shape[1]
-        low_res = low_res[:, :k_h, :k_w]
-        crop_h, crop_w = upsample_h.shape[0], upsample_w.shape[0]
+        crop_h, crop_w = upsample_h.size, upsample_w.size
         mask_threshold = self.model.mask_threshold
         chunk = max(1, self._max_chunk_pixels(low_res.device) // (crop_h * crop_w))
         parts = []
         for start in range(0, low_res.shape[0], chunk):
             # Computed transposed, (n, crop_w, crop_h), so the column-major RLE reads memory in order;
             # `logits` is the (n, crop_h, crop_w) view of it.
-            logits = (upsample_w @ low_res[start : start + chunk].transpose(1, 2) @ upsample_h.T).transpose(
-                1, 2
-            )
+            logits = upsample_w.apply(upsample_h.apply(low_res[start : start + chunk]).transpose(1, 2))
+            logits = logits.transpose(1, 2)
             stability = calculate_stability_score(logits, mask_threshold, self.stability_score_offset)
             keep = torch.ones_like(stability, dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
@@ -464,10 +462,41 @@ def _check_point_grid(grid: Any, index: int) -> np.ndarray:
     return grid
 
 
-def _trimmed(matrix: torch.Tensor) -> torch.Tensor:
-    """Drop the trailing low-res columns that only see padding (all-zero weights)."""
-    used = int(torch.nonzero(matrix.abs().sum(0)).max()) + 1
-    return matrix[:, :used].contiguous()
+@dataclass
+class _BandedMap:
+    """An interpolation matrix `(out, in)` applied along an axis, block by block: each block of `rows`
+    consecutive outputs reads only a window of `width` consecutive inputs (an interpolation matrix is zero
+    outside a narrow band), so a product reads and multiplies the window instead of the whole axis. The
+    weights are the matrix's own entries; the entries outside the windows are all zero."""
+
+    weights: torch.Tensor  # (blocks, rows, width)
+    index: torch.Tensor  # (blocks * width,) the input position of each window entry
+    size: int  # out
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor, rows: int = 32) -> _BandedMap:
+        size, length = matrix.shape
+        blocks = -(-size // rows)
+        padding = matrix.new_zeros(blocks * rows - size, length)
+        padded = torch.cat([matrix, padding]).view(blocks, rows, length)
+        used = padded.ne(0).any(1)  # (blocks, in)
+        positions = torch.arange(length, device=matrix.device)
+        first = torch.where(used, positions, length).amin(1).clamp(max=length - 1)
+        last = torch.where(used, positions, -1).amax(1).clamp(min=0)
+        width = int((last - first).clamp(min=0).max()) + 1
+        windows = first.clamp(max=length - width)[:, None] + positions[:width]  # (blocks, width)
+        weights = padded.gather(2, windows[:, None, :].expand(-1, rows, -1))
+        return cls(weights, windows.flatten(), size)
+
+    def to(self, dtype: torch.dtype) -> _BandedMap:
+        return _BandedMap(self.weights.to(dtype), self.index, self.size)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """`(n, in, m)` -> `(n, out, m)`: `matrix @ x`, along the second axis."""
+        blocks, rows, width = self.weights.shape
+        windows = x.index_select(1, self.index).view(x.shape[0], blocks, width, x.shape[2])
+        out = (self.weights @ windows).view(x.shape[0], blocks * rows, x.shape[2])
+        return out[:, : self.size].contiguous()
 
 
 def _uncrop_counts(counts: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]) -> np.ndarray:
