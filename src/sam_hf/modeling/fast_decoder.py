@@ -46,9 +46,10 @@ _PROBE_SCALE = 256.0
 
 @dataclass
 class _ImageCache:
-    """What the chunks of one `decode_point_prompts` call share: per attention, the projections of the shared
-    image tokens, and per projection module, its affine map."""
+    """What the chunks of one `decode_point_prompts` call share: the shared image tokens with positions, per
+    attention the projections of the shared image tokens, and per projection module, its affine map."""
 
+    positioned: torch.Tensor | None = None  # (1, N, C)
     projections: dict[nn.Module, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     maps: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
@@ -144,8 +145,11 @@ def _decode_chunk(
             q = queries + tokens
             queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
-        keys_pe = keys + key_pe  # image tokens with positions, used by both cross attentions
         shared = keys is src
+        if shared and cache.positioned is None:
+            cache.positioned = src + key_pe
+        # image tokens with positions, used by both cross attentions
+        keys_pe = cache.positioned if shared else keys + key_pe
         attended = _token_to_image(
             layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, cache, shared
         )
