@@ -110,7 +110,9 @@ class TinyViTAttention(nn.Module):
         # Each head's q, k and v are contiguous in the projection (MobileSAM's layout).
         qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias().to(q.dtype))
+        # Written out: with an additive bias, CPU `scaled_dot_product_attention` takes a slower masked path.
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + self._bias().to(q.dtype)
+        out = scores.softmax(dim=-1) @ v  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
