@@ -355,7 +355,7 @@ def test_a_checkpoint_of_another_sam_size_names_its_size(monkeypatch):
     monkeypatch.setattr(build_sam_module, "load_model", lambda *args, **kwargs: (vit_l, None, loaded))
     with pytest.raises(
         ValueError,
-        match=r"'sam_vit_l_0b3195.pth' \(Meta checkpoint /ckpt/sam_vit_l_0b3195.pth\) does not hold a vit_h model: "
+        match=r"'sam_vit_l_0b3195.pth' \(official checkpoint file /ckpt/sam_vit_l_0b3195.pth\) does not hold a vit_h model: "
         r"vision_config.hidden_size=1024 \(expected 1280\); vision_config.num_hidden_layers=24 \(expected 32\).*"
         r"It holds a vit_l model: use sam_model_registry\['vit_l'\]",
     ):

@@ -69,14 +69,14 @@ _HUB_PROBE_TIMEOUT_S = 10  # one request that a Hub repo exists, before any down
 _KIND_TEXT = {
     "shipped": "shipped model",
     "hub": "Hub repo",
-    "meta": "Meta checkpoint",
+    "meta": "official checkpoint file",
     "sam_hf": "sam_hf folder",
     "transformers": "transformers SAM folder",
     "adapter": "PEFT adapter folder",
     "finetune_output": "sam-hf finetune output",
 }
 _EXPECTED = (
-    f"expected a shipped model name {SHIPPED_MODELS}, a Hub repo id, a Meta .pth file, a sam_hf or "
+    f"expected a shipped model name {SHIPPED_MODELS}, a Hub repo id, an official state dict file (Meta's SAM, MobileSAM, SAM-HQ .pth), a sam_hf or "
     "transformers SAM folder (config.json), a PEFT adapter folder (adapter_config.json) or a `sam-hf finetune` "
     "output folder"
 )
