@@ -12,10 +12,12 @@ import os
 import platform
 from pathlib import Path
 
-# preset -> (reference package, what it is)
+# preset -> (reference package, what it is, the reference registry's name for it)
 VARIANTS = {
-    "vit_b": ("segment_anything", "SAM ViT-B"),
-    "vit_t": ("mobile_sam", "MobileSAM (TinyViT)"),
+    "vit_b": ("segment_anything", "SAM ViT-B", "vit_b"),
+    "vit_t": ("mobile_sam", "MobileSAM (TinyViT)", "vit_t"),
+    "sam_hq_vit_b": ("segment_anything_hq", "SAM-HQ ViT-B", "vit_b"),
+    "sam_hq_vit_tiny": ("segment_anything_hq", "Light HQ-SAM (TinyViT + HQ decoder)", "vit_tiny"),
 }
 
 
@@ -25,9 +27,10 @@ def reference_and_ours(variant: str, seed: int = 0):
 
     from sam_hf import SamHFConfig, SamHFModel
 
-    package = importlib.import_module(VARIANTS[variant][0])
+    package_name, _, registry_name = VARIANTS[variant]
+    package = importlib.import_module(package_name)
     torch.manual_seed(seed)
-    reference = package.sam_model_registry[variant]().eval()
+    reference = package.sam_model_registry[registry_name]().eval()
     ours = SamHFModel(SamHFConfig.from_preset(variant)).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     return package, reference, ours

@@ -2,7 +2,8 @@
 
 `bench_amg.py` gives each run a fresh process; a script that loads the official generator and ours side by
 side shares one allocator and one set of threads, which is what this measures. `--variant` picks the family
-member and its reference: SAM ViT-B (`vit_b`, `segment_anything`) or MobileSAM (`vit_t`, `mobile_sam`).
+member and its reference: SAM ViT-B (`vit_b`, `segment_anything`), MobileSAM (`vit_t`, `mobile_sam`), SAM-HQ
+(`sam_hq_vit_b`) or Light HQ-SAM (`sam_hq_vit_tiny`), both against `segment_anything_hq`.
 Same seeded random weights (the reference's registry, loaded strictly into ours; see `_variants.py`),
 scikit-image's astronaut at 512x512, `points_per_side` 16 by default, thresholds open (`pred_iou_thresh=0`,
 `stability_score_thresh=0`, so every candidate is post-processed). Runs, in this order:
