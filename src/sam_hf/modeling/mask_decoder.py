@@ -424,7 +424,9 @@ def upscale_and_project(
             x = act2(F.linear(x, w2, b2))  # (..., n, (a, b), (a', b', c2))
             return x.reshape(*tokens.shape[:-2], -1, c2) @ weights.transpose(-1, -2)
 
-        rows = keys.shape[1] if block_bytes is None else max(1, block_bytes // (16 * c2 * keys.element_size()))
+        rows = (
+            keys.shape[1] if block_bytes is None else max(1, block_bytes // (16 * c2 * keys.element_size()))
+        )
         if rows >= keys.shape[1]:
             masks = block(keys, hyper_in)  # (P, N * 16, M)
         else:
