@@ -164,3 +164,57 @@ def test_finetune_without_eval_split_says_nothing_was_measured(tiny_model, tmp_p
     assert not (out / "eval_results.json").exists()
     assert "nothing was measured" in capsys.readouterr().out
     assert "not measured" in ModelCard.load(out / "README.md").text
+
+
+@pytest.fixture
+def located(monkeypatch):
+    """The portable name of every model argument `locate_model` resolves (a `ResolvedModel` it is given back is
+    not resolved again), wherever it is looked up."""
+    import sam_hf.hub
+    import sam_hf.hub.loading
+
+    names, locate = [], sam_hf.hub.loading.locate_model
+
+    def counting_locate(name_or_path, **kwargs):
+        if not isinstance(name_or_path, sam_hf.hub.ResolvedModel):
+            names.append(sam_hf.hub.portable_model_name(name_or_path))
+        return locate(name_or_path, **kwargs)
+
+    monkeypatch.setattr(sam_hf.hub.loading, "locate_model", counting_locate)
+    monkeypatch.setattr(sam_hf.hub, "locate_model", counting_locate)
+    return names
+
+
+@pytest.mark.parametrize("lora_r", ["4", "0"])
+def test_finetune_locates_each_model_once(tiny_model, tmp_path, located, lora_r):
+    """One run resolves `--model` once (a Hub id costs one request each time) and its output once, through
+    training, the summary and the before/after evaluation."""
+    tiny_model.save_pretrained(tmp_path / "base")
+    _splits_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["finetune", "--model", str(tmp_path / "base"), "--dataset", str(tmp_path / "data"),
+                 "--lora-r", lora_r, "--max-steps", "1", "--eval-max-images", "1", "--eval-prompt", "box",
+                 "--output-dir", str(out)]) == 0  # fmt: skip
+    assert located.count(str(tmp_path / "base")) == 1
+    assert all(located.count(name) == 1 for name in located), located
+    assert (out / "training_summary.json").is_file() and (out / "eval_results.json").is_file()
+
+
+def test_run_finetune_resolves_a_model_name_once(tiny_model, tmp_path, located):
+    """The Python API takes `FinetuneConfig.model` as a plain name and resolves it once itself."""
+    from sam_hf.training.job import run_finetune
+
+    tiny_model.save_pretrained(tmp_path / "base")
+    _splits_dataset(tmp_path / "data")
+    config = FinetuneConfig(
+        model=str(tmp_path / "base"),
+        dataset=str(tmp_path / "data"),
+        lora_r=4,
+        max_steps=1,
+        eval_max_images=1,
+        eval_prompts=["box"],
+        output_dir=str(tmp_path / "out"),
+    )
+    assert run_finetune(config)["eval_results"] is not None
+    assert located.count(str(tmp_path / "base")) == 1
+    assert all(located.count(name) == 1 for name in located), located

@@ -168,6 +168,26 @@ def test_adapter_loads_on_its_base_or_merged(model_forms, tmp_path):
         assert not torch.allclose(_masks(model), expected, atol=1e-3)
 
 
+def test_adapter_loads_on_its_located_base_without_locating_it_again(model_forms, tmp_path, monkeypatch):
+    import dataclasses
+
+    import sam_hf.hub.loading
+
+    _lora_adapter(str(model_forms["meta"]), tmp_path / "adapter")
+    adapter = locate_model(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="located_base must be what locate_model made of base"):
+        dataclasses.replace(adapter, located_base=locate_model("sam-hf-tiny"))
+    adapter = dataclasses.replace(adapter, located_base=locate_model(model_forms["meta"]))
+
+    def located_only(name_or_path, **kwargs):
+        assert isinstance(name_or_path, sam_hf.hub.ResolvedModel), f"located {name_or_path} again"
+        return name_or_path
+
+    monkeypatch.setattr(sam_hf.hub.loading, "locate_model", located_only)
+    model, _, resolved = load_model(adapter, verbose=False)
+    assert hasattr(model, "peft_config") and resolved.base == str(model_forms["meta"])
+
+
 def test_adapter_without_base_is_refused_with_the_fix(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()

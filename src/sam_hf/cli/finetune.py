@@ -137,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from ..training import FinetuneConfig
     from ..training.job import run_finetune
 
+    resolved = resolve_model(args.model)
     config = FinetuneConfig(
-        model=resolve_model(args.model).name,
+        model=resolved.name,
         dataset=args.dataset,
         output_dir=args.output_dir,
         split=args.split,
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         push_to_hub=args.push_to_hub,
     )
     try:
-        run_finetune(config, resume_from_checkpoint=args.resume_from_checkpoint)
+        run_finetune(config, resume_from_checkpoint=args.resume_from_checkpoint, resolved=resolved)
     except HubPushError as error:  # the trained output stays on disk; the message says how to retry
         print(f"sam-hf finetune: {error}", file=sys.stderr)
         return 1

@@ -101,6 +101,8 @@ class ResolvedModel:
         checkpoint: where a full model's config and weights are (`checkpoint_io.resolve_checkpoint`), which the
             model and processor loaders take as it is; found when located for a local folder, when loaded
             otherwise (a Hub repo's weights are not fetched to locate it).
+        located_base: what `locate_model` made of `base`, when the caller has it (e.g. the model an adapter was
+            just trained on), so loading the adapter does not resolve its base again; None: located on load.
     """
 
     kind: str
@@ -112,6 +114,14 @@ class ResolvedModel:
     decoder_type: str | None = None
     hub_kwargs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     checkpoint: ResolvedCheckpoint | None = field(default=None, repr=False, compare=False)
+    located_base: ResolvedModel | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.located_base is not None and self.located_base.name != self.base:
+            raise ValueError(
+                f"located_base must be what locate_model made of base {self.base!r}, got one named "
+                f"{self.located_base.name!r}"
+            )
 
     @property
     def is_local(self) -> bool:
@@ -232,7 +242,9 @@ def load_model(
     elif resolved.base is not None:
         from peft import PeftModel
 
-        base, base_processor, _ = load_model(resolved.base, merge_adapter=True, dtype=dtype, verbose=False)
+        base, base_processor, _ = load_model(
+            resolved.located_base or resolved.base, merge_adapter=True, dtype=dtype, verbose=False
+        )
         model = PeftModel.from_pretrained(
             base, resolved.path or _downloaded_adapter(resolved.name, hub_kwargs)
         )
@@ -257,7 +269,7 @@ def load_model(
     return model.eval(), processor, resolved
 
 
-def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
+def load_pretrained(name_or_path: str | os.PathLike | ResolvedModel, **kwargs: Any) -> torch.nn.Module:
     """The model of `load_model(name_or_path, **kwargs)`: a `SamHFModel`, or a `PeftModel` for an adapter."""
     return load_model(name_or_path, **kwargs)[0]
 
@@ -270,7 +282,7 @@ def load_processor(name_or_path: str | os.PathLike | ResolvedModel, config: Any 
     if processor is not None:
         return processor
     if resolved.base is not None:
-        return load_processor(resolved.base, config)
+        return load_processor(resolved.located_base or resolved.base, config)
     return SamHFProcessor.from_model_config(config or load_pretrained(resolved, verbose=False).config)
 
 

@@ -19,9 +19,16 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from .loop import FinetuneConfig, finetune
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..hub import ResolvedModel
+    from ..processing_sam_hf import SamHFProcessor
 
 __all__ = ["default_eval_split", "run_finetune"]
 
@@ -31,14 +38,21 @@ def run_finetune(
     resume_from_checkpoint: str | None = None,
     max_steps_this_run: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    *,
+    resolved: ResolvedModel | None = None,
 ) -> dict[str, Any]:
     """Train as `config` says, then write the summary, the before/after evaluation and the card; push if asked.
+
+    `config.model` is resolved once for the whole job (a Hub id costs one request): training, the trained
+    adapter's base and the base side of the evaluation all load what `sam_hf.hub.locate_model` made of it.
 
     Args:
         config: the run, including its evaluation and push settings.
         resume_from_checkpoint: a `step-<n>` folder, or `"latest"` for the newest one in `config.output_dir`.
         max_steps_this_run: stop after this many optimizer steps in total (the run can be resumed later).
         on_step: called after each optimizer step with `(step, total_steps)` (see `finetune`).
+        resolved: what `sam_hf.hub.locate_model` made of `config.model` (as `sam-hf finetune` has it); None:
+            `config.model` is located here.
 
     Returns:
         `finetune`'s summary plus `runtime_s`; in the main process of a completed run also `eval_results`
@@ -50,10 +64,11 @@ def run_finetune(
     """
     from accelerate import PartialState
 
-    from ..hub import build_model_card, push_to_hub
+    from ..hub import build_model_card, load_model, locate_model, push_to_hub
 
+    resolved = locate_model(config.model if resolved is None else resolved)
     start = time.perf_counter()
-    summary = finetune(config, resume_from_checkpoint, max_steps_this_run, on_step)
+    summary = finetune(config, resume_from_checkpoint, max_steps_this_run, on_step, resolved=resolved)
     summary["runtime_s"] = round(time.perf_counter() - start, 1)
     if not PartialState().is_main_process:
         return summary
@@ -66,11 +81,15 @@ def run_finetune(
         merged = summary["merged_dir"]
         saved = f"saved the adapter to {output_dir} and the full model (base + adapter) to {merged}"
     print(f"trained {summary['steps']} steps in {summary['runtime_s']:.1f} s; {saved}")
-    _write_training_summary(config, summary)
+    trained = locate_model(output_dir)
+    if trained.base is not None:  # an adapter on the model just trained, located above
+        trained = replace(trained, located_base=resolved)
+    model, processor, _ = load_model(trained)
+    _write_training_summary(config, summary, model)
     eval_split = default_eval_split(config.dataset) if config.eval_split == "auto" else config.eval_split
     summary["eval_results"] = None
     if eval_split is not None:
-        summary["eval_results"] = _evaluate_before_after(config, eval_split)
+        summary["eval_results"] = _evaluate_before_after(config, eval_split, resolved, model, processor)
     else:
         reason = (
             "eval_split is none"
@@ -101,11 +120,11 @@ def default_eval_split(dataset: str) -> str | None:
     return next((split for split in ("test", "validation") if split in splits), None)
 
 
-def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> None:
-    """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`)."""
-    from ..hub import TRAINING_SUMMARY_NAME, load_pretrained, portable_model_name
+def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any], model: torch.nn.Module) -> None:
+    """`training_summary.json`: what the model card reports about the run (see `sam_hf.hub`), of `model`, the
+    trained model as loaded from `summary["output_dir"]`."""
+    from ..hub import TRAINING_SUMMARY_NAME, portable_model_name
 
-    model = load_pretrained(summary["output_dir"], verbose=False)
     trainable = (  # with LoRA: the adapters and the modules trained in full beside them (`modules_to_save`)
         sum(p.numel() for n, p in model.named_parameters() if "lora_" in n or ".modules_to_save." in n)
         if config.lora_r > 0
@@ -129,11 +148,18 @@ def _write_training_summary(config: FinetuneConfig, summary: dict[str, Any]) -> 
         json.dump(record, f, indent=2)
 
 
-def _evaluate_before_after(config: FinetuneConfig, split: str) -> str:
-    """Measure the base model and the fine-tuned one on `split`; write and return `eval_results.json`."""
+def _evaluate_before_after(
+    config: FinetuneConfig,
+    split: str,
+    base: ResolvedModel,
+    model: torch.nn.Module,
+    processor: SamHFProcessor,
+) -> str:
+    """Measure the base model (`base`, located) and the fine-tuned one (`model` and its `processor`, loaded from
+    `config.output_dir`) on `split`; write and return `eval_results.json`."""
     from ..data.reader import load_segmentation_dataset, to_instances
     from ..evaluation import EVAL_RESULTS_NAME, EvaluationProtocol, timed_run, write_eval_results
-    from ..hub import load_pretrained, load_processor
+    from ..hub import load_pretrained
 
     dataset, stats = load_segmentation_dataset(
         config.dataset, split, config.image_column, config.mask_column, config.mask_format, config.image_root
@@ -141,8 +167,6 @@ def _evaluate_before_after(config: FinetuneConfig, split: str) -> str:
     if config.eval_max_images is not None:
         dataset = dataset.select(range(min(config.eval_max_images, len(dataset))))
     protocol = EvaluationProtocol(prompts=tuple(config.eval_prompts), seed=config.seed)
-    model = load_pretrained(config.output_dir).eval()
-    processor = load_processor(config.output_dir)
 
     def samples():
         for row in dataset:
@@ -154,9 +178,7 @@ def _evaluate_before_after(config: FinetuneConfig, split: str) -> str:
             model.disable_adapter() if name == "base" and config.lora_r > 0 else contextlib.nullcontext()
         )
         with adapter_off:
-            candidate = (
-                model if name == "finetuned" or config.lora_r > 0 else load_pretrained(config.model).eval()
-            )
+            candidate = model if name == "finetuned" or config.lora_r > 0 else load_pretrained(base)
             source = config.model if name == "base" else config.output_dir
             runs[name] = timed_run(source, candidate, processor, samples(), protocol, len(dataset))
     path = os.path.join(config.output_dir, EVAL_RESULTS_NAME)

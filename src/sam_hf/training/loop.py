@@ -25,12 +25,16 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .collator import PROMPT_TYPES, SamTrainingCollator, add_correction_click, add_example_index
 from .lora import LORA_TARGET_MODULES, apply_lora, freeze_for_decoder_training
+
+if TYPE_CHECKING:
+    from ..hub import ResolvedModel
 
 __all__ = ["TRAIN_LOG_NAME", "FinetuneConfig", "finetune", "latest_checkpoint", "launched_world_size"]
 
@@ -179,6 +183,8 @@ def finetune(
     resume_from_checkpoint: str | None = None,
     max_steps_this_run: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    *,
+    resolved: ResolvedModel | None = None,
 ) -> dict:
     """Run the job described by `config`; returns a summary (steps, losses, output paths, dataset stats).
 
@@ -188,6 +194,11 @@ def finetune(
         max_steps_this_run: stop after this many optimizer steps in total (simulates an interruption).
         on_step: called in the main process after each optimizer step with `(step, total_steps)`, e.g. to
             show progress.
+        resolved: what `sam_hf.hub.locate_model` made of `config.model`, loaded as it is; None: `config.model` is
+            located here.
+
+    Raises:
+        ValueError: `resolved` is not the model `config.model` names.
     """
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -195,10 +206,14 @@ def finetune(
     from transformers import get_linear_schedule_with_warmup
 
     from ..data.reader import load_segmentation_dataset
-    from ..hub.loading import FINETUNE_CONFIG_NAME, MERGED_FOLDER, load_model
+    from ..hub.loading import FINETUNE_CONFIG_NAME, MERGED_FOLDER, load_model, portable_model_name
     from ..hub.saving import save_model
     from .embeddings import cache_image_embeddings
 
+    if resolved is not None and resolved.name != portable_model_name(config.model):
+        raise ValueError(
+            f"resolved must be what locate_model made of config.model {config.model!r}, got {resolved.name!r}"
+        )
     accelerator = _accelerator(config)
     set_seed(config.seed)
     with accelerator.main_process_first():
@@ -219,7 +234,11 @@ def finetune(
             )
         dataset = add_example_index(dataset)
     # Any model form; the model is named portably, which is what the saved adapter records as its base.
-    model, processor, _ = load_model(config.model, merge_adapter=True, verbose=accelerator.is_main_process)
+    model, processor, _ = load_model(
+        config.model if resolved is None else resolved,
+        merge_adapter=True,
+        verbose=accelerator.is_main_process,
+    )
     image_size = processor.image_size
     feature_names = model.image_feature_names  # what the decoder needs of an image: cached, reused per click
     with accelerator.main_process_first():
