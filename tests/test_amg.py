@@ -207,12 +207,14 @@ def test_given_image_features_replace_the_whole_image_encoding(tiny_pair, photo,
     encoded = []
     encode = ours.get_image_features
     monkeypatch.setattr(ours, "get_image_features", lambda *a, **k: encoded.append(1) or encode(*a, **k))
-    assert_same_masks(expected, generator.generate(photo, predictor.image_features), atol=1e-6)
+    assert_same_masks(expected, generator.generate(photo, image_features=predictor.image_features), atol=1e-6)
     assert len(encoded) == 4
     with pytest.raises(ValueError, match=r"image_features\['image_embeddings'\] must have shape \(1, "):
-        generator.generate(photo, {"image_embeddings": predictor.get_image_embedding()[0]})
+        generator.generate(photo, image_features={"image_embeddings": predictor.get_image_embedding()[0]})
+    with pytest.raises(ValueError, match=r"multimask_output must be a bool .*got dict.*image_features="):
+        generator.generate(photo, predictor.image_features)  # segment_anything_hq's second argument
     with pytest.raises(ValueError, match=r"image_features must be a dict of \['image_embeddings'\]"):
-        generator.generate(photo, predictor.get_image_embedding())
+        generator.generate(photo, image_features=predictor.get_image_embedding())
 
 
 def test_records_and_output_modes(tiny_pair, photo):
@@ -440,12 +442,15 @@ def test_matches_mobile_sam_generator_on_a_photo(official_vit_t, photos):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hq_token_only", [False, True])
-def test_matches_segment_anything_hq_generator_on_a_photo(official_hq_vit_tiny, photos, hq_token_only):
-    """Light HQ-SAM with seeded perturbed weights, as the MobileSAM case: one mask per point (SAM's best plus
-    the HQ mask), each of segment_anything_hq's generator's masks matched one-to-one with ours at IoU >= 0.999.
-    The official generator has no `hq_token_only`: with it, ours is compared with the official generator over
-    a predictor whose decoder call gets it."""
+@pytest.mark.parametrize(("hq_token_only", "multimask_output"), [(False, True), (True, True), (False, False)])
+def test_matches_segment_anything_hq_generator_on_a_photo(
+    official_hq_vit_tiny, photos, hq_token_only, multimask_output
+):
+    """Light HQ-SAM with seeded perturbed weights, as the MobileSAM case: one mask per point (SAM's best
+    multimask output, or its single-mask output, plus the HQ mask), each of segment_anything_hq's generator's
+    masks matched one-to-one with ours at IoU >= 0.999; `generate(image, multimask_output)` as the official
+    generator takes it. The official generator has no `hq_token_only`: with it, ours is compared with the
+    official generator over a predictor whose decoder call gets it."""
     from segment_anything_hq import SamAutomaticMaskGenerator as HQGenerator
 
     model = SamHFModel(SamHFConfig.from_preset("sam_hq_vit_tiny")).eval()
@@ -455,7 +460,9 @@ def test_matches_segment_anything_hq_generator_on_a_photo(official_hq_vit_tiny, 
     official_generator = HQGenerator(official_hq_vit_tiny, **kwargs)
     predict_torch = official_generator.predictor.predict_torch
     official_generator.predictor.predict_torch = partial(predict_torch, hq_token_only=hq_token_only)
-    official = official_generator.generate(image)
-    ours = SamAutomaticMaskGenerator(model, hq_token_only=hq_token_only, **kwargs).generate(image)
+    official = official_generator.generate(image, multimask_output)
+    ours = SamAutomaticMaskGenerator(model, hq_token_only=hq_token_only, **kwargs).generate(
+        image, multimask_output
+    )
     assert len(ours) == 64
     assert_same_masks(official, ours, min_iou=0.999)

@@ -33,17 +33,28 @@ def _inputs(model: SamHFModel, num_prompts: int = 10) -> tuple[torch.Tensor, tor
 
 
 def _plain_decoder(
-    model, embeddings: torch.Tensor, points: torch.Tensor
+    model, embeddings: torch.Tensor, points: torch.Tensor, multimask_output: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own forward (a PEFT model's forward for a wrapped one): `(P, 3, 4h, 4w)`, `(P, 3)`."""
+    """The model's own forward (a PEFT model's forward for a wrapped one): `(P, M, 4h, 4w)`, `(P, M)`."""
     labels = torch.ones(1, len(points), 1, dtype=torch.long)
-    outputs = model(image_embeddings=embeddings, input_points=points[None, :, None], input_labels=labels)
+    outputs = model(
+        image_embeddings=embeddings,
+        input_points=points[None, :, None],
+        input_labels=labels,
+        multimask_output=multimask_output,
+    )
     return outputs.pred_masks[0], outputs.iou_scores[0]
 
 
-def _fast(model, embeddings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _fast(
+    model, embeddings: torch.Tensor, points: torch.Tensor, multimask_output: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     return decode_point_prompts(
-        model.prompt_encoder, model.mask_decoder, {"image_embeddings": embeddings}, points
+        model.prompt_encoder,
+        model.mask_decoder,
+        {"image_embeddings": embeddings},
+        points,
+        multimask_output=multimask_output,
     )
 
 
@@ -61,14 +72,15 @@ def _lora(model: SamHFModel, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["tiny", "sam-hf-tiny"])
-def test_equals_model_forward(name):
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_equals_model_forward(name, multimask_output):
     model = _model(name)
     embeddings, points = _inputs(model)
     with torch.inference_mode():
-        masks, iou = _fast(model, embeddings, points)
-        _assert_close((masks, iou), _plain_decoder(model, embeddings, points))
-    grid = embeddings.shape[-1]
-    assert masks.shape == (10, 3, 4 * grid, 4 * grid) and iou.shape == (10, 3)
+        masks, iou = _fast(model, embeddings, points, multimask_output)
+        _assert_close((masks, iou), _plain_decoder(model, embeddings, points, multimask_output))
+    grid, num_masks = embeddings.shape[-1], 3 if multimask_output else 1
+    assert masks.shape == (10, num_masks, 4 * grid, 4 * grid) and iou.shape == (10, num_masks)
 
 
 @pytest.mark.parametrize("name", ["tiny", "sam-hf-tiny"])
@@ -159,25 +171,37 @@ def _hq_case(name: str, num_prompts: int = 6):
     return model, features, torch.rand(num_prompts, 2, generator=generator) * size
 
 
-def _plain_hq(model, features, points, hq_token_only: bool):
+def _plain_hq(model, features, points, hq_token_only: bool, multimask_output: bool = True):
     labels = torch.ones(1, len(points), 1, dtype=torch.long)
     outputs = model(
-        **features, input_points=points[None, :, None], input_labels=labels, hq_token_only=hq_token_only
+        **features,
+        input_points=points[None, :, None],
+        input_labels=labels,
+        hq_token_only=hq_token_only,
+        multimask_output=multimask_output,
     )
     return outputs.pred_masks[0], outputs.iou_scores[0]
 
 
 @pytest.mark.parametrize("name", ["tiny_hq", "tiny_vit_t_hq"])
 @pytest.mark.parametrize("hq_token_only", [False, True])
-def test_hq_decoder_head_equals_model_forward(name, hq_token_only):
-    """SAM-HQ's multimask head (best multimask output plus the HQ mask, or the HQ mask alone) on the
-    re-associated transformer gives the model's own outputs, one mask per prompt, in chunks too."""
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_hq_decoder_head_equals_model_forward(name, hq_token_only, multimask_output):
+    """SAM-HQ's head (the best multimask output, or the single-mask output, plus the HQ mask, or the HQ mask
+    alone) on the re-associated transformer gives the model's own outputs, one mask per prompt, in chunks
+    too."""
     model, features, points = _hq_case(name)
     with torch.inference_mode():
-        expected = _plain_hq(model, features, points, hq_token_only)
+        expected = _plain_hq(model, features, points, hq_token_only, multimask_output)
         for chunk_size in (None, 4):
             fast = decode_point_prompts(
-                model.prompt_encoder, model.mask_decoder, features, points, chunk_size, hq_token_only
+                model.prompt_encoder,
+                model.mask_decoder,
+                features,
+                points,
+                chunk_size,
+                hq_token_only,
+                multimask_output,
             )
             _assert_close(fast, expected)
     grid = model.config.image_embedding_size

@@ -122,8 +122,8 @@ class _GatedDecoder(MaskDecoder):
         gate = nn.functional.interpolate(self.gate(image_features["image_embeddings"]), size=masks.shape[-2:])
         return masks * torch.sigmoid(gate).repeat_interleave(point_batch_size, dim=0), iou
 
-    def multimask_head(self, image_features, hq_token_only=False):
-        head = super().multimask_head(image_features, hq_token_only)
+    def prompt_head(self, image_features, hq_token_only=False, multimask_output=True):
+        head = super().prompt_head(image_features, hq_token_only, multimask_output)
         gate = nn.functional.interpolate(self.gate(image_features["image_embeddings"]), scale_factor=4)
 
         def gated(queries, keys, h, w):

@@ -179,19 +179,27 @@ class SamAutomaticMaskGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, image: np.ndarray, image_features: dict[str, torch.Tensor] | None = None
+        self,
+        image: np.ndarray,
+        multimask_output: bool = True,
+        image_features: dict[str, torch.Tensor] | None = None,
     ) -> list[dict[str, Any]]:
         """Generate masks for `image`.
 
         Args:
             image: an image in any form `sam_hf.data.images.to_rgb` reads (e.g. `(H, W, 3)` uint8 RGB).
+            multimask_output: each point's candidates are the decoder's three ambiguity-aware masks (SAM; for
+                SAM-HQ the best of them plus the HQ mask), or its single-mask output (SAM-HQ: plus the HQ mask),
+                one per point. As `segment_anything_hq`'s `generate(image, multimask_output)`; the official
+                SAM generator always uses the three.
             image_features: the features of the whole `image` by this model, by name, each with batch size 1,
                 e.g. from a `SamPredictor` that holds them (`image_features`), used instead of encoding the
                 image again; crops smaller than the image are still encoded. None: encode.
 
         Raises:
-            ValueError: `image_features` are not what this model's decoder takes (`model.image_feature_names`),
-                or the image embedding does not have the shape of this model's.
+            ValueError: `multimask_output` is not a bool, or `image_features` are not what this model's decoder
+                takes (`model.image_feature_names`), or the image embedding does not have the shape of this
+                model's.
 
         Returns:
             One record per mask, in the official generator's format:
@@ -202,6 +210,11 @@ class SamAutomaticMaskGenerator:
             in each) is what the datasets and COCO files the package writes hold
             (`sam_hf.data.coco.annotation_geometry`).
         """
+        if not isinstance(multimask_output, (bool, np.bool_)):
+            raise ValueError(
+                f"multimask_output must be a bool (the second argument, as segment_anything_hq's), got "
+                f"{type(multimask_output).__name__}; image features go by keyword: image_features=..."
+            )
         image = to_rgb(image)
         if image_features is not None:
             config = self.model.config
@@ -222,7 +235,7 @@ class SamAutomaticMaskGenerator:
                 raise ValueError(
                     f"image_features['image_embeddings'] must have shape {expected}, got {embedding_shape}"
                 )
-        data = self._generate_masks(image, image_features)
+        data = self._generate_masks(image, image_features, multimask_output)
         if self.min_mask_region_area > 0:
             data = self._postprocess_small_regions(
                 data,
@@ -252,7 +265,9 @@ class SamAutomaticMaskGenerator:
             )
         return records
 
-    def _generate_masks(self, image: np.ndarray, image_features: dict[str, torch.Tensor] | None) -> MaskData:
+    def _generate_masks(
+        self, image: np.ndarray, image_features: dict[str, torch.Tensor] | None, multimask_output: bool
+    ) -> MaskData:
         """Masks of every crop, duplicates between crops removed, run-length counts in the image frame."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
@@ -261,7 +276,13 @@ class SamAutomaticMaskGenerator:
             [
                 # layer 0 is the whole image, the one crop a given embedding is of
                 self._process_crop(
-                    image, box, layer, orig_size, decoder, image_features if layer == 0 else None
+                    image,
+                    box,
+                    layer,
+                    orig_size,
+                    decoder,
+                    image_features if layer == 0 else None,
+                    multimask_output,
                 )
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
@@ -287,6 +308,7 @@ class SamAutomaticMaskGenerator:
         orig_size: tuple[int, int],
         decoder: nn.Module,
         features: dict[str, torch.Tensor] | None,
+        multimask_output: bool,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
@@ -315,6 +337,7 @@ class SamAutomaticMaskGenerator:
                 upsample_w,
                 crop_box,
                 orig_size,
+                multimask_output,
             )
             for start in range(0, len(points), self.points_per_batch)
         ]
@@ -341,6 +364,7 @@ class SamAutomaticMaskGenerator:
         upsample_w: _BandedMap,
         crop_box: list[int],
         orig_size: tuple[int, int],
+        multimask_output: bool,
     ) -> MaskData:
         """Decode one batch of point prompts and keep the masks that pass the filters.
 
@@ -366,6 +390,7 @@ class SamAutomaticMaskGenerator:
             model_points,
             chunk_size=step,
             hq_token_only=self.hq_token_only,
+            multimask_output=multimask_output,
         )
         num_masks = low_res.shape[1]
         # Upsampled in the decoder's dtype: fp32 for parity, bf16/fp16 for speed.

@@ -556,7 +556,7 @@ class LabelSession:
         )
         accepted = self.covered()
         candidates = []
-        for record in generator.generate(self.image, self.predictor.image_features):
+        for record in generator.generate(self.image, image_features=self.predictor.image_features):
             mask = record["segmentation"]
             if (mask & accepted).sum() > max_overlap * mask.sum():
                 continue

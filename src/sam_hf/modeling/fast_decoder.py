@@ -15,7 +15,7 @@
 - the upscaling runs on channels-last image tokens and the mask projection is one matrix product; a
   transposed convolution with kernel = stride = 2 maps each input pixel to its own 2x2 output block, so when
   `output_upscaling` holds the plain modules it is built from it runs as two matrix products on the tokens
-  (`mask_decoder.upscale_and_project`, in SAM's decoder's `multimask_head`, which this path ends in).
+  (`mask_decoder.upscale_and_project`, in SAM's decoder's `prompt_head`, which this path ends in).
 
 Every weight is used through a call of the module that owns it (`q_proj`, `k_proj`, `v_proj`, `out_proj`,
 norms, MLPs, `output_upscaling`): adapters such as PEFT LoRA (merged or not), `modules_to_save` copies, hooks
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .mask_decoder import MultimaskHead
+from .mask_decoder import PromptHead
 
 __all__ = ["decode_point_prompts"]
 
@@ -74,13 +74,14 @@ def decode_point_prompts(
     points: torch.Tensor,
     chunk_size: int | None = None,
     hq_token_only: bool = False,
+    multimask_output: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multimask outputs of the mask decoder for `P` single foreground points on one image.
+    """The mask decoder's outputs for `P` single foreground points on one image.
 
     Equal to `model(**image_features, input_points=points[None, :, None], input_labels=ones,
-    multimask_output=True, hq_token_only=hq_token_only)` up to float rounding. Runs in the dtype of
+    multimask_output=multimask_output, hq_token_only=hq_token_only)` up to float rounding. Runs in the dtype of
     `mask_decoder`'s output tokens (a bf16 copy of the decoder runs natively in bf16). The transformer is
-    computed here; the decoder's own `multimask_head` turns its outputs into masks.
+    computed here; the decoder's own `prompt_head` turns its outputs into masks.
 
     Args:
         prompt_encoder: the model's prompt encoder.
@@ -91,15 +92,15 @@ def decode_point_prompts(
         chunk_size: prompts decoded together after the shared first-layer work (None: all `P`); each prompt
             holds `(h w, C)` image tokens and a `(16 h w, C / 8)` upscaled map while its chunk runs.
         hq_token_only: SAM-HQ's option (ValueError for SAM's decoder).
+        multimask_output: the ambiguity-aware heads' masks, or the single-mask head's.
 
     Returns:
         mask logits `(P, M, 4h, 4w)` and IoU predictions `(P, M)` in the decoder's dtype: M = 3 for SAM's
-        decoder, 1 for SAM-HQ's.
+        decoder with `multimask_output`, else 1.
     """
     dtype = mask_decoder.iou_token.weight.dtype
-    head = mask_decoder.multimask_head(
-        {name: image_features[name].to(dtype) for name in mask_decoder.image_feature_names}, hq_token_only
-    )
+    features = {name: image_features[name].to(dtype) for name in mask_decoder.image_feature_names}
+    head = mask_decoder.prompt_head(features, hq_token_only, multimask_output)
     image_embeddings = image_features["image_embeddings"]
     num_prompts = points.shape[0]
     labels = torch.ones(num_prompts, 1, dtype=torch.long, device=points.device)
@@ -126,7 +127,7 @@ def decode_point_prompts(
 
 def _decode_chunk(
     mask_decoder: nn.Module,
-    head: MultimaskHead,
+    head: PromptHead,
     tokens: torch.Tensor,
     src: torch.Tensor,
     key_pe: torch.Tensor,

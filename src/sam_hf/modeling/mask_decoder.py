@@ -24,10 +24,10 @@ from .transformer import TwoWayTransformer
 __all__ = ["MaskDecoder", "MaskDecoderHQ", "upscale_and_project"]
 
 # (queries (P, T, C), image tokens (P, h * w, C), h, w) -> mask logits (P, M, 4h, 4w), IoU (P, M)
-MultimaskHead = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
+PromptHead = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-# Largest upscaled map block of the many-prompt path in float32 (`MaskDecoder.multimask_head`): cache-sized.
+# Largest upscaled map block of the many-prompt path in float32 (`MaskDecoder.prompt_head`): cache-sized.
 _UPSCALE_BLOCK_BYTES = 2 << 20
 
 
@@ -115,7 +115,7 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`predict_masks`' outputs -> `forward`'s: the multimask outputs, or the single-mask one."""
         _refuse_hq_token_only(hq_token_only)
-        selected = slice(1, None) if multimask_output else slice(0, 1)
+        selected = _mask_heads(self.num_mask_tokens, multimask_output)
         return masks[:, selected], iou_pred[:, selected]
 
     def select_single_mask(
@@ -187,36 +187,42 @@ class MaskDecoder(nn.Module):
             image_features["image_embeddings"], image_pe, sparse, token_mask, dense, point_batch_size
         )
         h, w = dense.shape[-2:]
-        hyper_in = self._hypernetwork_weights(hs[:, 1 : 1 + self.num_mask_tokens])
+        hyper_in = self._hypernetwork_weights(hs, slice(0, self.num_mask_tokens))
         masks = upscale_and_project(self.output_upscaling, src, hyper_in, h, w)
         return masks, self.iou_prediction_head(hs[:, 0])
 
-    def _hypernetwork_weights(self, mask_tokens: torch.Tensor) -> torch.Tensor:
-        """`(B, M, C)` mask tokens -> `(B, M, C / 8)` weights, token i through its own MLP."""
-        mlps = self.output_hypernetworks_mlps[-mask_tokens.shape[1] :]
+    def _hypernetwork_weights(self, hs: torch.Tensor, heads: slice) -> torch.Tensor:
+        """Output tokens `(B, T, C)` (IoU token first) -> `(B, M, C / 8)` weights of the mask heads `heads`
+        (indices among the mask tokens), each mask token through its own MLP."""
+        mask_tokens = hs[:, 1 : 1 + self.num_mask_tokens][:, heads]
+        mlps = self.output_hypernetworks_mlps[heads]
         return torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(mlps)], 1)
 
-    def multimask_head(
-        self, image_features: dict[str, torch.Tensor], hq_token_only: bool = False
-    ) -> MultimaskHead:
-        """The decoder's multimask outputs from the transformer's outputs, for the many-prompt path
+    def prompt_head(
+        self,
+        image_features: dict[str, torch.Tensor],
+        hq_token_only: bool = False,
+        multimask_output: bool = True,
+    ) -> PromptHead:
+        """The decoder's outputs from the transformer's outputs, for the many-prompt path
         (`fast_decoder.decode_point_prompts`), whatever of the image it needs computed once for all prompts.
 
         The returned function takes the output and prompt tokens `(P, T, C)` and the image tokens `(P, h * w, C)`
-        after the transformer and returns what `forward(..., multimask_output=True)` returns.
+        after the transformer and returns what `forward(..., multimask_output=multimask_output)` returns.
         """
         _refuse_hq_token_only(hq_token_only)
+        heads = _mask_heads(self.num_mask_tokens, multimask_output)
 
         def head(
             queries: torch.Tensor, keys: torch.Tensor, h: int, w: int
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            hyper_in = self._hypernetwork_weights(queries[:, 2 : 1 + self.num_mask_tokens])  # (P, 3, C / 8)
+            hyper_in = self._hypernetwork_weights(queries, heads)  # (P, M, C / 8)
             # In float32, a prompt's upscaled map (16 h w C / 8 floats) outgrows a core's cache and the passes
             # over it run at memory speed; in cache-sized blocks the many-prompt decode ran 5-15% faster on a
             # 2-core AVX-512 CPU. bfloat16 (half the bytes), and a single prompt, ran faster whole there.
             block = _UPSCALE_BLOCK_BYTES if keys.dtype == torch.float32 else None
             masks = upscale_and_project(self.output_upscaling, keys, hyper_in, h, w, block)
-            return masks, self.iou_prediction_head(queries[:, 0])[:, 1:]
+            return masks, self.iou_prediction_head(queries[:, 0])[:, heads]
 
         return head
 
@@ -264,7 +270,7 @@ class MaskDecoderHQ(MaskDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`predict_masks`' outputs -> SAM-HQ's one mask `(B, 1, 4h, 4w)` and its IoU `(B, 1)` (class
         docstring)."""
-        candidates = slice(1, self.num_mask_tokens) if multimask_output else slice(0, 1)
+        candidates = _mask_heads(self.num_mask_tokens, multimask_output)
         hq_mask = masks[:, self.num_mask_tokens :]
         return _add_hq_mask(masks[:, candidates], iou_pred[:, candidates], hq_mask, hq_token_only)
 
@@ -313,26 +319,30 @@ class MaskDecoderHQ(MaskDecoder):
         )
         B, h, w = hs.shape[0], *dense.shape[-2:]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(B, -1, h, w))  # (B, C/8, 4h, 4w)
-        masks = self._sam_and_hq_masks(hs, upscaled, hq_features, slice(1, 1 + self.num_mask_tokens))
+        masks = self._sam_and_hq_masks(hs, upscaled, hq_features, slice(0, self.num_mask_tokens))
         return masks, self.iou_prediction_head(hs[:, 0])
 
     def _sam_and_hq_masks(
-        self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: torch.Tensor, sam_tokens: slice
+        self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: torch.Tensor, heads: slice
     ) -> torch.Tensor:
-        """Masks of SAM's tokens `sam_tokens` over `upscaled` `(B, C / 8, 4h, 4w)` and of the HQ token over the
+        """Masks of SAM's mask heads `heads` over `upscaled` `(B, C / 8, 4h, 4w)` and of the HQ token over the
         refined features plus `hq_features`, concatenated: `(B, M + 1, 4h, 4w)`."""
         B, _, H, W = upscaled.shape
-        hyper_in = self._hypernetwork_weights(hs[:, sam_tokens])  # (B, M, C / 8)
+        hyper_in = self._hypernetwork_weights(hs, heads)  # (B, M, C / 8)
         hq_in = self.hf_mlp(hs[:, 1 + self.num_mask_tokens])[:, None]  # (B, 1, C / 8)
         refined = self.embedding_maskfeature(upscaled) + hq_features
         sam_masks = hyper_in @ upscaled.flatten(2)
         hq_masks = hq_in @ refined.flatten(2)
         return torch.cat([sam_masks, hq_masks], dim=1).reshape(B, -1, H, W)
 
-    def multimask_head(
-        self, image_features: dict[str, torch.Tensor], hq_token_only: bool = False
-    ) -> MultimaskHead:
+    def prompt_head(
+        self,
+        image_features: dict[str, torch.Tensor],
+        hq_token_only: bool = False,
+        multimask_output: bool = True,
+    ) -> PromptHead:
         hq_features = self.hq_features(image_features)  # (1, C / 8, 4h, 4w), once for all prompts
+        heads = _mask_heads(self.num_mask_tokens, multimask_output)
 
         def head(
             queries: torch.Tensor, keys: torch.Tensor, h: int, w: int
@@ -341,12 +351,16 @@ class MaskDecoderHQ(MaskDecoder):
             upscaled = self.output_upscaling(
                 keys.unflatten(1, (h, w)).permute(0, 3, 1, 2)
             )  # (P, C/8, 4h, 4w)
-            multimask = slice(2, 1 + self.num_mask_tokens)
-            masks = self._sam_and_hq_masks(queries, upscaled, hq_features.expand(P, -1, -1, -1), multimask)
-            iou_pred = self.iou_prediction_head(queries[:, 0])[:, 1:]
+            masks = self._sam_and_hq_masks(queries, upscaled, hq_features.expand(P, -1, -1, -1), heads)
+            iou_pred = self.iou_prediction_head(queries[:, 0])[:, heads]
             return _add_hq_mask(masks[:, :-1], iou_pred, masks[:, -1:], hq_token_only)
 
         return head
+
+
+def _mask_heads(num_mask_tokens: int, multimask_output: bool) -> slice:
+    """SAM's mask heads `forward` answers with: the ambiguity-aware ones, or the single-mask head (index 0)."""
+    return slice(1, num_mask_tokens) if multimask_output else slice(0, 1)
 
 
 def _refuse_hq_token_only(hq_token_only: bool) -> None:
