@@ -87,20 +87,26 @@ def _official_inputs(processor, image_shape, prompt, mask_input=None) -> dict[st
     }
 
 
-def _torch_outputs(model, embeddings, processor, image_shape, prompt, mask_input=None):
-    """The PyTorch model on the same prompt: `(low_res_masks, iou)` with the single-mask output first, as the
-    all-masks export returns them, and masks at the original size."""
+def _model_prompts(processor, image_shape, prompt, mask_input=None) -> dict[str, torch.Tensor]:
+    """The same prompt as `SamHFModel.forward`'s keyword arguments, one prompt group of one image, in the model
+    frame."""
     kwargs = {}
     if "points" in prompt:
-        kwargs["input_points"] = torch.as_tensor(
-            processor.transform_coords(np.array(prompt["points"]), image_shape), dtype=torch.float32
-        )[None, None]
+        coords = processor.transform_coords(np.array(prompt["points"]), image_shape)
+        kwargs["input_points"] = torch.as_tensor(coords, dtype=torch.float32)[None, None]
         kwargs["input_labels"] = torch.tensor(prompt["labels"])[None, None]
     if "box" in prompt:
         boxes = processor.transform_boxes(np.array(prompt["box"]), image_shape)
         kwargs["input_boxes"] = torch.as_tensor(boxes, dtype=torch.float32)[None, None]
     if mask_input is not None:
         kwargs["input_masks"] = torch.from_numpy(mask_input)[:, 0][None]
+    return kwargs
+
+
+def _torch_outputs(model, embeddings, processor, image_shape, prompt, mask_input=None):
+    """The PyTorch model on the same prompt: `(low_res_masks, iou)` with the single-mask output first, as the
+    all-masks export returns them, and masks at the original size."""
+    kwargs = _model_prompts(processor, image_shape, prompt, mask_input)
     with torch.inference_mode():
         single = model(image_embeddings=embeddings, multimask_output=False, **kwargs)
         multi = model(image_embeddings=embeddings, multimask_output=True, **kwargs)
@@ -529,14 +535,7 @@ def test_sam_hq_model_exports_its_early_feature_and_matches_pytorch(tmp_path, ph
             None,
             {"image_embeddings": onnx_features[0], "intermediate_embeddings": onnx_features[1], **inputs},
         )
-        kwargs = {}
-        if "points" in prompt:
-            coords = processor.transform_coords(np.array(prompt["points"]), shape)
-            kwargs["input_points"] = torch.as_tensor(coords, dtype=torch.float32)[None, None]
-            kwargs["input_labels"] = torch.tensor(prompt["labels"])[None, None]
-        if "box" in prompt:
-            boxes = processor.transform_boxes(np.array(prompt["box"]), shape)
-            kwargs["input_boxes"] = torch.as_tensor(boxes, dtype=torch.float32)[None, None]
+        kwargs = _model_prompts(processor, shape, prompt)
         multimask = inputs["point_labels"].shape[1] <= 2
         with torch.inference_mode():
             expected = model(**features, **kwargs, multimask_output=multimask, hq_token_only=hq_token_only)

@@ -172,7 +172,7 @@ def test_export_runs_in_onnxruntime_as_the_merged_model(variant_loop, capsys):
     high learning rate)."""
     from sam_hf.cli import main
     from sam_hf.hub import load_model
-    from test_export_onnx import FP32_ATOL, _official_inputs, _prompt_cases, _session
+    from test_export_onnx import FP32_ATOL, _model_prompts, _official_inputs, _prompt_cases, _session
 
     root = variant_loop["root"]
     capsys.readouterr()
@@ -194,14 +194,7 @@ def test_export_runs_in_onnxruntime_as_the_merged_model(variant_loop, capsys):
     for case, prompt in _prompt_cases(*shape).items():
         inputs = _official_inputs(processor, shape, prompt)
         _, iou, low_res = decoder.run(None, {**onnx_features, **inputs})
-        kwargs = {}
-        if "points" in prompt:
-            coords = processor.transform_coords(np.array(prompt["points"]), shape)
-            kwargs["input_points"] = torch.as_tensor(coords, dtype=torch.float32)[None, None]
-            kwargs["input_labels"] = torch.tensor(prompt["labels"])[None, None]
-        if "box" in prompt:
-            boxes = processor.transform_boxes(np.array(prompt["box"]), shape)
-            kwargs["input_boxes"] = torch.as_tensor(boxes, dtype=torch.float32)[None, None]
+        kwargs = _model_prompts(processor, shape, prompt)
         with torch.inference_mode():
             expected = model(**features, **kwargs, multimask_output=inputs["point_labels"].shape[1] <= 2)
         best = int(expected.iou_scores[0, 0].argmax())
