@@ -54,3 +54,26 @@ def test_parity_with_mobile_sam(vit_t_predictors):
         official_logits = official.predict(**case, return_logits=True)[0]
         clear = np.abs(official_logits) > 1e-3
         assert (masks[clear] == official_masks[clear]).all()
+
+
+def test_conv_bn_folds_in_eval_and_calls_hooked_modules():
+    """In eval mode ConvBN is one convolution with the batch norm folded in, equal to the two modules called
+    in turn; a hook on either module makes it call them, so the hook runs."""
+    from sam_hf.modeling.tiny_vit import ConvBN
+
+    torch.manual_seed(0)
+    block = ConvBN(8, 16, kernel=3, stride=2).eval()
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-1, 1)
+        block.bn.running_var.uniform_(0.5, 2)
+        block.bn.weight.uniform_(0.5, 2)
+        block.bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        expected = block.bn(block.c(x))
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=0)
+        calls = []
+        handle = block.bn.register_forward_hook(lambda *args: calls.append(1))
+        torch.testing.assert_close(block(x), expected, atol=0, rtol=0)
+        handle.remove()
+    assert calls == [1]

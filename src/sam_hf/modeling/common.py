@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ImageEncoderBase", "LayerNorm2d", "MLPBlock"]
+__all__ = ["MLP", "ImageEncoderBase", "LayerNorm2d", "MLPBlock", "are_plain"]
+
+
+def are_plain(modules: Sequence[nn.Module], kinds: Sequence[type[nn.Module]]) -> bool:
+    """Each module is exactly its class in `kinds` (not a subclass, an adapter or a `modules_to_save` copy) and
+    carries no forward hooks: a fast path may then read its weights instead of calling it, computing what the
+    call would."""
+    return len(modules) == len(kinds) and all(
+        type(m) is kind and not (m._forward_hooks or m._forward_pre_hooks)
+        for m, kind in zip(modules, kinds, strict=True)
+    )
 
 
 class LayerNorm2d(nn.Module):

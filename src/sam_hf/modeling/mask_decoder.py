@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, are_plain
 from .registry import register_mask_decoder
 from .transformer import TwoWayTransformer
 
@@ -463,13 +463,9 @@ def upscale_and_project(
 def _is_plain_upscaling(upscaling: nn.Module) -> bool:
     """`upscaling` is SAM's `Sequential(ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d, GELU)` of plain
     modules (exact classes, no hooks), transposed convolutions with kernel = stride = 2 and no padding."""
-    expected = (nn.ConvTranspose2d, LayerNorm2d, nn.GELU, nn.ConvTranspose2d, nn.GELU)
+    expected = (nn.Sequential, nn.ConvTranspose2d, LayerNorm2d, nn.GELU, nn.ConvTranspose2d, nn.GELU)
     modules = [upscaling, *upscaling.children()]
-    if type(upscaling) is not nn.Sequential or len(modules) != len(expected) + 1:
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
-        return False
-    if any(type(m) is not kind for m, kind in zip(modules[1:], expected, strict=True)):
+    if not are_plain(modules, expected):
         return False
     return all(
         conv.kernel_size == conv.stride == (2, 2)

@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .checkpoint_conversion import count_indexed
-from .common import ImageEncoderBase
+from .common import ImageEncoderBase, are_plain
 from .configuration_sam_hf import SamHFTinyViTConfig
 from .registry import register_image_encoder
 
@@ -31,8 +31,8 @@ _IMAGENET_CLASSES = 1000
 
 class ConvBN(nn.Sequential):
     """Convolution without bias, then batch norm (`c`, `bn`); in eval mode one convolution with the batch
-    norm folded into its weight and bias (a pass over the feature map fewer), unless either module carries
-    hooks."""
+    norm folded into its weight and bias (a pass over the feature map fewer), when both are the plain modules
+    (`common.are_plain`: no hooks, adapters or subclasses)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1, groups: int = 1
@@ -43,8 +43,7 @@ class ConvBN(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.c, self.bn
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (conv, bn))
-        if self.training or hooked or type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        if self.training or not are_plain((conv, bn), (nn.Conv2d, nn.BatchNorm2d)):
             return super().forward(x)
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_channels,)
         weight, bias = conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
